@@ -1,0 +1,3 @@
+from farmwatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Durations written as strings in configs and on the command line: ``500ms``, ``1s``, ``10m``, ``1h30m``, ``14d``."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+EXPECTED = "a duration such as '500ms', '1s', '10m', '1h30m' or '14d'"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``; raises ValueError naming what is expected."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected {EXPECTED} (a string), got {text!r}")
+    s = text.strip().lower()
+    pos, total = 0, 0.0
+    for m in _PART.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise ValueError(f"expected {EXPECTED}, got {text!r}")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest readable form, for messages (``90`` → ``1m30s``)."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    out, rest = [], int(round(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, rest = divmod(rest, size)
+        if n:
+            out.append(f"{n}{unit}")
+    return "".join(out) or "0s"

@@ -1,0 +1,135 @@
+"""The few shapes that flow through every part of farmwatch.
+
+A *series* is a name plus a set of labels (Prometheus' data model): ``hlt.output.ready_queue_size``
+with ``{unit=hlt01, app=distributor}``. Labels are kept as a sorted tuple of pairs so that a series
+key is hashable and canonical: the same labels in any order give the same key, which is what lets
+the store and the sources cache series ids and per-series state in plain dicts on the hot path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterable, Mapping, Union
+
+Labels = tuple[tuple[str, str], ...]
+"""Canonical labels: pairs sorted by label name, values are strings."""
+
+SeriesKey = tuple[str, Labels]
+"""(name, labels): the identity of one series."""
+
+Value = Union[float, str]
+"""Numbers are samples; strings are *state values* (``socket_state = connected``)."""
+
+
+def labels(mapping: Mapping[str, object] | None = None, /, **kw: object) -> Labels:
+    """Build canonical labels from a mapping and/or keywords (values become strings)."""
+    merged: dict[str, object] = dict(mapping or {})
+    merged.update(kw)
+    return tuple(sorted((str(k), str(v)) for k, v in merged.items()))
+
+
+def with_labels(base: Labels, **extra: object) -> Labels:
+    """Return ``base`` with ``extra`` labels added or replaced, still canonical."""
+    merged = dict(base)
+    merged.update((k, str(v)) for k, v in extra.items())
+    return tuple(sorted(merged.items()))
+
+
+def format_series(name: str, lbls: Labels) -> str:
+    """``name{k=v,…}`` as printed by the CLI and in logs."""
+    if not lbls:
+        return name
+    return name + "{" + ",".join(f"{k}={v}" for k, v in lbls) + "}"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One value of one series at one time (``ts`` in seconds since the Unix epoch, UTC)."""
+
+    ts: float
+    name: str
+    value: Value
+    labels: Labels = ()
+
+    @property
+    def key(self) -> SeriesKey:
+        return (self.name, self.labels)
+
+    @property
+    def is_state(self) -> bool:
+        return isinstance(self.value, str)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Columnar samples sharing one timestamp: what a poller produces for one target per cycle.
+
+    The hot paths (HLT flattening, store ingest) work on these parallel lists instead of
+    creating one object per value.
+    """
+
+    ts: float
+    keys: list[SeriesKey] = field(default_factory=list)
+    values: list[Value] = field(default_factory=list)
+
+    def add(self, key: SeriesKey, value: Value) -> None:
+        self.keys.append(key)
+        self.values.append(value)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def samples(self) -> Iterable[Sample]:
+        for (name, lbls), value in zip(self.keys, self.values):
+            yield Sample(self.ts, name, value, lbls)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One log event; fields map onto the Elastic Common Schema (``@timestamp``, ``host.name``,
+    ``service.name``, ``log.level``, ``message``) so the same record can go to SQLite or Elasticsearch."""
+
+    ts: float
+    host: str
+    service: str
+    level: str
+    message: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+class AlertState(str, Enum):
+    PENDING = "pending"
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(slots=True)
+class Alert:
+    """An alert instance; identity is rule + labels (the fingerprint), as in Alertmanager."""
+
+    rule: str
+    labels: Labels
+    state: AlertState
+    severity: str
+    summary: str
+    description: str = ""
+    starts_at: float = math.nan
+    ends_at: float | None = None
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            self.fingerprint = fingerprint(self.rule, self.labels)
+
+
+def fingerprint(rule: str, lbls: Labels) -> str:
+    """Stable identity of an alert across restarts and processes (not Python's salted hash)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    h.update(rule.encode())
+    for k, v in lbls:
+        h.update(b"\0" + k.encode() + b"\0" + v.encode())
+    return h.hexdigest()
