@@ -37,7 +37,7 @@ class _Fault:
 
 
 def run_demo(duration: float = 60.0, out: Path = Path("demo-out")) -> int:
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=150)
     if duration < 12:
         console.print("[red]farmwatch demo: --duration must be at least 12s[/red]")
         return 2

@@ -122,8 +122,9 @@ def render(summaries: list[UnitSummary], title: str = "farmwatch top"):
         return "-" if v is None or v != v else fmt.format(v)
 
     t = Table(title=title, expand=False)
-    for col in ("unit", "endpoints", "in Hz", "out Hz", "ready q", "output", "workers dist/coll", "dead", "nodes Hz min/med/max", "slow nodes", "down"):
-        t.add_column(col, overflow="fold")
+    for col, just in (("unit", "left"), ("up", "right"), ("in Hz", "right"), ("out Hz", "right"), ("readyQ", "right"), ("output", "left"),
+                      ("workers d/c", "right"), ("dead", "right"), ("node Hz min/med/max", "right"), ("slow nodes", "left"), ("down", "left")):
+        t.add_column(col, justify=just, overflow="fold")
     for s in summaries:
         rates = list(s.node_rates.values())
         nodes = f"{min(rates):,.0f}/{statistics.median(rates):,.0f}/{max(rates):,.0f} ({len(rates)})" if rates else "-"

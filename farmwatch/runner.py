@@ -36,6 +36,8 @@ class Runner:
         queue_cycles: int = 64,
         retention_every: float = 3600.0,
         listeners: Iterable[Listener] = (),
+        write_attempts: int = 5,
+        backoff: float = 0.1,
     ) -> None:
         self.sources = list(sources)
         self.store = store
@@ -46,6 +48,8 @@ class Runner:
         self.written = 0
         self.dropped = 0
         self.overruns = {s.name: 0 for s in self.sources}
+        self.write_attempts = write_attempts
+        self.backoff = backoff
         self._dropping = False
         self._write_failures = 0
 
@@ -156,7 +160,7 @@ class Runner:
 
     def _write(self, batches: list[Batch]) -> None:
         """Write, retrying a failing store a few times before counting the data as dropped."""
-        for attempt in range(5):
+        for attempt in range(self.write_attempts):
             try:
                 self.written += self.store.write(batches)
                 if self._write_failures:
@@ -165,8 +169,8 @@ class Runner:
                 return
             except Exception as exc:
                 self._write_failures += 1
-                log.error("store write failed (attempt %d/5): %s", attempt + 1, exc)
-                time.sleep(min(2.0, 0.1 * 2**attempt))
+                log.error("store write failed (attempt %d/%d): %s", attempt + 1, self.write_attempts, exc)
+                time.sleep(min(2.0, self.backoff * 2**attempt))
         lost = sum(len(b) for b in batches)
         self.dropped += lost
         log.error("gave up writing %d samples to the store (counted in farmwatch.dropped_samples)", lost)

@@ -51,8 +51,9 @@ class HltZmqConfig(SourceConfig):
     exclude: list[str] = ["*.event_rate*"]
     """Globs over ``section.key`` (per-peer keys without the bracket) that are not stored. The apps'
     own ``event_rate`` is a stale moving estimate; farmwatch computes rates from counters instead."""
-    rates: list[str] = ["*.received_events", "*.sent_events", "*.data_size", "*.data_size_to", "*.data_size_from"]
-    """Counters (globs over ``section.key``) for which a ``<name>:rate`` series (per second) is derived."""
+    rates: list[str] = ["*.received_events", "*.sent_events", "*.total_number_messages", "*.sent_ready"]
+    """Counters (globs over ``section.key``) for which a ``<name>:rate`` series (per second) is derived.
+    Not ``data_size*``: basf2 keeps those as the mean of the last 100 event sizes, not as byte counters."""
     timezone: str = "local"
     """Time zone of the apps' ``ctime()`` strings (IANA name, or ``local``)."""
 

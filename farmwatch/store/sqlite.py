@@ -7,25 +7,30 @@ waits up to ``busy_timeout`` for the write lock, and readers never block writers
 Numeric samples live in one table per UTC day (``samples_YYYYMMDD``, WITHOUT ROWID, primary key
 ``(series_id, ts)``): a series' points are stored next to each other, so reading a series is a
 range scan, ingest is one ``executemany`` per chunk, and retention drops whole days instead of
-deleting rows one by one. String state values (``socket_state = connected``) are few and change
-rarely; they share one ``states`` table and retention always keeps each series' newest state.
+deleting rows one by one. The price of that clustering: once each series fills a page of its
+own, every commit rewrites one page per series written, so writing several poll cycles in one
+``write`` call is much cheaper than one call per cycle (``benchmarks/bench_store_ingest.py``).
+String state values (``socket_state = connected``) share one ``states`` table with the same key;
+retention always keeps each series' newest state.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import itemgetter
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from farmwatch.clock import Clock, RealClock
@@ -34,6 +39,7 @@ from farmwatch.store.matchers import Matcher, MatcherSpec, parse_matchers
 
 APPLICATION = "farmwatch"
 DAY_MS = 86_400_000
+CACHE_KIB = 64 * 1024
 
 MIGRATIONS: list[str] = [
     # 1: metadata, series catalogue, the list of day chunks, state values.
@@ -61,6 +67,12 @@ MIGRATIONS: list[str] = [
 
 Append a step to change the schema; never edit one that has shipped.
 """
+
+SampleRow = tuple[int, int, float | None]
+"""(series id, ts in ms, value) as stored; None is NaN."""
+StateRow = tuple[int, int, str]
+Columns = tuple[list[SeriesKey], list[Value]]
+"""Keys and values sharing one timestamp."""
 
 _GLOB = re.compile(r"[*?\[]")
 _LONG_COLUMNS = ("ts", "name", "value", "state", "labels")
@@ -102,6 +114,7 @@ class SQLiteStore:
         self._ids: dict[SeriesKey, int] = {}
         self._conn = self._connect(busy_timeout)
         try:
+            self._configure(busy_timeout)
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
@@ -137,12 +150,12 @@ class SQLiteStore:
         self._require_writable("write")
         with self._lock:
             ids = self._ids
-            unknown = {key for keys, _ in groups.values() for key in keys if key not in ids}
+            unknown = [key for keys, _ in groups.values() for key in keys if key not in ids]
             with self._transaction("BEGIN IMMEDIATE", "write") as conn:
                 if unknown:
                     ids = {**ids, **self._register(conn, unknown)}
-                chunks: dict[int, list[tuple[int, int, float | None]]] = {}
-                states: list[tuple[int, int, str]] = []
+                chunks: dict[int, list[SampleRow]] = {}
+                states: list[StateRow] = []
                 for ts, (keys, values) in groups.items():
                     rows = chunks.setdefault(ts // DAY_MS, [])
                     for key, value in zip(keys, values):
@@ -154,6 +167,8 @@ class SQLiteStore:
                             rows.append((ids[key], ts, _number(key, value)))
                 for day, rows in chunks.items():
                     if rows:
+                        # In id order for B-tree locality; a stable sort lets the last duplicate win.
+                        rows.sort(key=itemgetter(0))
                         table = _ensure_chunk(conn, day)
                         conn.executemany(f'INSERT OR REPLACE INTO "{table}" VALUES (?, ?, ?)', rows)
                 if states:
@@ -184,7 +199,8 @@ class SQLiteStore:
         ``name`` may be a glob (``hlt.output.*``). ``form="long"``: one row per point, columns
         ts, name, value (NaN for states), state (None for numbers), labels and one column per
         label key, sorted by ts then series. ``form="wide"``: numeric samples only, indexed by ts,
-        one column per series named ``name{k=v,…}``. ``limit`` keeps the earliest rows.
+        one column per series named ``name{k=v,…}``. ``limit`` reads at most that many points,
+        the earliest first (in wide form, the rows are the timestamps of those points).
         """
         if form not in ("long", "wide"):
             raise ValueError(f"form must be 'long' or 'wide', not {form!r}")
@@ -194,8 +210,8 @@ class SQLiteStore:
         order = "" if limit is None else " ORDER BY ts, series_id LIMIT ?"
         with self._transaction("BEGIN", "query") as conn:
             catalog = _Catalog.select(conn, name, wanted)
-            ids = json.dumps(catalog.ids)
-            samples: list[tuple[int, int, float | None]] = []
+            ids = _json(catalog.ids)
+            samples: list[SampleRow] = []
             chunks = conn.execute(
                 "SELECT name FROM chunks WHERE end_ms > ? AND start_ms <= ? ORDER BY start_ms", (lo, hi)
             ).fetchall()
@@ -204,11 +220,13 @@ class SQLiteStore:
                     break
                 params = (ids, lo, hi) if limit is None else (ids, lo, hi, limit - len(samples))
                 samples += conn.execute(_range_sql(f'"{table}"') + order, params).fetchall()
-            states: list[tuple[int, int, str]] = []
+            states: list[StateRow] = []
             if form == "long":
                 params = (ids, lo, hi) if limit is None else (ids, lo, hi, limit)
                 states = conn.execute(_range_sql("states") + order, params).fetchall()
-        frame = catalog.long(samples, states) if form == "long" else catalog.wide(samples)
+        if form == "wide":
+            return catalog.wide(samples)
+        frame = catalog.long(samples, states)
         return frame if limit is None else frame.head(limit)
 
     def latest(self, name: str | None = None, matchers: MatcherSpec = None) -> pd.DataFrame:
@@ -217,14 +235,14 @@ class SQLiteStore:
         with self._transaction("BEGIN", "query") as conn:
             catalog = _Catalog.select(conn, name, wanted)
             missing = set(catalog.ids)
-            samples: list[tuple[int, int, float | None]] = []
+            samples: list[SampleRow] = []
             for (table,) in conn.execute("SELECT name FROM chunks ORDER BY start_ms DESC").fetchall():
                 if not missing:
                     break
-                found = conn.execute(_newest_sql(f'"{table}"'), (json.dumps(sorted(missing)),)).fetchall()
+                found = conn.execute(_newest_sql(f'"{table}"'), (_json(sorted(missing)),)).fetchall()
                 samples += found
                 missing.difference_update(row[0] for row in found)
-            states = conn.execute(_newest_sql("states"), (json.dumps(catalog.ids),)).fetchall()
+            states = conn.execute(_newest_sql("states"), (_json(catalog.ids),)).fetchall()
         state_ts = {sid: ts for sid, ts, _ in states}
         samples = [row for row in samples if row[1] > state_ts.get(row[0], -math.inf)]
         newer_sample = {row[0] for row in samples}
@@ -272,17 +290,24 @@ class SQLiteStore:
                 target, uri=uri, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
         except OSError as exc:
-            raise StoreError(f"{self.path}: cannot create the store's folder: {exc.strerror or exc}") from None
+            problem = exc.strerror or exc
+            raise StoreError(f"{self.path}: cannot create the store's folder: {problem}") from None
         except sqlite3.Error as exc:
             raise self._error(exc) from None
         return conn
 
+    def _configure(self, busy_timeout: float) -> None:
+        conn = self._conn
+        if not self.readonly:
+            _enable_wal(conn, busy_timeout)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        # Every poll cycle appends to each series' own page of today's chunk; with the default
+        # 2 MB cache those pages are evicted between cycles once a farm has ~10k series.
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+
     def _migrate(self) -> None:
         """Bring the file to the current schema; the write lock makes concurrent first opens safe."""
         conn = self._conn
-        if not self.readonly:
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
         version = _user_version(conn)
         if version < len(MIGRATIONS) and not self.readonly:
             with self._transaction("BEGIN IMMEDIATE", "schema upgrade"):
@@ -320,13 +345,21 @@ class SQLiteStore:
         if row is None or row[0] != APPLICATION:
             raise StoreError(f"{self.path}: not a farmwatch store (an SQLite database of something else)")
 
-    def _register(self, conn: sqlite3.Connection, keys: set[SeriesKey]) -> dict[SeriesKey, int]:
-        """Give new series their ids; INSERT OR IGNORE + SELECT lets concurrent processes agree."""
+    def _register(self, conn: sqlite3.Connection, keys: list[SeriesKey]) -> dict[SeriesKey, int]:
+        """Give new series their ids; INSERT OR IGNORE + SELECT lets concurrent processes agree.
+
+        Ids follow the order of first appearance, so a source's next batches insert in id order.
+        """
+        keys = list(dict.fromkeys(keys))
         created = self._clock.time()
-        rows = {key: (key[0], _labels_json(key[1]), created) for key in keys}
-        conn.executemany("INSERT OR IGNORE INTO series(name, labels, created) VALUES (?, ?, ?)", rows.values())
-        select = "SELECT id FROM series WHERE name = ? AND labels = ?"
-        return {key: conn.execute(select, row[:2]).fetchone()[0] for key, row in rows.items()}
+        rows = [(name, _labels_json(lbls), created) for name, lbls in keys]
+        conn.executemany("INSERT OR IGNORE INTO series(name, labels, created) VALUES (?, ?, ?)", rows)
+        found = conn.execute(
+            "SELECT j.key, s.id FROM json_each(?) AS j JOIN series AS s "
+            "ON s.name = json_extract(j.value, '$[0]') AND s.labels = json_extract(j.value, '$[1]')",
+            (_json([row[:2] for row in rows]),),
+        )
+        return {keys[i]: sid for i, sid in found}
 
     @contextmanager
     def _transaction(self, begin: str, action: str) -> Iterator[sqlite3.Connection]:
@@ -369,10 +402,12 @@ class _Catalog:
         if name is None:
             cursor = conn.execute(sql)
         else:
-            cursor = conn.execute(sql + (" WHERE name GLOB ?" if _GLOB.search(name) else " WHERE name = ?"), (name,))
+            # GLOB (case-sensitive, like the BINARY column) can use the (name, labels) index.
+            cursor = conn.execute(sql + (" WHERE name GLOB ?" if _GLOB.search(name) else " WHERE name = ?"),
+                                  (name,))
         found = []
         for sid, sname, text in cursor:
-            lbls = json.loads(text)
+            lbls = orjson.loads(text)
             if all(m.matches(lbls) for m in wanted):
                 found.append((format_series(sname, tuple(lbls.items())), sid, sname, lbls))
         found.sort(key=lambda row: row[:2])
@@ -389,7 +424,7 @@ class _Catalog:
         columns.update(self._label_columns(np.arange(len(self.ids)), _SERIES_COLUMNS))
         return pd.DataFrame(columns)
 
-    def long(self, samples: list[tuple[int, int, float | None]], states: list[tuple[int, int, str]]) -> pd.DataFrame:
+    def long(self, samples: list[SampleRow], states: list[StateRow]) -> pd.DataFrame:
         sid_s, ts_s, values = _unzip(samples)
         sid_t, ts_t, texts = _unzip(states)
         pos = self._positions(np.concatenate([sid_s, sid_t]))
@@ -409,9 +444,10 @@ class _Catalog:
         columns.update(self._label_columns(pos, _LONG_COLUMNS))
         return pd.DataFrame(columns)
 
-    def wide(self, samples: list[tuple[int, int, float | None]]) -> pd.DataFrame:
+    def wide(self, samples: list[SampleRow]) -> pd.DataFrame:
         sid, ts, values = _unzip(samples)
-        points = pd.DataFrame({"ts": ts, "pos": self._positions(sid), "value": np.array(values, dtype=np.float64)})
+        value = np.array(values, dtype=np.float64)
+        points = pd.DataFrame({"ts": ts, "pos": self._positions(sid), "value": value})
         frame = points.pivot(index="ts", columns="pos", values="value")
         frame.columns = pd.Index([self.display[p] for p in frame.columns])
         frame.index = _datetimes(frame.index.to_numpy(dtype=np.int64)).rename("ts")
@@ -426,11 +462,11 @@ class _Catalog:
         return {k: _objects([lbls.get(k) for lbls in self.labels])[pos] for k in keys}
 
 
-def _group_by_ts(items: Batch | Sample | Iterable[Batch] | Iterable[Sample]) -> dict[int, tuple[list[SeriesKey], list[Value]]]:
+def _group_by_ts(items: Batch | Sample | Iterable[Batch] | Iterable[Sample]) -> dict[int, Columns]:
     """Columns of keys and values per timestamp (ms): the shape the insert loop wants."""
     if isinstance(items, (Batch, Sample)):
         items = [items]
-    groups: dict[int, tuple[list[SeriesKey], list[Value]]] = {}
+    groups: dict[int, Columns] = {}
     for item in items:
         if isinstance(item, Batch):
             keys, values = groups.setdefault(_ms(item.ts), ([], []))
@@ -463,7 +499,8 @@ def _ensure_chunk(conn: sqlite3.Connection, day: int) -> str:
         "PRIMARY KEY(series_id, ts)) WITHOUT ROWID"
     )
     conn.execute(
-        "INSERT OR IGNORE INTO chunks(name, start_ms, end_ms) VALUES (?, ?, ?)", (table, day * DAY_MS, (day + 1) * DAY_MS)
+        "INSERT OR IGNORE INTO chunks(name, start_ms, end_ms) VALUES (?, ?, ?)",
+        (table, day * DAY_MS, (day + 1) * DAY_MS),
     )
     return table
 
@@ -495,13 +532,35 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch the file to WAL mode, retrying for up to ``timeout`` seconds.
+
+    When several processes open a new file at once, SQLite answers "database is locked" to all
+    but one of them at once, without waiting for the busy timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _user_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
 def _labels_json(lbls: Labels) -> str:
     """Canonical text of labels, so that the UNIQUE(name, labels) constraint identifies a series."""
-    return json.dumps(dict(lbls), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(dict(lbls), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _json(value: object) -> str:
+    """JSON as text: SQLite's JSON functions refuse the bytes orjson makes."""
+    return orjson.dumps(value).decode()
 
 
 def _ms(ts: float) -> int:

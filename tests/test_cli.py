@@ -1,0 +1,95 @@
+"""The farmwatch command as users run it: subprocesses against a simulated unit on loopback."""
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from farmwatch.sim import SimUnit
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def farmwatch(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "farmwatch", *args], capture_output=True, text=True, timeout=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def unit():
+    with SimUnit("hlt01", worker_nodes=2, workers_per_node=3, input_rate=500.0, seed=3) as u:
+        yield u
+
+
+@pytest.fixture
+def config(unit, tmp_path) -> Path:
+    p = tmp_path / "farmwatch.toml"
+    p.write_text('[store]\npath = "fw.db"\n\n' + unit.config_toml(source_name="hlt", interval="1s", timeout="300ms"))
+    return p
+
+
+def stored_rows(db: Path) -> int:
+    con = sqlite3.connect(db)
+    try:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type='table' and (name like 'samples_%' or name = 'states')")]
+        return sum(con.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables)
+    finally:
+        con.close()
+
+
+def test_python_dash_m_mirrors_the_console_script():
+    out = farmwatch("--version")
+    assert out.returncode == 0 and out.stdout.startswith("farmwatch ")
+
+
+def test_collect_stops_cleanly_on_sigterm_with_everything_written(config, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "farmwatch", "collect", "-c", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "fw.db"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (db.exists() and stored_rows(db) > 0):
+        time.sleep(0.2)
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    m = re.search(r"stopped; (\d+) samples written, 0 dropped", err)
+    assert m, err
+    assert stored_rows(db) == int(m.group(1))  # every sample the runner counted is in the file
+
+
+def test_collect_once_then_query_in_every_format(config, tmp_path):
+    assert farmwatch("collect", "-c", str(config), "--once").returncode == 0
+    time.sleep(1.0)
+    assert farmwatch("collect", "-c", str(config), "--once").returncode == 0
+
+    out = farmwatch("query", "-c", str(config), "up", "--label", "app=distributor", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) == 2
+    assert set(lines[0]) == {"ts", "name", "labels", "value"}
+    assert lines[0]["name"] == "up" and lines[0]["value"] == 1.0
+    assert lines[0]["labels"] == {"unit": "hlt01", "app": "distributor"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", lines[0]["ts"])
+
+    out = farmwatch("query", "-c", str(config), "hlt.output.sent_events", "--label", "host=hltwk0*", "--since", "10m", "--format", "csv")
+    rows = out.stdout.splitlines()
+    assert rows[0] == "ts,name,labels,value" and len(rows) == 1 + 2 * 6
+
+    out = farmwatch("query", "-c", str(config), "hlt.monitor.output_state", "--format", "json")
+    assert {json.loads(x)["value"] for x in out.stdout.splitlines()} == {"ready"}
+
+    out = farmwatch("query", "-c", str(config), "up", "--label", "app=~(")
+    assert out.returncode == 2 and "app=~(" in out.stderr
+
+
+def test_top_once_shows_the_unit(config):
+    out = farmwatch("top", "-c", str(config), "--once", env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "hlt01" in out.stdout and "in Hz" in out.stdout

@@ -1,0 +1,527 @@
+"""The embedded SQLite store, against real files: formats, matchers, retention, schema, concurrency."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from farmwatch.clock import SimClock
+from farmwatch.model import Batch, Sample, format_series, labels
+from farmwatch.store import Matcher, SQLiteStore, StoreError, parse_matchers
+from farmwatch.store import sqlite as store_sqlite
+
+T0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z
+DAY = 86_400.0
+QUEUE = "hlt.output.ready_queue_size"
+EVENTS = "hlt.output.events"
+
+
+def utc(ts: float) -> pd.Timestamp:
+    return pd.Timestamp(ts, unit="s", tz="UTC")
+
+
+def farm_batch(ts: float, scale: float = 1.0) -> Batch:
+    """Two metrics of two apps on two units, plus one state value."""
+    batch = Batch(ts)
+    for unit in ("hlt01", "hlt02"):
+        for app in ("distributor", "collector"):
+            lbls = labels(unit=unit, app=app)
+            batch.add((QUEUE, lbls), scale * len(unit + app))
+            batch.add((EVENTS, lbls), scale * 1000)
+    batch.add(("hlt.socket_state", labels(unit="hlt01")), "connected")
+    return batch
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    with SQLiteStore(tmp_path / "farm.db") as opened:
+        yield opened
+
+
+# --- round trips -------------------------------------------------------------------------
+
+
+def test_long_form_round_trip_with_label_columns(store: SQLiteStore) -> None:
+    assert store.write([farm_batch(T0), farm_batch(T0 + 10, scale=2)]) == 18
+
+    frame = store.query(QUEUE)
+
+    assert list(frame.columns) == ["ts", "name", "value", "state", "labels", "app", "unit"]
+    assert str(frame["ts"].dtype) == "datetime64[ns, UTC]"
+    assert len(frame) == 8
+    assert frame["ts"].is_monotonic_increasing
+    first = frame.iloc[0]
+    assert first["ts"] == utc(T0)
+    assert first["name"] == QUEUE
+    assert first["labels"] == {"app": "collector", "unit": "hlt01"}
+    assert (first["app"], first["unit"]) == ("collector", "hlt01")
+    assert first["value"] == len("hlt01collector")
+    assert first["state"] is None
+    later = frame[frame["ts"] == utc(T0 + 10)].set_index(["unit", "app"])
+    assert later.loc[("hlt02", "distributor"), "value"] == 2.0 * len("hlt02distributor")
+
+
+def test_long_form_sorts_by_time_then_series(store: SQLiteStore) -> None:
+    store.write([farm_batch(T0 + 10), farm_batch(T0)])
+
+    frame = store.query()
+
+    keys = [(ts, format_series(name, tuple(sorted(lbls.items())))) for ts, name, lbls in
+            zip(frame["ts"], frame["name"], frame["labels"])]
+    assert keys == sorted(keys)
+
+
+def test_wide_form_one_column_per_series(store: SQLiteStore) -> None:
+    store.write([farm_batch(T0), farm_batch(T0 + 10, scale=2)])
+    store.write(Sample(T0 + 20, QUEUE, 7.0, labels(unit="hlt01", app="collector")))
+
+    wide = store.query(form="wide")
+
+    assert isinstance(wide.index, pd.DatetimeIndex)
+    assert str(wide.index.dtype) == "datetime64[ns, UTC]"
+    assert wide.index.name == "ts"
+    assert list(wide.index) == [utc(T0), utc(T0 + 10), utc(T0 + 20)]
+    assert len(wide.columns) == 8  # numeric series only: the state is not a column
+    column = format_series(QUEUE, labels(unit="hlt01", app="collector"))
+    assert wide[column].tolist() == [14.0, 28.0, 7.0]
+    other = format_series(QUEUE, labels(unit="hlt02", app="collector"))
+    assert math.isnan(wide.loc[utc(T0 + 20), other])
+    assert list(wide.columns) == sorted(wide.columns)
+
+
+def test_empty_results_keep_their_shape(store: SQLiteStore) -> None:
+    assert list(store.query().columns) == ["ts", "name", "value", "state", "labels"]
+    assert store.query(form="wide").shape == (0, 0)
+    assert list(store.series().columns) == ["id", "name", "labels"]
+    store.write(farm_batch(T0))
+    assert store.query(since=T0 + 1).empty
+    assert list(store.latest("no.such.metric").columns) == ["ts", "name", "value", "state", "labels"]
+
+
+def test_series_listing(store: SQLiteStore) -> None:
+    store.write(farm_batch(T0))
+
+    listing = store.series(EVENTS, ["unit=hlt02"])
+
+    assert list(listing.columns) == ["id", "name", "labels", "app", "unit"]
+    assert listing["app"].tolist() == ["collector", "distributor"]
+    assert set(listing["name"]) == {EVENTS}
+    assert listing["id"].dtype == np.int64
+    assert len(store.series()) == 9
+
+
+def test_label_named_like_a_column_stays_in_labels(store: SQLiteStore) -> None:
+    store.write(Sample(T0, "epics.pv", 1.0, labels(name="B2_nsm:get:HLT01:x", pv="p")))
+
+    frame = store.query("epics.pv")
+
+    assert frame["name"].tolist() == ["epics.pv"]
+    assert frame["labels"][0] == {"name": "B2_nsm:get:HLT01:x", "pv": "p"}
+    assert frame["pv"].tolist() == ["p"]
+
+
+def test_since_until_are_inclusive_and_limit_keeps_earliest(store: SQLiteStore) -> None:
+    store.write([farm_batch(T0 + 10 * i) for i in range(5)])
+
+    window = store.query(EVENTS, since=T0 + 10, until=T0 + 30)
+    assert sorted(set(window["ts"])) == [utc(T0 + 10), utc(T0 + 20), utc(T0 + 30)]
+
+    limited = store.query(since=T0 + 10, limit=6)
+    assert len(limited) == 6
+    assert set(limited["ts"]) == {utc(T0 + 10)}
+    assert store.query(form="wide", limit=2).shape == (1, 2)
+
+
+def test_query_spans_day_chunks(store: SQLiteStore) -> None:
+    key = (QUEUE, labels(unit="hlt01"))
+    store.write([Batch(T0 - 1, [key], [1.0]), Batch(T0 + 1, [key], [2.0]), Batch(T0 + DAY + 1, [key], [3.0])])
+
+    assert store.query(QUEUE)["value"].tolist() == [1.0, 2.0, 3.0]
+    assert store.query(QUEUE, since=T0, until=T0 + DAY)["value"].tolist() == [2.0]
+    assert store.latest(QUEUE)["value"].tolist() == [3.0]
+
+
+# --- selection -----------------------------------------------------------------------------
+
+
+def test_glob_names(store: SQLiteStore) -> None:
+    store.write(farm_batch(T0))
+    store.write(Sample(T0, "hlt.outputs", 1.0))
+
+    assert set(store.query("hlt.output.*")["name"]) == {QUEUE, EVENTS}
+    assert set(store.query("hlt.output.ready_*")["name"]) == {QUEUE}
+    assert set(store.query("hlt.output?")["name"]) == {"hlt.outputs"}
+    assert store.query("hlt.output").empty  # no glob characters: an exact name
+
+
+@pytest.mark.parametrize(
+    ("matchers", "expected"),
+    [
+        ({"unit": "hlt01"}, {("hlt01", "distributor"), ("hlt01", "collector")}),
+        (["unit=hlt01", "app=collector"], {("hlt01", "collector")}),
+        ("unit!=hlt01", {("hlt02", "distributor"), ("hlt02", "collector")}),
+        ("app=~dist.*", {("hlt01", "distributor"), ("hlt02", "distributor")}),
+        ("app=~dist", set()),  # regular expressions match the whole value
+        ("app!~dist.*", {("hlt01", "collector"), ("hlt02", "collector")}),
+        ("unit=hlt0*", {("hlt01", "distributor"), ("hlt01", "collector"),
+                        ("hlt02", "distributor"), ("hlt02", "collector")}),
+        ("unit=hlt0[2]", {("hlt02", "distributor"), ("hlt02", "collector")}),
+        ("unit!=*1", {("hlt02", "distributor"), ("hlt02", "collector")}),
+        ('app="collector"', {("hlt01", "collector"), ("hlt02", "collector")}),
+        ("host=", {("hlt01", "distributor"), ("hlt01", "collector"),
+                   ("hlt02", "distributor"), ("hlt02", "collector")}),  # missing label is ""
+        ("host!=", set()),
+        ([Matcher("unit", "=~", "hlt0[1-2]"), "app=collector"],
+         {("hlt01", "collector"), ("hlt02", "collector")}),
+    ],
+)
+def test_matchers_select_series(store: SQLiteStore, matchers: object, expected: set) -> None:
+    store.write(farm_batch(T0))
+
+    frame = store.query(QUEUE, matchers)
+
+    assert {(lbls["unit"], lbls["app"]) for lbls in frame["labels"]} == expected
+
+
+def test_matcher_semantics() -> None:
+    assert parse_matchers(None) == []
+    (glob,) = parse_matchers("host = hltwk0*")
+    assert (glob.label, glob.op, glob.value) == ("host", "=", "hltwk0*")
+    assert glob.matches({"host": "hltwk07"}) and not glob.matches({"host": "hltwk10"})
+    assert not glob.matches({})
+    (absent,) = parse_matchers("pid!~.+")
+    assert absent.matches({}) and not absent.matches({"pid": "12"})
+    (dotted,) = parse_matchers("zabbix.item=~cpu\\..*")
+    assert dotted.matches({"zabbix.item": "cpu.util"})
+    assert str(parse_matchers({"unit": 1})[0]) == "unit=1"
+
+
+@pytest.mark.parametrize("text", ["unit", "=hlt01", "unit~hlt01", "1unit=x", "", "unit=~(", "unit!~[z-a]"])
+def test_bad_matchers_raise_one_line_value_error(text: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_matchers([text])
+    message = str(caught.value)
+    assert repr(text) in message
+    assert "\n" not in message
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+def test_nan_infinities_bools_and_none(store: SQLiteStore) -> None:
+    batch = Batch(T0)
+    for name, value in [("nan", math.nan), ("inf", math.inf), ("ninf", -math.inf), ("true", True),
+                        ("false", False), ("none", None), ("int", 3), ("np", np.float32(0.5))]:
+        batch.add((name, ()), value)
+    store.write(batch)
+
+    values = dict(zip(store.query()["name"], store.query()["value"]))
+
+    assert math.isnan(values["nan"]) and math.isnan(values["none"])
+    assert values["inf"] == math.inf and values["ninf"] == -math.inf
+    assert (values["true"], values["false"], values["int"], values["np"]) == (1.0, 0.0, 3.0, 0.5)
+
+
+def test_unusable_values_and_items_are_rejected(store: SQLiteStore) -> None:
+    with pytest.raises(ValueError, match=r"bad\{unit=hlt01\}: value \[1\]"):
+        store.write(Batch(T0, [("bad", labels(unit="hlt01"))], [[1]]))
+    with pytest.raises(TypeError, match="Batch or Sample"):
+        store.write([(T0, "x", 1.0)])
+    assert store.write([]) == 0
+    assert store.series().empty
+
+
+def test_states_in_long_form_and_latest(store: SQLiteStore) -> None:
+    key = ("hlt.socket_state", labels(unit="hlt01"))
+    flip = (QUEUE, labels(unit="hlt01"))
+    store.write([Batch(T0, [key, flip], ["connected", 1.0]), Batch(T0 + 10, [flip], [2.0])])
+    store.write([Batch(T0 + 20, [key, flip], ["disconnected", "stuck"]),
+                 Batch(T0 + 30, [(EVENTS, ())], [5.0])])
+
+    states = store.query("hlt.socket_state")
+    assert states["state"].tolist() == ["connected", "disconnected"]
+    assert states["value"].isna().all()
+    assert store.query(form="wide").columns.tolist() == [EVENTS, format_series(*flip)]
+
+    latest = store.latest()
+    assert len(latest) == 3
+    newest = {name: (ts, value, state) for name, ts, value, state in
+              zip(latest["name"], latest["ts"], latest["value"], latest["state"])}
+    assert newest["hlt.socket_state"][::2] == (utc(T0 + 20), "disconnected")
+    assert newest[QUEUE][::2] == (utc(T0 + 20), "stuck")  # a newer state beats an older number
+    assert newest[EVENTS][:2] == (utc(T0 + 30), 5.0)
+    assert newest[EVENTS][2] is None
+
+
+def test_resend_replaces_instead_of_duplicating(store: SQLiteStore) -> None:
+    store.write(farm_batch(T0))
+    store.write(farm_batch(T0))
+    assert len(store.query()) == 9
+
+    store.write(farm_batch(T0, scale=3))
+    assert store.query(EVENTS)["value"].tolist() == [3000.0] * 4
+
+
+def test_one_store_shared_by_threads(store: SQLiteStore) -> None:
+    errors: list[BaseException] = []
+
+    def writer(first: int) -> None:
+        try:
+            for i in range(first, 200, 2):
+                store.write(farm_batch(T0 + i))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(first,)) for first in (0, 1)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        assert len(store.query(EVENTS)) % 4 == 0
+        store.latest()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.query()) == 200 * 9
+
+
+def test_lock_held_too_long_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    with SQLiteStore(path, busy_timeout=0.1) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreError, match=r"farm\.db: write failed: database is locked"):
+                store.write(farm_batch(T0))
+        finally:
+            other.close()
+        assert store.write(farm_batch(T0)) == 9
+
+
+# --- retention -----------------------------------------------------------------------------
+
+
+def chunk_tables(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'samples_%' ORDER BY name")
+        return [name for (name,) in rows]
+
+
+def test_retention_drops_old_chunks_trims_the_straddling_one_and_keeps_newest_states(tmp_path: Path) -> None:
+    clock = SimClock(T0 + 2 * DAY + DAY / 2)  # 2024-01-03 12:00 UTC
+    path = tmp_path / "farm.db"
+    metric = (QUEUE, labels(unit="hlt01"))
+    steady = ("hlt.socket_state", labels(unit="hlt01"))
+    flapping = ("hlt.socket_state", labels(unit="hlt02"))
+    with SQLiteStore(path, retention=DAY, clock=clock) as store:
+        store.write([Batch(T0 + day * DAY + hour * 3600, [metric], [day * 100 + hour])
+                     for day in range(3) for hour in (0, 12)])
+        store.write([Batch(T0, [steady, flapping], ["connected", "connected"]),
+                     Batch(T0 + DAY + 6 * 3600, [flapping], ["disconnected"]),
+                     Batch(T0 + 2 * DAY, [flapping], ["connected"])])
+        assert chunk_tables(path) == ["samples_20240101", "samples_20240102", "samples_20240103"]
+
+        removed = store.apply_retention()  # cutoff 2024-01-02 12:00
+
+        assert removed == 1 + 1 + 2  # one chunk dropped, one row trimmed, two states deleted
+        assert chunk_tables(path) == ["samples_20240102", "samples_20240103"]
+        assert store.query(QUEUE)["value"].tolist() == [112.0, 200.0, 212.0]
+        states = store.query("hlt.socket_state")
+        assert list(zip(states["unit"], states["state"], states["ts"])) == [
+            ("hlt01", "connected", utc(T0)),  # never changed: still the current state
+            ("hlt02", "connected", utc(T0 + 2 * DAY)),
+        ]
+        assert store.apply_retention() == 0
+
+        store.write(Batch(T0, [metric], [1.0]))  # a late replay into a dropped day recreates it
+        assert store.query(QUEUE, until=T0)["value"].tolist() == [1.0]
+
+
+def test_no_retention_keeps_everything(store: SQLiteStore) -> None:
+    store.write(farm_batch(T0))
+    assert store.apply_retention(now=T0 + 1000 * DAY) == 0
+    assert len(store.query()) == 9
+
+
+# --- schema and files ----------------------------------------------------------------------
+
+
+def test_new_file_gets_current_schema_and_reopening_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "farm.db"
+    with SQLiteStore(path) as store:
+        assert store.schema_version() == len(store_sqlite.MIGRATIONS)
+        store.write(farm_batch(T0))
+    with SQLiteStore(path) as store:
+        assert store.schema_version() == len(store_sqlite.MIGRATIONS)
+        assert len(store.query()) == 9
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert dict(conn.execute("SELECT key, value FROM meta"))["application"] == "farmwatch"
+
+
+def test_appended_migration_upgrades_existing_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "farm.db"
+    SQLiteStore(path).close()
+    step = """
+        CREATE TABLE silences(id INTEGER PRIMARY KEY, matchers TEXT, note TEXT DEFAULT 'a; b');
+        CREATE TABLE silence_log(id INTEGER);
+        CREATE TRIGGER silence_added AFTER INSERT ON silences BEGIN
+            INSERT INTO silence_log VALUES (new.id);
+        END;
+    """
+    monkeypatch.setattr(store_sqlite, "MIGRATIONS", [*store_sqlite.MIGRATIONS, step])
+
+    with SQLiteStore(path) as store:
+        assert store.schema_version() == len(store_sqlite.MIGRATIONS)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO silences(matchers) VALUES ('unit=hlt01')")
+        assert conn.execute("SELECT note FROM silences").fetchone() == ("a; b",)
+        assert conn.execute("SELECT count(*) FROM silence_log").fetchone() == (1,)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+
+    with pytest.raises(StoreError, match=r"farm\.db: written by a newer farmwatch \(schema version 99"):
+        SQLiteStore(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"hello, this is a log file\n" * 100, "not an SQLite database"),
+     (None, "SQLite database of something else")],
+)
+def test_foreign_files_are_refused(tmp_path: Path, content: bytes | None, problem: str) -> None:
+    path = tmp_path / "other.db"
+    if content is None:
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE t(x)")
+    else:
+        path.write_bytes(content)
+
+    for readonly in (False, True):
+        with pytest.raises(StoreError) as caught:
+            SQLiteStore(path, readonly=readonly)
+        assert str(caught.value).startswith(f"{path}: not a farmwatch store")
+        assert problem in str(caught.value)
+    if content is not None:
+        assert path.read_bytes() == content
+
+
+def test_unusable_paths_raise_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot create the store's folder"):
+        SQLiteStore(blocker / "farm.db")
+    with pytest.raises(StoreError, match="failed"):
+        SQLiteStore(tmp_path)  # a directory
+    with pytest.raises(StoreError, match="no such store file"):
+        SQLiteStore(tmp_path / "missing.db", readonly=True)
+
+
+def test_readonly_store_refuses_writes(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    with SQLiteStore(path) as store:
+        store.write(farm_batch(T0))
+    with SQLiteStore(path, readonly=True, retention=DAY) as reader:
+        assert len(reader.query()) == 9
+        with pytest.raises(StoreError, match="read-only"):
+            reader.write(farm_batch(T0))
+        with pytest.raises(StoreError, match="read-only"):
+            reader.apply_retention()
+
+
+# --- several processes ---------------------------------------------------------------------
+
+WRITERS, BATCHES, PER_BATCH = 4, 20, 5_000
+
+
+def write_concurrently(path: str, writer: int, start: multiprocessing.synchronize.Barrier) -> None:
+    """One collector process: all writers share the series, each has its own timestamps."""
+    keys = [(QUEUE, labels(unit=f"hlt{i // 500:02d}", app=f"app{i % 500}")) for i in range(PER_BATCH)]
+    start.wait(timeout=120)
+    with SQLiteStore(path) as store:  # opened at the same time: the schema creation races too
+        for b in range(BATCHES):
+            store.write(Batch(T0 + b * WRITERS + writer, keys, [float(writer)] * PER_BATCH))
+
+
+def test_concurrent_writer_processes_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(WRITERS)
+    procs = [ctx.Process(target=write_concurrently, args=(str(path), w, start)) for w in range(WRITERS)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [proc.exitcode for proc in procs] == [0] * WRITERS  # a "database is locked" would be 1
+
+    with SQLiteStore(path) as store:
+        assert len(store.series()) == PER_BATCH
+        frame = store.query(QUEUE)
+    assert len(frame) == WRITERS * BATCHES * PER_BATCH
+    per_writer = frame.groupby("value").size()
+    assert per_writer.to_dict() == {float(w): BATCHES * PER_BATCH for w in range(WRITERS)}
+
+
+def open_new_files(folder: str, rounds: int, start: multiprocessing.synchronize.Barrier) -> None:
+    try:
+        for i in range(rounds):
+            start.wait(timeout=120)
+            with SQLiteStore(Path(folder) / f"{i}.db") as store:
+                store.write(farm_batch(T0))
+    except BaseException:
+        start.abort()  # the others fail fast instead of waiting for this one
+        raise
+
+
+def test_processes_opening_a_new_file_at_once(tmp_path: Path) -> None:
+    """Switching a new file to WAL mode answers "locked" at once to the losers of the race."""
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(WRITERS)
+    procs = [ctx.Process(target=open_new_files, args=(str(tmp_path), 15, start)) for _ in range(WRITERS)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [proc.exitcode for proc in procs] == [0] * WRITERS
+    with SQLiteStore(tmp_path / "14.db") as store:
+        assert len(store.query()) == 9
+
+
+def write_slowly(path: str, batches: int, started: multiprocessing.synchronize.Event) -> None:
+    with SQLiteStore(path) as store:
+        for b in range(batches):
+            store.write(farm_batch(T0 + b))
+            started.set()
+
+
+def test_readonly_store_queries_while_another_process_writes(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    SQLiteStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    proc = ctx.Process(target=write_slowly, args=(str(path), 300, started))
+    proc.start()
+    counts = []
+    with SQLiteStore(path, readonly=True, busy_timeout=5) as reader:
+        assert started.wait(60)
+        while proc.is_alive():
+            counts.append(len(reader.query(EVENTS)))
+        proc.join()
+        final = len(reader.query(EVENTS))
+    assert proc.exitcode == 0
+    assert counts
+    assert counts == sorted(counts)  # every read saw a consistent, growing snapshot
+    assert all(count % 4 == 0 for count in counts)  # never half a batch
+    assert final == 300 * 4
