@@ -20,6 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) benchmarks/bench_store_ingest.py
 	$(PY) benchmarks/bench_hlt_poll.py
 
 clean:

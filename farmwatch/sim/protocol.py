@@ -756,6 +756,15 @@ class _HistogramStore:
         return max(self.stored.values(), default=0)
 
 
+def _log_merge(conn: Logger, now: float) -> None:
+    """The merge bookkeeping both histogram outputs share (``ZMQHistogramOutput::mergeAndSend``)."""
+    count = len(conn.store.stored)  # type: ignore[attr-defined]
+    conn.increment("histogram_merges")
+    conn.log("last_merged_histograms", count)
+    conn.average("average_merged_histograms", (float(count),))
+    conn.log_time("last_merge", now)
+
+
 class HistogramProxyOutput(ConfirmedOutput):
     """``ZMQHistogramOutput<ZMQHistoServerToZMQOutput>`` (proxyhistoserver): merged histograms go
     LZ4-compressed over a confirmed output. Its JSON is only the confirmed output's, so the
@@ -790,11 +799,7 @@ class HistogramProxyOutput(ConfirmedOutput):
         if not self.store.stored:
             return []
         now = self.now() if now is None else now
-        count = len(self.store.stored)
-        self.increment("histogram_merges")
-        self.log("last_merged_histograms", count)
-        self.average("average_merged_histograms", (float(count),))
-        self.log_time("last_merge", now)
+        _log_merge(self, now)
         before = self.store.merged_size()
         after = max(1, int(before * self.compression))
         self.average("size_before_compression", (before,))
@@ -845,11 +850,7 @@ class HistogramFinalOutput(Connection):
         if not self.store.stored:
             return []
         now = self.now() if now is None else now
-        count = len(self.store.stored)
-        self.increment("histogram_merges")
-        self.log("last_merged_histograms", count)
-        self.average("average_merged_histograms", (float(count),))
-        self.log_time("last_merge", now)
+        _log_merge(self, now)
         self.average("memory_file_size", (int(self.store.merged_size() * 0.6),))
         exp, run = self.store.meta or (0, 0)
         self.log("last_written_file_name", self.root_file_name

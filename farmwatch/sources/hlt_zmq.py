@@ -381,6 +381,8 @@ class HltZmqSource(Source):
                 if t.monitoring_counter is not None and mc < t.monitoring_counter:
                     restarted = True
                     t.restarts += 1
+                    t.keys.clear()  # the new process has new peers; forget the old ones' keys
+                    t.times.clear()
                     log.warning("hlt endpoint %s restarted (monitoring_counter %g → %g); counters reset", t.describe(), t.monitoring_counter, mc)
                 t.monitoring_counter = mc
         counters = t.counters
@@ -431,6 +433,8 @@ class HltZmqSource(Source):
                         if restarted or increase < 0:
                             increase = num  # counter reset: it counted up from zero since
                         add(rate, increase / (ts - prev[0]))
+        if restarted:
+            t.counters = {k: v for k, v in counters.items() if v[0] == ts}
         return batch
 
     def close(self) -> None:
