@@ -35,10 +35,14 @@ def config(unit, tmp_path) -> Path:
 
 
 def stored_rows(db: Path) -> int:
+    """Values in the store: numbers in frames (one row per batch, n values each) plus states."""
     con = sqlite3.connect(db)
     try:
-        tables = [r[0] for r in con.execute("select name from sqlite_master where type='table' and (name like 'samples_%' or name = 'states')")]
-        return sum(con.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables)
+        if not con.execute("select count(*) from sqlite_master where name = 'chunks'").fetchone()[0]:
+            return 0
+        frames = [r[0] for r in con.execute("select name from chunks")]
+        values = sum(con.execute(f'select total(l.n) from "{t}" join layouts as l on l.id = layout_id').fetchone()[0] for t in frames)
+        return int(values) + con.execute("select count(*) from states").fetchone()[0]
     finally:
         con.close()
 

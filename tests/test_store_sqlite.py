@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from farmwatch.clock import SimClock
-from farmwatch.model import Batch, Sample, format_series, labels
+from farmwatch.model import Batch, Sample, format_series, labels, with_labels
 from farmwatch.store import Matcher, SQLiteStore, StoreError, parse_matchers
 from farmwatch.store import sqlite as store_sqlite
 
@@ -38,6 +38,22 @@ def farm_batch(ts: float, scale: float = 1.0) -> Batch:
             batch.add((EVENTS, lbls), scale * 1000)
     batch.add(("hlt.socket_state", labels(unit="hlt01")), "connected")
     return batch
+
+
+DISTRIBUTOR = labels(unit="hlt01", app="distributor")
+
+
+def peer_batch(ts: float, peers: list[int], offset: float = 0.0) -> Batch:
+    """A distributor's cycle: its own value plus one per connected peer (value = peer + offset)."""
+    batch = Batch(ts, [(EVENTS, DISTRIBUTOR)], [offset])
+    for peer in peers:
+        batch.add((QUEUE, with_labels(DISTRIBUTOR, peer=f"hltwk{peer:02d}")), peer + offset)
+    return batch
+
+
+def table_rows(path: Path, sql: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchone()[0]
 
 
 @pytest.fixture
@@ -147,6 +163,159 @@ def test_query_spans_day_chunks(store: SQLiteStore) -> None:
     assert store.query(QUEUE)["value"].tolist() == [1.0, 2.0, 3.0]
     assert store.query(QUEUE, since=T0, until=T0 + DAY)["value"].tolist() == [2.0]
     assert store.latest(QUEUE)["value"].tolist() == [3.0]
+
+
+# --- frames: one row per batch ------------------------------------------------------------
+
+
+def test_key_set_changing_between_cycles_reads_back_in_long_and_wide_form(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    cycles = [[1, 2], [1, 2], [1, 2, 3], [1, 3], [1, 2]]  # peer 3 appears, peer 2 leaves and returns
+    with SQLiteStore(path) as store:
+        for i, peers in enumerate(cycles):
+            store.write(peer_batch(T0 + i, peers, offset=10 * i))
+        store.write(peer_batch(T0 + 4, [1, 2], offset=40))  # a resend replaces its frame
+
+        long = store.query(QUEUE)
+        assert list(zip(long["ts"], long["peer"], long["value"])) == [
+            (utc(T0 + i), f"hltwk{peer:02d}", float(peer + 10 * i))
+            for i, peers in enumerate(cycles) for peer in peers
+        ]
+        wide = store.query(QUEUE, form="wide")
+        assert list(wide.index) == [utc(T0 + i) for i in range(5)]
+        columns = [format_series(QUEUE, with_labels(DISTRIBUTOR, peer=f"hltwk{p:02d}")) for p in (1, 2, 3)]
+        assert list(wide.columns) == columns
+        expected = [[p + 10.0 * i if p in peers else math.nan for p in (1, 2, 3)]
+                    for i, peers in enumerate(cycles)]
+        np.testing.assert_array_equal(wide.to_numpy(), np.array(expected))
+        window = store.query(QUEUE, since=T0 + 2, until=T0 + 3, form="wide")
+        assert window.shape == (2, 3)
+        assert store.query(EVENTS)["value"].tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]
+
+        latest = store.latest(QUEUE)
+        assert list(zip(latest["peer"], latest["ts"], latest["value"])) == [
+            ("hltwk03", utc(T0 + 3), 33.0), ("hltwk01", utc(T0 + 4), 41.0), ("hltwk02", utc(T0 + 4), 42.0)]
+    # One frame per batch; the key set of cycles 0, 1 and 4 is one layout.
+    assert table_rows(path, 'SELECT count(*) FROM "frames_20240101"') == 5
+    assert table_rows(path, "SELECT count(*) FROM layouts") == 3
+
+
+def test_nan_and_infinities_round_trip_exactly(store: SQLiteStore) -> None:
+    specials = [math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308, 0.1, None]
+    keys = [(f"x{i}", ()) for i in range(len(specials))]
+    store.write(Batch(T0, keys, specials))  # None: the value-by-value path
+    store.write(Batch(T0 + 1, keys[:-1], specials[:-1]))  # floats only: the numpy path
+    store.write(Batch(T0 + 2, keys[:-1], np.array(specials[:-1])))
+    store.write([Sample(T0 + 3, name, value) for (name, _), value in zip(keys, specials)])
+
+    expected = np.array(specials, dtype=np.float64).view(np.int64)  # bit patterns; None is NaN
+    wide = store.query(form="wide")
+    assert wide.shape == (4, len(specials))
+    assert (wide.to_numpy().view(np.int64) == expected).all()  # -0.0 keeps its sign, NaN stays NaN
+    for frame in (store.query(until=T0), store.latest()):
+        got = frame.set_index("name")["value"].reindex([name for name, _ in keys]).to_numpy()
+        assert (got.view(np.int64) == expected).all()
+
+
+def test_same_series_in_two_layouts_at_one_ts_appears_once(store: SQLiteStore) -> None:
+    store.write(peer_batch(T0, [1, 2]))
+    store.write(peer_batch(T0 + 1, [1, 2, 3]))
+    store.write(peer_batch(T0, [1, 2, 3], offset=100))  # a resend of T0 under the newer key set
+
+    long = store.query(QUEUE, until=T0)
+    assert list(zip(long["peer"], long["value"])) == [
+        ("hltwk01", 101.0), ("hltwk02", 102.0), ("hltwk03", 103.0)]
+    assert store.query(EVENTS)["value"].tolist() == [100.0, 0.0]
+    wide = store.query(QUEUE, form="wide")
+    assert wide.index.is_unique
+    assert wide.loc[utc(T0)].tolist() == [101.0, 102.0, 103.0]
+    limited = store.query(QUEUE, limit=3)
+    assert limited["value"].tolist() == [101.0, 102.0, 103.0]
+    assert store.query(form="wide", limit=4).shape == (1, 4)
+    assert store.latest(QUEUE)["value"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_duplicate_keys_in_a_batch_keep_the_last_value_and_order_does_not_matter(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    a, b, c = ((QUEUE, labels(unit=u)) for u in ("hlt01", "hlt02", "hlt03"))
+    with SQLiteStore(path) as store:
+        assert store.write(Batch(T0, [a, b, c, a], [1.0, 2.0, 3.0, 4.0])) == 4
+        store.write(Batch(T0 + 1, [c, a, b], [30.0, 10.0, 20.0]))  # same series, other order
+        store.write(Batch(T0 + 2, [b, b, a, c], [None, 5.0, "stuck", 6.0]))  # mixed values: slow path
+
+        frame = store.query(QUEUE)
+        assert list(zip(frame["ts"], frame["unit"], frame["value"].fillna(-1), frame["state"])) == [
+            (utc(T0), "hlt01", 4.0, None), (utc(T0), "hlt02", 2.0, None), (utc(T0), "hlt03", 3.0, None),
+            (utc(T0 + 1), "hlt01", 10.0, None), (utc(T0 + 1), "hlt02", 20.0, None),
+            (utc(T0 + 1), "hlt03", 30.0, None),
+            (utc(T0 + 2), "hlt01", -1, "stuck"), (utc(T0 + 2), "hlt02", 5.0, None),
+            (utc(T0 + 2), "hlt03", 6.0, None),
+        ]
+    assert table_rows(path, "SELECT count(*) FROM layouts") == 2  # {a, b, c} and {b, c}
+
+
+def test_loose_samples_make_one_frame_per_timestamp(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    one, two = labels(unit="hlt01"), labels(unit="hlt02")
+    samples = [
+        Sample(T0 + 1, QUEUE, 1.0, one),
+        Sample(T0, QUEUE, 2.0, two),
+        Sample(T0 + 1, QUEUE, 3.0, two),
+        Sample(T0, EVENTS, 4.0),
+        Sample(T0 + 1, "hlt.socket_state", "connected", one),
+        Sample(T0 + 1, QUEUE, 5.0, one),  # the same (series, ts) again: the last value wins
+        Sample(T0 + DAY, QUEUE, 6.0, one),
+    ]
+    with SQLiteStore(path) as store:
+        assert store.write(samples) == 7
+        frame = store.query()
+        assert list(zip(frame["ts"], frame["name"], frame["unit"].fillna("-"), frame["value"].fillna(-1),
+                        frame["state"])) == [
+            (utc(T0), EVENTS, "-", 4.0, None),
+            (utc(T0), QUEUE, "hlt02", 2.0, None),
+            (utc(T0 + 1), QUEUE, "hlt01", 5.0, None),
+            (utc(T0 + 1), QUEUE, "hlt02", 3.0, None),
+            (utc(T0 + 1), "hlt.socket_state", "hlt01", -1, "connected"),
+            (utc(T0 + DAY), QUEUE, "hlt01", 6.0, None),
+        ]
+        assert store.write(samples) == 7  # a replay changes nothing
+        pd.testing.assert_frame_equal(store.query(), frame)
+    assert table_rows(path, 'SELECT count(*) FROM "frames_20240101"') == 2
+    assert table_rows(path, 'SELECT count(*) FROM "frames_20240102"') == 1
+
+
+def write_changing_key_sets(path: str, cycles: int, started: multiprocessing.synchronize.Event) -> None:
+    with SQLiteStore(path) as store:
+        for i in range(cycles):
+            store.write(peer_batch(T0 + i, list(range(1, 4 + i % 3)), offset=i))  # 3 key sets in turn
+            started.set()
+
+
+def test_frames_survive_reopen_and_another_process_reads_while_one_writes(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    SQLiteStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    proc = ctx.Process(target=write_changing_key_sets, args=(str(path), 200, started))
+    proc.start()
+    seen = []
+    with SQLiteStore(path, readonly=True, busy_timeout=5) as reader:
+        assert started.wait(60)
+        while proc.is_alive():
+            wide = reader.query(QUEUE, form="wide")
+            # Every cycle read is whole: 3, 4 or 5 peers, each peer's value = peer + cycle.
+            cycle = ((wide.index - utc(T0)).total_seconds()).to_numpy()
+            assert (wide.notna().sum(axis=1).to_numpy() == 3 + cycle % 3).all()
+            seen.append(len(wide))
+        proc.join()
+        final = reader.query(QUEUE, form="wide")
+    assert proc.exitcode == 0
+    assert seen and seen == sorted(seen)
+    assert final.shape == (200, 5)
+    np.testing.assert_array_equal(final.iloc[:, 0].to_numpy(), 1.0 + np.arange(200))
+    with SQLiteStore(path) as reopened:
+        pd.testing.assert_frame_equal(reopened.query(QUEUE, form="wide"), final)
+        assert len(reopened.latest(QUEUE)) == 5
 
 
 # --- selection -----------------------------------------------------------------------------
@@ -310,7 +479,7 @@ def test_lock_held_too_long_is_a_store_error(tmp_path: Path) -> None:
 
 def chunk_tables(path: Path) -> list[str]:
     with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'samples_%' ORDER BY name")
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'frames_%' ORDER BY name")
         return [name for (name,) in rows]
 
 
@@ -326,12 +495,12 @@ def test_retention_drops_old_chunks_trims_the_straddling_one_and_keeps_newest_st
         store.write([Batch(T0, [steady, flapping], ["connected", "connected"]),
                      Batch(T0 + DAY + 6 * 3600, [flapping], ["disconnected"]),
                      Batch(T0 + 2 * DAY, [flapping], ["connected"])])
-        assert chunk_tables(path) == ["samples_20240101", "samples_20240102", "samples_20240103"]
+        assert chunk_tables(path) == ["frames_20240101", "frames_20240102", "frames_20240103"]
 
         removed = store.apply_retention()  # cutoff 2024-01-02 12:00
 
         assert removed == 1 + 1 + 2  # one chunk dropped, one row trimmed, two states deleted
-        assert chunk_tables(path) == ["samples_20240102", "samples_20240103"]
+        assert chunk_tables(path) == ["frames_20240102", "frames_20240103"]
         assert store.query(QUEUE)["value"].tolist() == [112.0, 200.0, 212.0]
         states = store.query("hlt.socket_state")
         assert list(zip(states["unit"], states["state"], states["ts"])) == [
@@ -342,6 +511,29 @@ def test_retention_drops_old_chunks_trims_the_straddling_one_and_keeps_newest_st
 
         store.write(Batch(T0, [metric], [1.0]))  # a late replay into a dropped day recreates it
         assert store.query(QUEUE, until=T0)["value"].tolist() == [1.0]
+
+
+def test_retention_trims_frames_and_keeps_layouts_usable(tmp_path: Path) -> None:
+    clock = SimClock(T0 + 2 * DAY + DAY / 2)  # cutoff: 2024-01-02 12:00
+    path = tmp_path / "farm.db"
+    with SQLiteStore(path, retention=DAY, clock=clock) as store:
+        for day in range(3):
+            for hour in (0, 6, 12, 18):
+                peers = [1, 2] if day < 2 else [1, 2, 3]  # peer 3 appears on the last day
+                store.write(peer_batch(T0 + day * DAY + hour * 3600, peers, offset=100 * day + hour))
+
+        removed = store.apply_retention()
+
+        # Day one dropped (1), day two's 00:00 and 06:00 frames trimmed (2 × 3 samples).
+        assert removed == 1 + 2 * 3
+        assert chunk_tables(path) == ["frames_20240102", "frames_20240103"]
+        assert sorted(set(store.query(QUEUE)["value"])) == [113.0, 114.0, 119.0, 120.0] + [
+            200.0 + h + p for h in (0, 6, 12, 18) for p in (1, 2, 3)]
+        assert store.query(EVENTS)["value"].tolist() == [112.0, 118.0, 200.0, 206.0, 212.0, 218.0]
+        assert store.apply_retention() == 0
+        store.write(peer_batch(T0 + 2 * DAY + 20 * 3600, [1, 2], offset=300))  # an old key set again
+        assert store.latest(QUEUE)["value"].tolist() == [221.0, 301.0, 302.0]  # by ts, then series
+    assert table_rows(path, "SELECT count(*) FROM layouts") == 2
 
 
 def test_no_retention_keeps_everything(store: SQLiteStore) -> None:

@@ -4,18 +4,24 @@ Several services write to the same file at once (one collector per source, plus 
 alerting), so the file runs in WAL mode, every write is one ``BEGIN IMMEDIATE`` transaction that
 waits up to ``busy_timeout`` for the write lock, and readers never block writers.
 
-Numeric samples live in one table per UTC day (``samples_YYYYMMDD``, WITHOUT ROWID, primary key
-``(series_id, ts)``): a series' points are stored next to each other, so reading a series is a
-range scan, ingest is one ``executemany`` per chunk, and retention drops whole days instead of
-deleting rows one by one. The price of that clustering: once each series fills a page of its
-own, every commit rewrites one page per series written, so writing several poll cycles in one
-``write`` call is much cheaper than one call per cycle (``benchmarks/bench_store_ingest.py``).
-String state values (``socket_state = connected``) share one ``states`` table with the same key;
-retention always keeps each series' newest state.
+Numeric samples are stored as *frames*. A poll source produces, per target and cycle, one
+``Batch``: the same series every cycle with new values. All numbers of a batch become one row of
+the day's table ``frames_YYYYMMDD(layout_id, ts, vals)`` (WITHOUT ROWID, primary key
+``(layout_id, ts)``): ``vals`` is a little-endian float64 array and the *layout* names the series
+those values belong to, in order (``layouts``; ``layout_series`` maps a series to its (layout,
+position) pairs). A commit of one poll cycle therefore appends one row per target rather than one
+per series, and dirties about one page per target however many series the target has. Reading a
+series reads its layouts' frames by primary-key ranges and picks its column; a target whose key
+set changes (a peer appears) simply gets another layout; should a (series, ts) end up in two
+layouts, reads take it from the newest one. Day tables are listed in ``chunks`` and
+retention drops whole days instead of deleting rows one by one.
+String state values (``socket_state = connected``) live in one ``states`` table keyed
+``(series_id, ts)``; retention always keeps each series' newest state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -25,6 +31,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -42,7 +49,8 @@ DAY_MS = 86_400_000
 CACHE_KIB = 64 * 1024
 
 MIGRATIONS: list[str] = [
-    # 1: metadata, series catalogue, the list of day chunks, state values.
+    # 1: metadata, series catalogue, the list of day chunks (frames_YYYYMMDD tables, created on
+    # demand), the layouts of frames and where each series sits in them, state values.
     """
     CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     INSERT INTO meta(key, value) VALUES ('application', 'farmwatch');
@@ -61,6 +69,16 @@ MIGRATIONS: list[str] = [
         ts INTEGER NOT NULL,
         value TEXT NOT NULL,
         PRIMARY KEY(series_id, ts)) WITHOUT ROWID;
+    CREATE TABLE layouts(
+        id INTEGER PRIMARY KEY,
+        digest BLOB NOT NULL UNIQUE,
+        n INTEGER NOT NULL,
+        series BLOB NOT NULL);
+    CREATE TABLE layout_series(
+        series_id INTEGER NOT NULL,
+        layout_id INTEGER NOT NULL,
+        pos INTEGER NOT NULL,
+        PRIMARY KEY(series_id, layout_id)) WITHOUT ROWID;
     """,
 ]
 """Schema steps: ``MIGRATIONS[i]`` is an SQL script taking a file from ``user_version`` i to i + 1.
@@ -68,11 +86,15 @@ MIGRATIONS: list[str] = [
 Append a step to change the schema; never edit one that has shipped.
 """
 
-SampleRow = tuple[int, int, float | None]
-"""(series id, ts in ms, value) as stored; None is NaN."""
 StateRow = tuple[int, int, str]
-Columns = tuple[list[SeriesKey], list[Value]]
-"""Keys and values sharing one timestamp."""
+"""(series id, ts in ms, state) as stored."""
+Points = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Numeric samples as columns: series ids (int64), ts in ms (int64), values (float64)."""
+Raw = tuple[int, list[SeriesKey], list[Value]]
+"""What becomes one frame: ts in ms, keys and values as given."""
+
+FRAME_DTYPE = np.dtype("<f8")
+ID_DTYPE = np.dtype("<i8")
 
 _GLOB = re.compile(r"[*?\[]")
 _LONG_COLUMNS = ("ts", "name", "value", "state", "labels")
@@ -112,6 +134,8 @@ class SQLiteStore:
         self._clock: Clock = clock or RealClock()
         self._lock = threading.RLock()
         self._ids: dict[SeriesKey, int] = {}
+        # Layout ids by the bytes of their int64 series-id array (hashed once, compared by memcmp).
+        self._layouts: dict[bytes, int] = {}
         self._conn = self._connect(busy_timeout)
         try:
             self._configure(busy_timeout)
@@ -140,42 +164,48 @@ class SQLiteStore:
     def write(self, items: Batch | Sample | Iterable[Batch] | Iterable[Sample]) -> int:
         """Store samples in one transaction and return how many rows were written.
 
-        Numbers (bools as 1.0/0.0, None and NaN as a missing value) become samples, strings
-        become state values. Writing the same (series, ts) again replaces the value, so replaying
-        a spool after a crash never duplicates points.
+        Numbers (bools as 1.0/0.0, None as NaN; NaN and ±inf are kept as they are) become samples,
+        strings become state values. The numbers of one ``Batch`` are stored as one frame; loose
+        ``Sample`` objects make one frame per timestamp. Writing the same (series, ts) again
+        replaces the value, so replaying a spool after a crash never duplicates points. (A
+        rewrite whose batch has another set of numeric series is stored under another layout;
+        a (series, ts) held by two layouts is read from the newest layout, not the last write.)
         """
-        groups = _group_by_ts(items)
-        if not groups:
+        raws, count, arrivals = _collect(items)
+        if not raws:
             return 0
         self._require_writable("write")
+        parts = [_Part.split(*raw) for raw in raws]
         with self._lock:
             ids = self._ids
-            unknown = [key for keys, _ in groups.values() for key in keys if key not in ids]
+            try:
+                frames = [part.resolve(ids) for part in parts]
+            except KeyError:
+                frames = None
             with self._transaction("BEGIN IMMEDIATE", "write") as conn:
-                if unknown:
+                if frames is None:
+                    unknown = [key for key in _first_appearance(arrivals) if key not in ids]
                     ids = {**ids, **self._register(conn, unknown)}
-                chunks: dict[int, list[SampleRow]] = {}
+                    frames = [part.resolve(ids) for part in parts]
+                layouts = self._layout_ids(conn, frames)
+                chunks: dict[int, list[tuple[int, int, bytes]]] = {}
                 states: list[StateRow] = []
-                for ts, (keys, values) in groups.items():
-                    rows = chunks.setdefault(ts // DAY_MS, [])
-                    for key, value in zip(keys, values):
-                        if value.__class__ is float:
-                            rows.append((ids[key], ts, value))
-                        elif isinstance(value, str):
-                            states.append((ids[key], ts, value))
-                        else:
-                            rows.append((ids[key], ts, _number(key, value)))
+                for frame in frames:
+                    if frame.sids.size:
+                        chunks.setdefault(frame.ts // DAY_MS, []).append(
+                            (layouts[frame.layout], frame.ts, frame.values.tobytes()))
+                    states += frame.states
                 for day, rows in chunks.items():
-                    if rows:
-                        # In id order for B-tree locality; a stable sort lets the last duplicate win.
-                        rows.sort(key=itemgetter(0))
-                        table = _ensure_chunk(conn, day)
-                        conn.executemany(f'INSERT OR REPLACE INTO "{table}" VALUES (?, ?, ?)', rows)
+                    # In primary-key order for B-tree locality; a stable sort lets the last duplicate win.
+                    rows.sort(key=itemgetter(0, 1))
+                    table = _ensure_chunk(conn, day)
+                    conn.executemany(f'INSERT OR REPLACE INTO "{table}" VALUES (?, ?, ?)', rows)
                 if states:
                     conn.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", states)
             # Only now: ids handed out by a transaction that rolled back must not be cached.
             self._ids = ids
-        return sum(len(keys) for keys, _ in groups.values())
+            self._layouts.update(layouts)
+        return count
 
     def series(self, name: str | None = None, matchers: MatcherSpec = None) -> pd.DataFrame:
         """The known series: columns id, name, labels (dict) and one column per label key."""
@@ -210,18 +240,10 @@ class SQLiteStore:
         order = "" if limit is None else " ORDER BY ts, series_id LIMIT ?"
         with self._transaction("BEGIN", "query") as conn:
             catalog = _Catalog.select(conn, name, wanted)
-            ids = _json(catalog.ids)
-            samples: list[SampleRow] = []
-            chunks = conn.execute(
-                "SELECT name FROM chunks WHERE end_ms > ? AND start_ms <= ? ORDER BY start_ms", (lo, hi)
-            ).fetchall()
-            for (table,) in chunks:
-                if limit is not None and len(samples) >= limit:
-                    break
-                params = (ids, lo, hi) if limit is None else (ids, lo, hi, limit - len(samples))
-                samples += conn.execute(_range_sql(f'"{table}"') + order, params).fetchall()
+            samples = _read_frames(conn, _Slots.select(conn, catalog.ids), lo, hi, limit)
             states: list[StateRow] = []
             if form == "long":
+                ids = _json(catalog.ids)
                 params = (ids, lo, hi) if limit is None else (ids, lo, hi, limit)
                 states = conn.execute(_range_sql("states") + order, params).fetchall()
         if form == "wide":
@@ -234,29 +256,37 @@ class SQLiteStore:
         wanted = parse_matchers(matchers)
         with self._transaction("BEGIN", "query") as conn:
             catalog = _Catalog.select(conn, name, wanted)
-            missing = set(catalog.ids)
-            samples: list[SampleRow] = []
+            slots = _Slots.select(conn, catalog.ids)
+            newest: list[tuple[int, int, bytes]] = []
+            missing = set(slots.layouts)
             for (table,) in conn.execute("SELECT name FROM chunks ORDER BY start_ms DESC").fetchall():
                 if not missing:
                     break
-                found = conn.execute(_newest_sql(f'"{table}"'), (_json(sorted(missing)),)).fetchall()
-                samples += found
+                found = conn.execute(_newest_frame_sql(f'"{table}"'), (_json(sorted(missing)),)).fetchall()
+                newest += found
                 missing.difference_update(row[0] for row in found)
             states = conn.execute(_newest_sql("states"), (_json(catalog.ids),)).fetchall()
-        state_ts = {sid: ts for sid, ts, _ in states}
-        samples = [row for row in samples if row[1] > state_ts.get(row[0], -math.inf)]
-        newer_sample = {row[0] for row in samples}
+        sids, ts, values, layout = slots.points([(lid, [(t, blob)]) for lid, t, blob in newest])
+        # Newest per series across its layouts: latest ts first, then the newest layout.
+        order = np.lexsort((-layout, -ts, sids))
+        first = _firsts(sids[order])
+        sids, ts, values = sids[order][first], ts[order][first], values[order][first]
+        state_ts = {sid: t for sid, t, _ in states}
+        keep = np.array([t > state_ts.get(sid, -math.inf) for sid, t in zip(sids.tolist(), ts.tolist())],
+                        dtype=bool)
+        newer_sample = set(sids[keep].tolist())
         states = [row for row in states if row[0] not in newer_sample]
-        return catalog.long(samples, states)
+        return catalog.long((sids[keep], ts[keep], values[keep]), states)
 
     def apply_retention(self, now: float | None = None) -> int:
         """Forget data older than ``retention`` seconds before ``now`` (default: the clock's time).
 
         Day chunks entirely before the cutoff are dropped as tables (no row scan); the chunk
-        straddling the cutoff loses its older rows by primary-key ranges. Each series keeps its
+        straddling the cutoff loses its older frames by primary-key ranges. Each series keeps its
         newest state however old: a state that never changed is still the current state.
-        Returns the number of rows deleted plus the number of chunks dropped (a dropped chunk
-        counts once; counting its rows would cost the scan that dropping avoids).
+        Returns the number of samples and states deleted plus the number of chunks dropped (a
+        dropped chunk counts once; counting its samples would cost the scan that dropping avoids).
+        Layouts stay: they are small, and a target that comes back reuses its layout.
         """
         if self.retention is None:
             return 0
@@ -271,8 +301,13 @@ class SQLiteStore:
                     conn.execute("DELETE FROM chunks WHERE name = ?", (table,))
                     removed += 1
                 else:
-                    sql = f'DELETE FROM "{table}" WHERE series_id IN (SELECT id FROM series) AND ts < ?'
-                    removed += conn.execute(sql, (cutoff,)).rowcount
+                    # Layout by layout, so that each is a primary-key range rather than a table scan
+                    # (CROSS JOIN keeps SQLite from putting the big table in the outer loop).
+                    counted = (f'SELECT total(l.n) FROM layouts AS l CROSS JOIN "{table}" AS f '
+                               "ON f.layout_id = l.id AND f.ts < ?")
+                    removed += int(conn.execute(counted, (cutoff,)).fetchone()[0])
+                    sql = f'DELETE FROM "{table}" WHERE layout_id IN (SELECT id FROM layouts) AND ts < ?'
+                    conn.execute(sql, (cutoff,))
             removed += conn.execute(_STATES_RETENTION, {"cutoff": cutoff}).rowcount
         return removed
 
@@ -301,8 +336,10 @@ class SQLiteStore:
         if not self.readonly:
             _enable_wal(conn, busy_timeout)
         conn.execute("PRAGMA synchronous=NORMAL")
-        # Every poll cycle appends to each series' own page of today's chunk; with the default
-        # 2 MB cache those pages are evicted between cycles once a farm has ~10k series.
+        # A farm cycle adds ~1,400 pages; checkpoint (with its fsync) every few cycles, not every one.
+        conn.execute("PRAGMA wal_autocheckpoint = 8000")
+        # Every poll cycle appends to each target's last page of today's chunk and looks up the
+        # series catalogue; the default 2 MB cache would evict those pages between cycles.
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
     def _migrate(self) -> None:
@@ -360,6 +397,35 @@ class SQLiteStore:
             (_json([row[:2] for row in rows]),),
         )
         return {keys[i]: sid for i, sid in found}
+
+    def _layout_ids(self, conn: sqlite3.Connection, frames: list[_Frame]) -> dict[bytes, int]:
+        """The layout id of each frame; unknown layouts are created the way ``_register`` creates series.
+
+        ``layout_series`` rows are written by the transaction that creates the layout, so every
+        process that finds a layout also finds where its series are.
+        """
+        known = self._layouts
+        found: dict[bytes, int] = {}
+        for frame in frames:
+            layout = frame.layout
+            if layout in found or not frame.sids.size:
+                continue
+            lid = known.get(layout)
+            if lid is None:
+                digest = hashlib.blake2b(layout, digest_size=16).digest()
+                cursor = conn.execute("INSERT OR IGNORE INTO layouts(digest, n, series) VALUES (?, ?, ?)",
+                                      (digest, frame.sids.size, layout))
+                if cursor.rowcount == 1:
+                    lid = cursor.lastrowid
+                    conn.executemany("INSERT INTO layout_series(series_id, layout_id, pos) VALUES (?, ?, ?)",
+                                     zip(frame.sids.tolist(), repeat(lid), range(frame.sids.size)))
+                else:
+                    lid, stored = conn.execute("SELECT id, series FROM layouts WHERE digest = ?",
+                                               (digest,)).fetchone()
+                    if stored != layout:
+                        raise sqlite3.DatabaseError(f"layout {lid} has the digest of another series list")
+            found[layout] = lid
+        return found
 
     @contextmanager
     def _transaction(self, begin: str, action: str) -> Iterator[sqlite3.Connection]:
@@ -424,14 +490,14 @@ class _Catalog:
         columns.update(self._label_columns(np.arange(len(self.ids)), _SERIES_COLUMNS))
         return pd.DataFrame(columns)
 
-    def long(self, samples: list[SampleRow], states: list[StateRow]) -> pd.DataFrame:
-        sid_s, ts_s, values = _unzip(samples)
+    def long(self, samples: Points, states: list[StateRow]) -> pd.DataFrame:
+        sid_s, ts_s, value_s = samples
         sid_t, ts_t, texts = _unzip(states)
         pos = self._positions(np.concatenate([sid_s, sid_t]))
         ts = np.concatenate([ts_s, ts_t])
-        value = np.concatenate([np.array(values, dtype=np.float64), np.full(len(texts), np.nan)])
+        value = np.concatenate([value_s, np.full(len(texts), np.nan)])
         state = np.empty(len(ts), dtype=object)
-        state[len(values) :] = texts
+        state[len(value_s) :] = texts
         order = np.lexsort((pos, ts))
         pos = pos[order]
         columns: dict[str, object] = {
@@ -444,14 +510,15 @@ class _Catalog:
         columns.update(self._label_columns(pos, _LONG_COLUMNS))
         return pd.DataFrame(columns)
 
-    def wide(self, samples: list[SampleRow]) -> pd.DataFrame:
-        sid, ts, values = _unzip(samples)
-        value = np.array(values, dtype=np.float64)
-        points = pd.DataFrame({"ts": ts, "pos": self._positions(sid), "value": value})
-        frame = points.pivot(index="ts", columns="pos", values="value")
-        frame.columns = pd.Index([self.display[p] for p in frame.columns])
-        frame.index = _datetimes(frame.index.to_numpy(dtype=np.int64)).rename("ts")
-        return frame
+    def wide(self, samples: Points) -> pd.DataFrame:
+        """What ``pivot(index="ts", columns=series, values="value")`` gives, without its MultiIndex detour."""
+        sid, ts, value = samples
+        times, row = np.unique(ts, return_inverse=True)
+        used, col = np.unique(self._positions(sid), return_inverse=True)
+        matrix = np.full((len(times), len(used)), np.nan)
+        matrix[row, col] = value
+        columns = pd.Index([self.display[p] for p in used.tolist()])
+        return pd.DataFrame(matrix, index=_datetimes(times).rename("ts"), columns=columns)
 
     def _positions(self, sids: np.ndarray) -> np.ndarray:
         return pd.Index(self.ids).get_indexer(sids)
@@ -462,29 +529,220 @@ class _Catalog:
         return {k: _objects([lbls.get(k) for lbls in self.labels])[pos] for k in keys}
 
 
-def _group_by_ts(items: Batch | Sample | Iterable[Batch] | Iterable[Sample]) -> dict[int, Columns]:
-    """Columns of keys and values per timestamp (ms): the shape the insert loop wants."""
+def _collect(
+    items: Batch | Sample | Iterable[Batch] | Iterable[Sample],
+) -> tuple[list[Raw], int, list[tuple[int, list[SeriesKey]]]]:
+    """One raw frame per Batch and one per timestamp of loose Samples; how many values were given;
+    the keys of each item with its ts, in the order given (for ``_first_appearance``)."""
     if isinstance(items, (Batch, Sample)):
         items = [items]
-    groups: dict[int, Columns] = {}
+    raws: list[Raw] = []
+    loose: dict[int, tuple[list[SeriesKey], list[Value]]] = {}
+    arrivals: list[tuple[int, list[SeriesKey]]] = []
+    count = 0
     for item in items:
         if isinstance(item, Batch):
-            keys, values = groups.setdefault(_ms(item.ts), ([], []))
-            keys.extend(item.keys)
-            values.extend(item.values)
+            ts = _ms(item.ts)
+            raws.append((ts, item.keys, item.values))
+            arrivals.append((ts, item.keys))
+            count += len(item.keys)
         elif isinstance(item, Sample):
-            keys, values = groups.setdefault(_ms(item.ts), ([], []))
+            ts = _ms(item.ts)
+            keys, values = loose.setdefault(ts, ([], []))
             keys.append(item.key)
             values.append(item.value)
+            arrivals.append((ts, [item.key]))
+            count += 1
         else:
             raise TypeError(f"write() takes Batch or Sample objects, not {type(item).__name__}")
-    return groups
+    raws += [(ts, keys, values) for ts, (keys, values) in loose.items()]
+    return raws, count, arrivals
 
 
-def _number(key: SeriesKey, value: object) -> float | None:
-    """A sample value as SQLite stores it: None for missing (SQLite itself turns NaN into NULL)."""
+def _first_appearance(arrivals: list[tuple[int, list[SeriesKey]]]) -> Iterator[SeriesKey]:
+    """Keys in the order new series get their ids: by timestamp in order of first appearance,
+    then as given, so a source's next batches have their ids in increasing order."""
+    by_ts: dict[int, list[list[SeriesKey]]] = {}
+    for ts, keys in arrivals:
+        by_ts.setdefault(ts, []).append(keys)
+    for lists in by_ts.values():
+        for keys in lists:
+            yield from keys
+
+
+@dataclass(slots=True)
+class _Part:
+    """One frame to be: its numbers as one float64 array, its strings as states; ids still unknown."""
+
+    ts: int
+    numeric: list[SeriesKey]
+    values: np.ndarray
+    states: list[tuple[SeriesKey, str]]
+
+    @classmethod
+    def split(cls, ts: int, keys: list[SeriesKey], values: list[Value]) -> _Part:
+        if len(keys) != len(values):  # zip() semantics, as before
+            n = min(len(keys), len(values))
+            keys, values = list(keys)[:n], list(values)[:n]
+        # Fast path: numpy converts a list of numbers in C; anything else (strings, None,
+        # objects numpy cannot make numbers of) goes value by value.
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError, OverflowError):
+            array = None
+        if array is not None and array.ndim == 1 and array.dtype.kind in "fiub":
+            return cls(ts, keys, array.astype(FRAME_DTYPE), [])
+        numeric: list[SeriesKey] = []
+        numbers: list[float] = []
+        states: list[tuple[SeriesKey, str]] = []
+        for key, value in zip(keys, values):
+            if value.__class__ is float:
+                numeric.append(key)
+                numbers.append(value)
+            elif isinstance(value, str):
+                states.append((key, value))
+            else:
+                numeric.append(key)
+                numbers.append(_number(key, value))
+        return cls(ts, numeric, np.array(numbers, dtype=FRAME_DTYPE), states)
+
+    def resolve(self, ids: dict[SeriesKey, int]) -> _Frame:
+        """The frame with series ids; raises KeyError for a series ``ids`` does not know yet."""
+        sids = np.fromiter(map(ids.__getitem__, self.numeric), dtype=ID_DTYPE, count=len(self.numeric))
+        values = self.values
+        if sids.size > 1 and not (sids[1:] > sids[:-1]).all():
+            # Duplicates (the last value wins) or ids out of order: one layout per set of series.
+            last = sids.size - 1 - np.unique(sids[::-1], return_index=True)[1]
+            sids, values = sids[last], values[last]
+        states = [(ids[key], self.ts, text) for key, text in self.states]
+        return _Frame(self.ts, sids, values, sids.tobytes(), states)
+
+
+@dataclass(slots=True)
+class _Frame:
+    """A frame ready to store: ids strictly increasing, values in the same order."""
+
+    ts: int
+    sids: np.ndarray
+    values: np.ndarray
+    layout: bytes
+    """``sids`` as bytes: the layout's identity, cache key and stored ``series`` blob."""
+    states: list[StateRow]
+
+
+@dataclass
+class _Slots:
+    """Where the selected series sit in frames: per layout, its width and the wanted columns."""
+
+    layouts: dict[int, tuple[int, np.ndarray, np.ndarray]]
+    """layout id -> (n, positions, series ids at those positions)."""
+    shared: bool
+    """Some series is in more than one layout, so the same (series, ts) may come twice."""
+
+    @classmethod
+    def select(cls, conn: sqlite3.Connection, ids: list[int]) -> _Slots:
+        if not ids:
+            return cls({}, False)
+        rows = conn.execute(
+            "SELECT ls.layout_id, l.n, ls.pos, ls.series_id FROM json_each(?) AS j "
+            "JOIN layout_series AS ls ON ls.series_id = j.value JOIN layouts AS l ON l.id = ls.layout_id",
+            (_json(ids),),
+        ).fetchall()
+        rows.sort()
+        grouped: dict[int, tuple[int, list[int], list[int]]] = {}
+        for lid, n, pos, sid in rows:
+            entry = grouped.get(lid)
+            if entry is None:
+                entry = grouped[lid] = (n, [], [])
+            entry[1].append(pos)
+            entry[2].append(sid)
+        layouts = {lid: (n, np.array(pos, dtype=np.intp), np.array(sids, dtype=np.int64))
+                   for lid, (n, pos, sids) in grouped.items()}
+        return cls(layouts, len({row[3] for row in rows}) < len(rows))
+
+    def points(self, fetched: list[tuple[int, list[tuple[int, bytes]]]]) -> tuple[np.ndarray, ...]:
+        """Series ids, ts, values and layout ids of the wanted columns of fetched frames (ts, vals)."""
+        parts = []
+        for lid, rows in fetched:
+            if not rows:
+                continue
+            n, pos, sids = self.layouts[lid]
+            ts, blobs = zip(*rows)
+            data = b"".join(blobs)
+            if len(data) != len(rows) * n * FRAME_DTYPE.itemsize:
+                raise sqlite3.DatabaseError(f"a frame of layout {lid} is not {n} values long")
+            values = np.frombuffer(data, dtype=FRAME_DTYPE).reshape(len(rows), n)[:, pos]
+            k = len(pos)
+            parts.append((
+                np.tile(sids, len(rows)),
+                np.repeat(np.array(ts, dtype=np.int64), k),
+                values.ravel().astype(np.float64, copy=False),
+                np.full(len(rows) * k, lid, dtype=np.int64),
+            ))
+        if not parts:
+            return tuple(np.empty(0, dtype=dtype) for dtype in (np.int64, np.int64, np.float64, np.int64))
+        return tuple(np.concatenate(column) for column in zip(*parts))
+
+
+def _read_frames(conn: sqlite3.Connection, slots: _Slots, lo: int, hi: int, limit: int | None) -> Points:
+    """The samples of the selected series with lo <= ts <= hi; with a limit, the earliest by (ts, id).
+
+    Per overlapping day chunk and layout, one primary-key range. With a limit, ``limit`` frames of
+    a layout are enough: each frame holds a point of every selected series of the layout (or a
+    newer layout's point at the same ts replaces it), so later frames cannot be among the first.
+    """
+    sids_out: list[np.ndarray] = []
+    ts_out: list[np.ndarray] = []
+    values_out: list[np.ndarray] = []
+    got = 0
+    if slots.layouts:
+        chunks = conn.execute(
+            "SELECT name FROM chunks WHERE end_ms > ? AND start_ms <= ? ORDER BY start_ms", (lo, hi)
+        ).fetchall()
+    else:
+        chunks = []
+    for (table,) in chunks:
+        if limit is not None and got >= limit:
+            break
+        sql = f'SELECT ts, vals FROM "{table}" WHERE layout_id = ? AND ts BETWEEN ? AND ?'
+        if limit is not None:
+            sql += " ORDER BY ts LIMIT ?"
+        fetched = []
+        for lid in slots.layouts:
+            params = (lid, lo, hi) if limit is None else (lid, lo, hi, limit - got)
+            fetched.append((lid, conn.execute(sql, params).fetchall()))
+        sids, ts, values, layout = slots.points(fetched)
+        if slots.shared:
+            # The same (series, ts) in two layouts (a key set that changed, then a resend): the
+            # newest layout's value wins.
+            order = np.lexsort((-layout, ts, sids))
+            sids, ts, values = sids[order], ts[order], values[order]
+            keep = np.ones(len(sids), dtype=bool)
+            keep[1:] = (sids[1:] != sids[:-1]) | (ts[1:] != ts[:-1])
+            sids, ts, values = sids[keep], ts[keep], values[keep]
+        if limit is not None:
+            order = np.lexsort((sids, ts))[: limit - got]
+            sids, ts, values = sids[order], ts[order], values[order]
+        sids_out.append(sids)
+        ts_out.append(ts)
+        values_out.append(values)
+        got += len(sids)
+    if not sids_out:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    return np.concatenate(sids_out), np.concatenate(ts_out), np.concatenate(values_out)
+
+
+def _firsts(sorted_ids: np.ndarray) -> np.ndarray:
+    """Mask of the first element of each run of equal ids."""
+    first = np.ones(len(sorted_ids), dtype=bool)
+    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    return first
+
+
+def _number(key: SeriesKey, value: object) -> float:
+    """A sample value as a float: NaN for missing."""
     if value is None:
-        return None
+        return math.nan
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -492,11 +750,11 @@ def _number(key: SeriesKey, value: object) -> float | None:
 
 
 def _ensure_chunk(conn: sqlite3.Connection, day: int) -> str:
-    """Create the day's sample table if needed (always checked: another process may have dropped it)."""
-    table = "samples_" + datetime.fromtimestamp(day * 86_400, timezone.utc).strftime("%Y%m%d")
+    """Create the day's frame table if needed (always checked: another process may have dropped it)."""
+    table = "frames_" + datetime.fromtimestamp(day * 86_400, timezone.utc).strftime("%Y%m%d")
     conn.execute(
-        f'CREATE TABLE IF NOT EXISTS "{table}"(series_id INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL, '
-        "PRIMARY KEY(series_id, ts)) WITHOUT ROWID"
+        f'CREATE TABLE IF NOT EXISTS "{table}"(layout_id INTEGER NOT NULL, ts INTEGER NOT NULL, '
+        "vals BLOB NOT NULL, PRIMARY KEY(layout_id, ts)) WITHOUT ROWID"
     )
     conn.execute(
         "INSERT OR IGNORE INTO chunks(name, start_ms, end_ms) VALUES (?, ?, ?)",
@@ -510,6 +768,14 @@ def _range_sql(table: str) -> str:
     return (
         f"SELECT series_id, ts, value FROM {table} "
         "WHERE series_id IN (SELECT value FROM json_each(?)) AND ts BETWEEN ? AND ?"
+    )
+
+
+def _newest_frame_sql(table: str) -> str:
+    """The newest frame (layout id, ts, vals) of each listed layout: one primary-key seek per layout."""
+    return (
+        f"SELECT t.layout_id, t.ts, t.vals FROM json_each(?) AS j JOIN {table} AS t "
+        f"ON t.layout_id = j.value AND t.ts = (SELECT MAX(ts) FROM {table} WHERE layout_id = j.value)"
     )
 
 
@@ -539,6 +805,9 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
     but one of them at once, without waiting for the busy timeout.
     """
     deadline = time.monotonic() + timeout
+    # Only takes effect on a new, empty file: 8 KB pages keep a typical frame (~150 values,
+    # 1.2 KB) inside its page instead of spilling into an overflow page (half the file size).
+    conn.execute("PRAGMA page_size = 8192")
     while True:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
