@@ -97,3 +97,12 @@ def test_top_once_shows_the_unit(config):
     out = farmwatch("top", "-c", str(config), "--once", env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
     assert "hlt01" in out.stdout and "in Hz" in out.stdout
+
+
+def test_demo_runs_to_completion_and_sees_both_faults(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "farmwatch", "demo", "--duration", "14s", "--out", str(tmp_path / "demo")],
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "hlt.input.dead_workers: 0 → 2" in out.stdout
+    assert "received_events:rate" in out.stdout and "→ 0" in out.stdout
+    assert "never" not in out.stdout and ", 0 dropped." in out.stdout
