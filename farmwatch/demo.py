@@ -21,6 +21,7 @@ from farmwatch.config import load
 from farmwatch.overview import LatestValues, render, summarize
 from farmwatch.runner import Runner
 from farmwatch.sim import SimUnit
+from farmwatch.sim.ioc import SimIOC
 from farmwatch.sources import source_class
 from farmwatch.store import SQLiteStore
 
@@ -45,9 +46,11 @@ def run_demo(duration: float = 60.0, out: Path = Path("demo-out")) -> int:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{out / 'farmwatch.db'}{suffix}").unlink(missing_ok=True)
 
-    with SimUnit("hlt01", worker_nodes=4, workers_per_node=8, input_rate=1000.0, seed=42) as unit:
+    with SimUnit("hlt01", worker_nodes=4, workers_per_node=8, input_rate=1000.0, seed=42) as unit, SimIOC() as ioc:
         cfg = out / "farmwatch.toml"
-        cfg.write_text('[store]\npath = "farmwatch.db"\nretention = "1d"\n\n' + unit.config_toml(source_name="hlt", interval="1s", timeout="500ms"))
+        cfg.write_text('[store]\npath = "farmwatch.db"\nretention = "1d"\n\n'
+                       + unit.config_toml(source_name="hlt", interval="1s", timeout="500ms")
+                       + _slow_control_toml(ioc))
         settings = load(cfg)
         sources = [source_class(c.kind)(n, c) for n, c in settings.sources.items()]
         store = SQLiteStore(settings.store.path, retention=settings.store.retention)
@@ -64,6 +67,7 @@ def run_demo(duration: float = 60.0, out: Path = Path("demo-out")) -> int:
                    "hlt.input.received_events:rate", {"unit": "hlt01", "app": "distributor"}, lambda before, now: now == 0),
         ]
         resume_at = 0.80 * duration
+        ioc.set("B2_nsm:get:RUNCONTROL:rcstate", "RUNNING")
         console.print(f"[bold]farmwatch demo[/bold]: simulated unit hlt01 ({len(unit.endpoints)} monitor endpoints, "
                       f"{len(unit.nodes)} worker nodes) → {settings.store.path}, for {duration:.0f}s")
         started = time.monotonic()
@@ -82,7 +86,9 @@ def run_demo(duration: float = 60.0, out: Path = Path("demo-out")) -> int:
                         unit.stall_input(False)
                         resumed = True
                         console.print(f"[green]+{elapsed:4.0f}s input resumes[/green]")
-                    view = render(summarize(latest.snapshot()), title=f"hlt01 — +{elapsed:.0f}s of {duration:.0f}s")
+                    snap = latest.snapshot()
+                    run_state = next((v for (n, _), (_, v) in snap.items() if n == "daq.run_state"), "?")
+                    view = render(summarize(snap), title=f"hlt01 — run state {run_state} (real IOC) — +{elapsed:.0f}s of {duration:.0f}s")
                     if console.is_terminal:
                         live.update(view, refresh=True)
                     elif elapsed - last_print >= 10:
@@ -96,12 +102,36 @@ def run_demo(duration: float = 60.0, out: Path = Path("demo-out")) -> int:
                 s.close()
 
     ok = _report(console, store, faults, started_wall=time.time() - (time.monotonic() - started))
+    states = store.latest("daq.run_state")
+    run_state = states["state"].iloc[-1] if len(states) else None
+    console.print(f"Run state from the IOC (B2_nsm:get:RUNCONTROL:rcstate → daq.run_state): {run_state or '[red]never read[/red]'}")
+    ok = ok and run_state == "RUNNING"
     store.close()
     console.print(f"\nStore: {settings.store.path}   Config: {cfg}")
     console.print(f"Try:   farmwatch query -c {cfg} hlt.input.dead_workers --label app=collector --since 10m\n"
                   f"       farmwatch query -c {cfg} 'hlt.input.received_events:rate' --label app=distributor --format csv")
     console.print(f"{runner.written:,} samples written, {runner.dropped} dropped.")
     return 0 if ok else 1
+
+
+def _slow_control_toml(ioc: SimIOC) -> str:
+    """The run state and a few NSM variables through the nsm2cad bridge names of a real IOC."""
+    return f"""
+[sources.slowcontrol]
+kind = "nsm"
+method = "epics"
+interval = "1s"
+timeout = "500ms"
+run_control = "RUNCONTROL"
+ca_addr_list = ["{ioc.address}"]
+ca_auto_addr_list = false
+ca_repeater_port = {ioc.repeater_port}
+vars = [
+  {{ node = "HLT01", var = "rcstate", labels = {{ unit = "hlt01" }} }},
+  {{ node = "HLT01", var = "nworkers", labels = {{ unit = "hlt01" }} }},
+  {{ node = "HLT01", var = "input.rate", labels = {{ unit = "hlt01" }} }},
+]
+"""
 
 
 def _report(console: Console, store: SQLiteStore, faults: list[_Fault], started_wall: float) -> bool:

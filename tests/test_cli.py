@@ -106,3 +106,4 @@ def test_demo_runs_to_completion_and_sees_both_faults(tmp_path):
     assert "hlt.input.dead_workers: 0 → 2" in out.stdout
     assert "received_events:rate" in out.stdout and "→ 0" in out.stdout
     assert "never" not in out.stdout and ", 0 dropped." in out.stdout
+    assert "daq.run_state): RUNNING" in out.stdout  # read from the real IOC the demo started
