@@ -22,6 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_store_ingest.py
 	$(PY) benchmarks/bench_hlt_poll.py
+	$(PY) benchmarks/bench_epics.py --seconds 8
+	$(PY) benchmarks/bench_nsmvget.py --cycles 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
