@@ -3,9 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import os
+from typing import TYPE_CHECKING, Iterator
 
+import pytest
 import zmq
+
+if TYPE_CHECKING:
+    from farmwatch.sim.ioc import SimIOC
 
 _ctx = zmq.Context.instance()
 
@@ -75,3 +83,39 @@ def request(address: str, timeout: float = 2.0) -> list[bytes] | None:
 def flat(address: str) -> dict:
     with Client(address) as client:
         return client.flat()
+
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def real_ioc(purpose: str) -> Iterator["SimIOC"]:
+    """A real IOC on a free loopback port, with the CA client environment pointing at it.
+
+    The CA context is process-wide: it is reset before (a context made with other settings would
+    not find this IOC) and after, and the environment restored, so other test modules start clean.
+    Without epicscorelibs the tests are skipped, except in CI where that is a failure.
+    """
+    from farmwatch.sim.ioc import SimIOC
+    from farmwatch.sources import epics as epics_source
+
+    if importlib.util.find_spec("epicscorelibs") is None:
+        if IN_CI:
+            pytest.fail(f"epicscorelibs is not installed: {purpose} need a real IOC in CI")
+        pytest.skip("epicscorelibs is not installed (pip install epicscorelibs): no IOC to test against")
+    saved = dict(os.environ)
+    epics_source.reset_context()
+    sim = SimIOC()
+    try:
+        sim.start()  # a failure here fails the tests (CI or not): the IOC is part of what is tested
+    except Exception:
+        sim.close()
+        raise
+    os.environ.update(sim.ca_env)
+    try:
+        yield sim
+    finally:
+        sim.close()
+        epics_source.reset_context()
+        os.environ.clear()
+        os.environ.update(saved)

@@ -7,9 +7,7 @@ Values are changed inside the IOC process (``SimIOC.set`` → IOC shell ``dbpf``
 over Channel Access. The kill/restart test runs last (it takes the IOC away for a while).
 """
 
-import importlib.util
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -18,11 +16,10 @@ import pytest
 
 from farmwatch.config import ConfigError, parse
 from farmwatch.model import labels
-from farmwatch.sim.ioc import SimIOC
 from farmwatch.sources import epics as epics_source
 from farmwatch.sources.epics import EpicsSource
+from sim_helpers import real_ioc
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 RC = "B2_nsm:get:RUNCONTROL:rcstate"
 RC_ENUM = "SIM:RUNCONTROL:state"
@@ -30,26 +27,8 @@ RC_ENUM = "SIM:RUNCONTROL:state"
 
 @pytest.fixture(scope="module")
 def ioc():
-    if importlib.util.find_spec("epicscorelibs") is None:
-        if IN_CI:
-            pytest.fail("epicscorelibs is not installed: the EPICS tests need a real IOC in CI")
-        pytest.skip("epicscorelibs is not installed (pip install epicscorelibs): no IOC to test against")
-    saved = dict(os.environ)
-    epics_source.reset_context()  # a context made with other settings would not find this IOC
-    sim = SimIOC()
-    try:
-        sim.start()  # a failure here fails the tests (CI or not): the IOC is part of what is tested
-    except Exception:
-        sim.close()
-        raise
-    os.environ.update(sim.ca_env)
-    try:
+    with real_ioc("the EPICS tests") as sim:
         yield sim
-    finally:
-        sim.close()
-        epics_source.reset_context()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def make_source(ioc, pvs, **extra) -> EpicsSource:

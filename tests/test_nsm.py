@@ -7,7 +7,6 @@ The CA setup follows tests/test_epics.py: the IOC's client settings go into the 
 the CA context exists, and the context and environment are restored at the end.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -19,11 +18,9 @@ import pytest
 
 from farmwatch.config import ConfigError, parse
 from farmwatch.model import labels
-from farmwatch.sim.ioc import SimIOC
-from farmwatch.sources import epics as epics_source
 from farmwatch.sources.nsm import NsmSource, parse_listing, parse_value
+from sim_helpers import real_ioc
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 STANDIN = Path(__file__).parent / "nsm_standin"
 RC = "B2_nsm:get:RUNCONTROL:rcstate"
 
@@ -69,26 +66,8 @@ def collect(src, until, timeout=5.0, into=None, pause=0.1):
 # -- method epics: the nsm2cad bridge PVs on a real IOC ----------------------------------------------
 @pytest.fixture(scope="module")
 def ioc():
-    if importlib.util.find_spec("epicscorelibs") is None:
-        if IN_CI:
-            pytest.fail("epicscorelibs is not installed: the NSM bridge tests need a real IOC in CI")
-        pytest.skip("epicscorelibs is not installed (pip install epicscorelibs): no IOC to test against")
-    saved = dict(os.environ)
-    epics_source.reset_context()
-    sim = SimIOC()
-    try:
-        sim.start()  # a failure fails the tests (CI or not)
-    except Exception:
-        sim.close()
-        raise
-    os.environ.update(sim.ca_env)
-    try:
+    with real_ioc("the NSM bridge tests") as sim:
         yield sim
-    finally:
-        sim.close()
-        epics_source.reset_context()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import logging
 import sqlite3
 import threading
 
-import pytest
 
 from farmwatch.clock import SimClock
 from farmwatch.model import Batch, labels

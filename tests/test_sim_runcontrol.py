@@ -4,8 +4,6 @@ through the nsm2cad bridge name (CA setup as in tests/test_nsm.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import time
 
 import pytest
@@ -14,14 +12,11 @@ from farmwatch.clock import SimClock
 from farmwatch.config import parse
 from farmwatch.model import labels
 from farmwatch.sim import SimUnit
-from farmwatch.sim.ioc import SimIOC
 from farmwatch.sim.runcontrol import RunController
-from farmwatch.sources import epics as epics_source
 from farmwatch.sources.epics import EpicsSource
 from farmwatch.sources.nsm import NsmSource
-from sim_helpers import flat
+from sim_helpers import flat, real_ioc
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 NODES, PER_NODE, RATE = 2, 4, 200.0
 T0 = 1_700_000_000.0
 
@@ -147,26 +142,8 @@ def test_unit_counters_stop_after_stop_and_move_after_start(clock):
 # -- the run state through the nsm2cad bridge on a real IOC -----------------------------------------
 @pytest.fixture(scope="module")
 def ioc():
-    if importlib.util.find_spec("epicscorelibs") is None:
-        if IN_CI:
-            pytest.fail("epicscorelibs is not installed: the run-control IOC test needs a real IOC in CI")
-        pytest.skip("epicscorelibs is not installed (pip install epicscorelibs): no IOC to test against")
-    saved = dict(os.environ)
-    epics_source.reset_context()
-    sim = SimIOC()
-    try:
-        sim.start()
-    except Exception:
-        sim.close()
-        raise
-    os.environ.update(sim.ca_env)
-    try:
+    with real_ioc("the run-control IOC tests") as sim:
         yield sim
-    finally:
-        sim.close()
-        epics_source.reset_context()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _ca(ioc):
