@@ -61,3 +61,37 @@ def expand(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def expand_entry(entry: Any, fields: tuple[str, ...], reserved: set[str]) -> list[tuple[dict[str, str], dict[str, str]]]:
+    """Validate one ``{ <fields…> = "…", labels = { … } }`` config entry and expand its ranges.
+
+    The fields and the labels expand together (the same range in a name and a label zips), so
+    ``{ pv = "HLT{01..20}:RATE", labels = { unit = "hlt{01..20}" } }`` is 20 PVs with their units.
+    Returns (fields, labels) per expanded entry; raises ValueError with a one-line reason.
+    """
+    if not isinstance(entry, dict):
+        raise ValueError("expected an inline table {" + ", ".join(f'{f} = "…"' for f in fields) + ", labels = { … } }")
+    unknown = sorted(set(entry) - set(fields) - {"labels"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)} (expected {', '.join(fields)} and labels)")
+    values = {f: entry.get(f) for f in fields}
+    empty = [f for f, v in values.items() if not isinstance(v, str) or not v]
+    if empty:
+        raise ValueError(f"{' and '.join(empty)} must be non-empty strings")
+    lbls = entry.get("labels", {})
+    if not isinstance(lbls, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in lbls.items()):
+        raise ValueError("labels must be an inline table of non-empty strings")
+    bad = sorted(k for k in lbls if not _LABEL_NAME.match(k))
+    if bad:
+        raise ValueError(f"label name(s) {', '.join(bad)} are not identifiers")
+    taken = sorted(reserved & lbls.keys())
+    if taken:
+        raise ValueError(f"label(s) {', '.join(taken)} are set by the source; use another name")
+    out = []
+    for e in expand({**{"\0" + f: v for f, v in values.items()}, **lbls}):
+        out.append(({f: e.pop("\0" + f) for f in fields}, e))
+    return out

@@ -33,8 +33,7 @@ def ioc():
 
 def make_source(ioc, pvs, **extra) -> EpicsSource:
     body = {"kind": "epics", "interval": "1s", "timeout": "500ms", "missing_after": "1s",
-            "ca_addr_list": [ioc.address], "ca_auto_addr_list": False, "ca_repeater_port": ioc.repeater_port,
-            "pvs": pvs, **extra}
+            **ioc.ca_config, "pvs": pvs, **extra}
     return EpicsSource("slc", parse({"sources": {"slc": body}}).sources["slc"])
 
 

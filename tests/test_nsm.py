@@ -75,8 +75,7 @@ def bridge(ioc):
     made = []
 
     def factory(vars, **extra):
-        body = {"interval": "1s", "timeout": "500ms", "missing_after": "1s", "ca_addr_list": [ioc.address],
-                "ca_auto_addr_list": False, "ca_repeater_port": ioc.repeater_port, "vars": vars, **extra}
+        body = {"interval": "1s", "timeout": "500ms", "missing_after": "1s", **ioc.ca_config, "vars": vars, **extra}
         src = NsmSource("n", make(body))
         made.append(src)
         return src

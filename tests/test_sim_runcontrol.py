@@ -147,8 +147,7 @@ def ioc():
 
 
 def _ca(ioc):
-    return {"interval": "1s", "timeout": "500ms", "missing_after": "1s", "ca_addr_list": [ioc.address],
-            "ca_auto_addr_list": False, "ca_repeater_port": ioc.repeater_port}
+    return {"interval": "1s", "timeout": "500ms", "missing_after": "1s", **ioc.ca_config}
 
 
 @pytest.mark.timeout(30)

@@ -136,6 +136,11 @@ class SimIOC:
         return {"EPICS_CA_ADDR_LIST": self.address, "EPICS_CA_AUTO_ADDR_LIST": "NO",
                 "EPICS_CA_REPEATER_PORT": str(self.repeater_port)}
 
+    @property
+    def ca_config(self) -> dict[str, Any]:
+        """The same as source config keys (``[sources.x]`` of kind epics or nsm)."""
+        return {"ca_addr_list": [self.address], "ca_auto_addr_list": False, "ca_repeater_port": self.repeater_port}
+
     def _server_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update({

@@ -40,12 +40,11 @@ from pydantic import Field, field_validator, model_validator
 from farmwatch.config import Duration, Section
 from farmwatch.model import Batch, Labels, SeriesKey, labels as make_labels, with_labels
 from farmwatch.sources.base import Source, SourceConfig
-from farmwatch.templates import expand
+from farmwatch.templates import expand_entry
 
 log = logging.getLogger(__name__)
 
 _PV_NAME = re.compile(r"^[^\s\"'{}]+$")
-_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = {"pv", "index"}
 _ADDR = re.compile(r"^[A-Za-z0-9_.\-]+(:\d{1,5})?$")
 _TS_RESOLUTION = 0.01
@@ -92,32 +91,15 @@ class EpicsConfig(SourceConfig):
         for i, entry in enumerate(value):
             if isinstance(entry, str):
                 entry = {"pv": entry}
-            if not isinstance(entry, dict):
-                raise ValueError(f'pvs[{i}]: expected a PV name or an inline table {{ pv = "…", labels = {{ … }} }}')
-            unknown = sorted(set(entry) - {"pv", "labels"})
-            if unknown:
-                raise ValueError(f"pvs[{i}]: unknown key(s) {', '.join(unknown)} (expected pv and labels)")
-            pv, lbls = entry.get("pv"), entry.get("labels", {})
-            if not isinstance(pv, str) or not pv:
-                raise ValueError(f"pvs[{i}]: pv must be a non-empty PV name")
-            if not isinstance(lbls, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in lbls.items()):
-                raise ValueError(f"pvs[{i}]: labels must be an inline table of non-empty strings")
-            bad = sorted(k for k in lbls if not _LABEL_NAME.match(k))
-            if bad:
-                raise ValueError(f"pvs[{i}]: label name(s) {', '.join(bad)} are not identifiers")
-            reserved = sorted(_RESERVED & lbls.keys())
-            if reserved:
-                raise ValueError(f"pvs[{i}]: label(s) {', '.join(reserved)} are set by the source; use another name")
-            flat = {"\0pv": pv, **lbls}
             try:
-                expanded = expand(flat)
+                expanded = expand_entry(entry, ("pv",), _RESERVED)
             except ValueError as exc:
                 raise ValueError(f"pvs[{i}]: {exc}") from None
-            for e in expanded:
-                name = e.pop("\0pv")
+            for fields, lbls in expanded:
+                name = fields["pv"]
                 if not _PV_NAME.match(name):
                     raise ValueError(f"pvs[{i}]: {name!r} is not a PV name (no spaces, quotes or braces)")
-                out.append({"pv": name, "labels": e})
+                out.append({"pv": name, "labels": lbls})
         return out
 
     @field_validator("ca_addr_list", mode="before")

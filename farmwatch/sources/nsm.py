@@ -46,7 +46,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from farmwatch.config import Duration, Section
 from farmwatch.model import Batch, SeriesKey, labels as make_labels
 from farmwatch.sources.base import Source, SourceConfig
-from farmwatch.templates import expand
+from farmwatch.templates import expand_entry
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ RUN_STATES = frozenset({"OFF", "NOTREADY", "READY", "RUNNING", "PAUSED", "LOADIN
 
 _NODE = re.compile(r"^[A-Z0-9_][A-Z0-9_\-]{0,30}$")
 _VAR = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-\[\]]*$")
-_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = {"node", "var", "pv", "index"}
 _CA_KEYS = ("ca_addr_list", "ca_auto_addr_list", "ca_server_port", "ca_repeater_port", "ca_conn_tmo", "ca_max_array_bytes")
 _VALUE_LINE = re.compile(r"^\s*(\S+?)\s*:\s(.*)$|^\s*(\S+?)\s*:$")
@@ -116,33 +115,17 @@ class NsmConfig(SourceConfig):
             raise ValueError('expected a list of inline tables { node = "…", var = "…" }')
         out: list[dict[str, Any]] = []
         for i, entry in enumerate(value):
-            if not isinstance(entry, dict):
-                raise ValueError(f'vars[{i}]: expected an inline table {{ node = "…", var = "…", labels = {{ … }} }}')
-            unknown = sorted(set(entry) - {"node", "var", "labels"})
-            if unknown:
-                raise ValueError(f"vars[{i}]: unknown key(s) {', '.join(unknown)} (expected node, var and labels)")
-            node, var, lbls = entry.get("node"), entry.get("var"), entry.get("labels", {})
-            if not isinstance(node, str) or not node or not isinstance(var, str) or not var:
-                raise ValueError(f"vars[{i}]: node and var must be non-empty strings")
-            if not isinstance(lbls, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in lbls.items()):
-                raise ValueError(f"vars[{i}]: labels must be an inline table of non-empty strings")
-            bad = sorted(k for k in lbls if not _LABEL_NAME.match(k))
-            if bad:
-                raise ValueError(f"vars[{i}]: label name(s) {', '.join(bad)} are not identifiers")
-            reserved = sorted(_RESERVED & lbls.keys())
-            if reserved:
-                raise ValueError(f"vars[{i}]: label(s) {', '.join(reserved)} are set by the source; use another name")
             try:
-                expanded = expand({"\0node": node, "\0var": var, **lbls})
+                expanded = expand_entry(entry, ("node", "var"), _RESERVED)
             except ValueError as exc:
                 raise ValueError(f"vars[{i}]: {exc}") from None
-            for e in expanded:
-                n, v = e.pop("\0node"), e.pop("\0var")
+            for fields, lbls in expanded:
+                n, v = fields["node"], fields["var"]
                 if not _NODE.match(n):
                     raise ValueError(f"vars[{i}]: node {n!r} is not an NSM node name (upper case, digits, _ or -, at most 31 characters)")
                 if v != "*" and not _VAR.match(v):
                     raise ValueError(f"vars[{i}]: var {v!r} is not an NSM variable name")
-                out.append({"node": n, "var": v, "labels": e})
+                out.append({"node": n, "var": v, "labels": lbls})
         return out
 
     @field_validator("run_control")
