@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from farmwatch.durations import parse_duration
 
@@ -44,11 +44,92 @@ class LogSettings(Section):
     format: Literal["plain", "json"] = "plain"
 
 
+class InhibitSettings(Section):
+    """While an alert matching ``source`` fires, alerts matching ``target`` with equal ``equal`` labels are muted."""
+
+    source: list[str] = Field(min_length=1)
+    target: list[str] = Field(min_length=1)
+    equal: list[str] = Field(default_factory=list)
+
+    @field_validator("source", "target")
+    @classmethod
+    def _matchers(cls, value: list[str]) -> list[str]:
+        from farmwatch.store.matchers import parse_matchers
+
+        parse_matchers(value)
+        return value
+
+
+class NotifierSettings(Section):
+    """One place alerts go. Secrets (token, password, webhook URL) only from environment or files."""
+
+    kind: Literal["rocketchat", "webhook", "console"]
+    url: str | None = None
+    url_env: str | None = None
+    url_file: Path | None = None
+    channel: str | None = None
+    room_id: str | None = None
+    user_id: str | None = None
+    token_env: str | None = None
+    token_file: Path | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    alias: str | None = "farmwatch"
+    emoji: str | None = None
+    timeout: Duration = Field(default=10.0, gt=0)
+    verify: bool = True
+    ca_file: Path | None = None
+    max_chars: int = Field(default=5000, ge=600)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "NotifierSettings":
+        if self.kind == "rocketchat":
+            if not self.url:
+                raise ValueError("a rocketchat notifier needs url (the server, e.g. https://chat.example.org)")
+            if not (self.channel or self.room_id):
+                raise ValueError("a rocketchat notifier needs channel (e.g. '#hlt-alerts') or room_id")
+            token = bool(self.token_env or self.token_file)
+            login = bool(self.username and (self.password_env or self.password_file))
+            if not (token or login):
+                raise ValueError("a rocketchat notifier needs token_env/token_file with user_id "
+                                 "(personal access token) or username with password_env/password_file")
+            if token and not self.user_id:
+                raise ValueError("a personal access token needs user_id (the token owner's user id)")
+        if self.kind == "webhook" and not (self.url_env or self.url_file):
+            raise ValueError("a webhook notifier needs url_env or url_file (the URL contains its secret token, "
+                             "so it never goes into the config)")
+        if self.kind == "webhook" and self.url:
+            raise ValueError("put the webhook URL into an environment variable (url_env) or a file (url_file): "
+                             "it contains the secret token")
+        return self
+
+
+class AlertingSettings(Section):
+    """Rules, their evaluation, grouping and where notifications go (``[alerting]``)."""
+
+    enabled: bool = True
+    rules: list[Path] = Field(default_factory=list)
+    shipped_rules: bool = True
+    evaluation_interval: Duration = Field(default=5.0, gt=0)
+    run_state_node: str | None = None
+    group_by: list[str] = Field(default_factory=lambda: ["alertname", "unit"])
+    group_wait: Duration = Field(default=10.0, ge=0)
+    group_interval: Duration = Field(default=60.0, gt=0)
+    repeat_interval: Duration = Field(default=4 * 3600.0, gt=0)
+    keep_resolved: Duration = Field(default=86400.0, gt=0)
+    link: str | None = None
+    inhibit: list[InhibitSettings] = Field(default_factory=list)
+    shipped_inhibit: bool = True
+    notify: dict[str, NotifierSettings] = Field(default_factory=dict)
+
+
 class Settings(Section):
     """A whole validated config. ``sources`` maps the section name to the kind's own Config."""
 
     store: StoreSettings = StoreSettings()
     log: LogSettings = LogSettings()
+    alerting: AlertingSettings = AlertingSettings()
     sources: dict[str, Any] = Field(default_factory=dict)
     file: Path | None = None
 
@@ -115,10 +196,12 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
 
     if problems:
         raise ConfigError(problems)
-    store = settings.store
-    if base_dir is not None and not store.path.is_absolute():
-        store = store.model_copy(update={"path": base_dir / store.path})
-    return settings.model_copy(update={"sources": validated, "store": store})
+    store, alerting = settings.store, settings.alerting
+    if base_dir is not None:
+        if not store.path.is_absolute():
+            store = store.model_copy(update={"path": base_dir / store.path})
+        alerting = alerting.model_copy(update={"rules": [p if p.is_absolute() else base_dir / p for p in alerting.rules]})
+    return settings.model_copy(update={"sources": validated, "store": store, "alerting": alerting})
 
 
 def load(path: str | Path) -> Settings:

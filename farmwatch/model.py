@@ -107,7 +107,14 @@ class AlertState(str, Enum):
 
 @dataclass(slots=True)
 class Alert:
-    """An alert instance; identity is rule + labels (the fingerprint), as in Alertmanager."""
+    """An alert instance; identity is rule + labels (the fingerprint), as in Alertmanager.
+
+    Times are epoch seconds: ``active_since`` when the rule's condition first held (the alert is
+    pending until it has held for the rule's ``for``), ``starts_at`` when it started firing,
+    ``ends_at`` when it resolved. ``value`` is the rule's value at the latest evaluation and
+    ``values`` any further named values the rule computed (e.g. numerator and denominator).
+    ``labels`` come from the data (untrusted text: neutralise before it reaches chat).
+    """
 
     rule: str
     labels: Labels
@@ -118,10 +125,45 @@ class Alert:
     starts_at: float = math.nan
     ends_at: float | None = None
     fingerprint: str = ""
+    value: float = math.nan
+    values: dict[str, float] = field(default_factory=dict)
+    active_since: float = math.nan
+    silenced_by: str | None = None
+    inhibited_by: str | None = None
+    acked_by: str | None = None
+    acked_at: float | None = None
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
             self.fingerprint = fingerprint(self.rule, self.labels)
+
+    @property
+    def muted(self) -> bool:
+        """Silenced or inhibited: still tracked and listed, but not notified."""
+        return self.silenced_by is not None or self.inhibited_by is not None
+
+
+@dataclass(slots=True)
+class Notification:
+    """What one chat message says about one alert group at one moment.
+
+    ``firing`` and ``resolved`` are the group's alerts in those states (not muted); a group whose
+    last alerts resolved produces a notification with ``firing`` empty. ``seq`` counts the
+    notifications of a group (1 = the first message), so a notifier can tell a new post from an
+    update; ``repeat`` marks a reminder sent after ``repeat_interval``.
+    """
+
+    group_key: str
+    group_labels: Labels
+    firing: list[Alert]
+    resolved: list[Alert]
+    ts: float
+    seq: int = 1
+    repeat: bool = False
+
+    @property
+    def status(self) -> str:
+        return "firing" if self.firing else "resolved"
 
 
 def fingerprint(rule: str, lbls: Labels) -> str:

@@ -562,10 +562,10 @@ def test_appended_migration_upgrades_existing_files(tmp_path: Path, monkeypatch:
     path = tmp_path / "farm.db"
     SQLiteStore(path).close()
     step = """
-        CREATE TABLE silences(id INTEGER PRIMARY KEY, matchers TEXT, note TEXT DEFAULT 'a; b');
-        CREATE TABLE silence_log(id INTEGER);
-        CREATE TRIGGER silence_added AFTER INSERT ON silences BEGIN
-            INSERT INTO silence_log VALUES (new.id);
+        CREATE TABLE mutes(id INTEGER PRIMARY KEY, matchers TEXT, note TEXT DEFAULT 'a; b');
+        CREATE TABLE mute_log(id INTEGER);
+        CREATE TRIGGER mute_added AFTER INSERT ON mutes BEGIN
+            INSERT INTO mute_log VALUES (new.id);
         END;
     """
     monkeypatch.setattr(store_sqlite, "MIGRATIONS", [*store_sqlite.MIGRATIONS, step])
@@ -573,9 +573,9 @@ def test_appended_migration_upgrades_existing_files(tmp_path: Path, monkeypatch:
     with SQLiteStore(path) as store:
         assert store.schema_version() == len(store_sqlite.MIGRATIONS)
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO silences(matchers) VALUES ('unit=hlt01')")
-        assert conn.execute("SELECT note FROM silences").fetchone() == ("a; b",)
-        assert conn.execute("SELECT count(*) FROM silence_log").fetchone() == (1,)
+        conn.execute("INSERT INTO mutes(matchers) VALUES ('unit=hlt01')")
+        assert conn.execute("SELECT note FROM mutes").fetchone() == ("a; b",)
+        assert conn.execute("SELECT count(*) FROM mute_log").fetchone() == (1,)
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

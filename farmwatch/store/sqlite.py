@@ -28,7 +28,7 @@ import re
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import repeat
@@ -79,6 +79,61 @@ MIGRATIONS: list[str] = [
         layout_id INTEGER NOT NULL,
         pos INTEGER NOT NULL,
         PRIMARY KEY(series_id, layout_id)) WITHOUT ROWID;
+    """,
+    # 2: alerting state (farmwatch.alerting.state): current and recent alerts, their history,
+    # silences, acknowledgements, notification groups, the outbox and the chat messages of groups.
+    """
+    CREATE TABLE alerts(
+        fingerprint TEXT PRIMARY KEY,
+        rule TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        state TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        updated REAL NOT NULL) WITHOUT ROWID;
+    CREATE TABLE alert_history(
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        fingerprint TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        event TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        value REAL,
+        summary TEXT NOT NULL);
+    CREATE INDEX alert_history_ts ON alert_history(ts);
+    CREATE INDEX alert_history_fp ON alert_history(fingerprint, ts);
+    CREATE TABLE silences(
+        id TEXT PRIMARY KEY,
+        matchers TEXT NOT NULL,
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        comment TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE acks(
+        fingerprint TEXT PRIMARY KEY,
+        by TEXT NOT NULL,
+        at REAL NOT NULL,
+        comment TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE alert_groups(
+        group_key TEXT PRIMARY KEY,
+        doc TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE outbox(
+        id INTEGER PRIMARY KEY,
+        notifier TEXT NOT NULL,
+        incident TEXT NOT NULL,
+        created REAL NOT NULL,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        done REAL,
+        outcome TEXT);
+    CREATE INDEX outbox_pending ON outbox(notifier, done, id);
+    CREATE TABLE chat_refs(
+        notifier TEXT NOT NULL,
+        incident TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        posted REAL NOT NULL,
+        PRIMARY KEY(notifier, incident)) WITHOUT ROWID;
     """,
 ]
 """Schema steps: ``MIGRATIONS[i]`` is an SQL script taking a file from ``user_version`` i to i + 1.
@@ -426,6 +481,17 @@ class SQLiteStore:
                         raise sqlite3.DatabaseError(f"layout {lid} has the digest of another series list")
             found[layout] = lid
         return found
+
+    def transaction(self, action: str, *, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        """A transaction on the store file for the parts that keep their own tables (alerting).
+
+        ``action`` names what is being done in the one-line ``StoreError`` a failure becomes.
+        Writers take the write lock at once (``BEGIN IMMEDIATE``), so a read-modify-write by two
+        processes cannot interleave.
+        """
+        if write:
+            self._require_writable(action)
+        return self._transaction("BEGIN IMMEDIATE" if write else "BEGIN", action)
 
     @contextmanager
     def _transaction(self, begin: str, action: str) -> Iterator[sqlite3.Connection]:

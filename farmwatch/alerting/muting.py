@@ -1,0 +1,80 @@
+"""Silences, inhibition and acknowledgements: why an active alert does not (or no longer) notify.
+
+- A **silence** (``farmwatch silence add unit=hlt03 --for 2h``) mutes matching alerts until it
+  expires; they stay listed and in history.
+- **Inhibition** (Alertmanager's ``inhibit_rules``): while a *source* alert fires, *target* alerts
+  with the same values of the ``equal`` labels are muted — a unit whose monitor endpoints are all
+  down need not also report every stalled app and dead worker of that unit.
+- An **acknowledgement** (``farmwatch ack``) keeps an alert notifying changes but stops reminders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from farmwatch.alerting.state import Ack, Silence, label_map
+from farmwatch.model import Alert, AlertState
+from farmwatch.store.matchers import Matcher, parse_matchers
+
+
+@dataclass(frozen=True)
+class InhibitRule:
+    """While an alert matching ``source`` fires, mute alerts matching ``target`` that share ``equal``."""
+
+    source: tuple[Matcher, ...]
+    target: tuple[Matcher, ...]
+    equal: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, source: Iterable[str], target: Iterable[str], equal: Iterable[str] = ()) -> InhibitRule:
+        return cls(tuple(parse_matchers(list(source))), tuple(parse_matchers(list(target))), tuple(equal))
+
+
+def _all(matchers: Iterable[Matcher], found: Mapping[str, str]) -> bool:
+    return all(m.matches(found) for m in matchers)
+
+
+def _pairs(found: Mapping[str, str], keys: Iterable[str]) -> str:
+    return ", ".join(f"{k}={found.get(k, '')}" for k in keys) or "all"
+
+
+def apply(alerts: Iterable[Alert], silences: Iterable[Silence], inhibits: Iterable[InhibitRule],
+          acks: Mapping[str, Ack], now: float) -> list[tuple[str, Alert]]:
+    """Set ``silenced_by``, ``inhibited_by`` and ``acked_by`` on active alerts; return what changed.
+
+    The result lists (event, alert) for history: ``silenced``, ``inhibited``, ``acked``,
+    ``unmuted``. Resolved alerts keep the marks they had when they resolved.
+    """
+    active = [a for a in alerts if a.state != AlertState.RESOLVED]
+    labelled = {a.fingerprint: label_map(a) for a in active}
+    silences = [s for s in silences if s.active(now)]
+    inhibits = list(inhibits)
+    sources = [(rule, a) for rule in inhibits for a in active
+               if a.state == AlertState.FIRING and _all(rule.source, labelled[a.fingerprint])]
+    changes: list[tuple[str, Alert]] = []
+    for alert in active:
+        found = labelled[alert.fingerprint]
+        silenced = next((f"silence {s.id} by {s.created_by}" for s in silences if s.matches(alert)), None)
+        inhibited = next(
+            (f"{src.rule} ({_pairs(found, rule.equal)})"
+             for rule, src in sources
+             if src.fingerprint != alert.fingerprint and _all(rule.target, found)
+             and all(labelled[src.fingerprint].get(k, "") == found.get(k, "") for k in rule.equal)),
+            None)
+        ack = acks.get(alert.fingerprint)
+        was_muted = alert.muted
+        if silenced != alert.silenced_by:
+            alert.silenced_by = silenced
+            if silenced:
+                changes.append(("silenced", alert))
+        if inhibited != alert.inhibited_by:
+            alert.inhibited_by = inhibited
+            if inhibited:
+                changes.append(("inhibited", alert))
+        if was_muted and not alert.muted:
+            changes.append(("unmuted", alert))
+        if ack is not None and alert.acked_by != ack.by:
+            alert.acked_by, alert.acked_at = ack.by, ack.at
+            changes.append(("acked", alert))
+    return changes
