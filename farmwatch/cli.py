@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check-config", help="validate a config file")
     k.add_argument("-c", "--config", required=True)
     k.set_defaults(func=cmd_check_config)
+
+    from farmwatch.cli_alerts import add_parsers
+
+    add_parsers(sub)
     return p
 
 

@@ -120,7 +120,7 @@ class AlertingSettings(Section):
     keep_resolved: Duration = Field(default=86400.0, gt=0)
     link: str | None = None
     inhibit: list[InhibitSettings] = Field(default_factory=list)
-    shipped_inhibit: bool = True
+    rule_file_inhibits: bool = True
     notify: dict[str, NotifierSettings] = Field(default_factory=dict)
 
 
