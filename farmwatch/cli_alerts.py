@@ -25,6 +25,8 @@ from farmwatch.durations import format_duration, parse_duration
 
 log = logging.getLogger("farmwatch")
 
+WATCH_LAG = 2.0
+
 
 def _when(text: str | None, now: float) -> float | None:
     """``2h`` (that long ago), an ISO time (``2026-11-22T10:00``, UTC unless it says otherwise) or ``now``."""
@@ -105,8 +107,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         while not stop.is_set():
             now = time.time()
             try:
-                window.load(store, since, now, names)
-                since = now - interval  # overlap: collectors commit a cycle's batches a little late
+                # Collectors commit a cycle's batches shortly after its timestamp: read up to
+                # WATCH_LAG ago, so that a cycle is never half read (the window continues from there).
+                window.load(store, since, now - WATCH_LAG, names)
                 window.prune(now)
                 engine.evaluate(now)
             except Exception as exc:

@@ -103,3 +103,51 @@ def test_ack_and_alerts_listing(config: Path, capsys) -> None:
     assert main(["alerts", "--history", "-c", str(config)]) == 0
     history = capsys.readouterr().out
     assert history.count("firing") == 2 and history.count("resolved") == 2 and "acked" in history
+
+
+RATE_RULE = """
+[[rule]]
+name = "UnitInputStalled"
+kind = "threshold"
+series = "hlt.input.received_events:rate"
+match = {app = "distributor"}
+by = ["unit"]
+op = "<"
+value = 1
+for = "20s"
+severity = "critical"
+summary = "Unit {unit}: input stalled ({value:.0f} events/s)"
+"""
+
+
+def test_rules_test_replays_stored_data_and_prints_what_would_have_fired(config: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    rules = tmp_path / "stall.toml"
+    rules.write_text(RATE_RULE)
+    start = 1_763_800_000.0  # 2025-11-22T08:26:40Z
+    with SQLiteStore(config.parent / "farm.db") as store:
+        for i in range(600):  # 10 minutes at 1 Hz; hlt02 stalls from minute 4 to minute 6
+            t = start + i
+            for unit in ("hlt01", "hlt02"):
+                stalled = unit == "hlt02" and 240 <= i < 360
+                b = Batch(t)
+                b.add(("hlt.input.received_events:rate", labels(unit=unit, app="distributor")), 0.0 if stalled else 950.0)
+                store.write(b)
+    args = ["rules", "test", "-c", str(config), str(rules), "--from", "2025-11-22T08:26:40", "--to",
+            "2025-11-22T08:36:40", "--step", "5s"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    fired = [line for line in out if "FIRING" in line]
+    resolved = [line for line in out if "RESOLVED" in line]
+    assert len(fired) == 1 and "unit=hlt02" in fired[0] and "input stalled (0 events/s)" in fired[0]
+    assert fired[0].startswith("2025-11-22 08:31:00Z")  # the stall starts 08:30:40, + for 20s
+    assert len(resolved) == 1 and resolved[0].startswith("2025-11-22 08:32:40Z")
+    assert out[-1].endswith("1 alert(s) fired, 2 notification(s) would have been sent")
+
+
+def test_rules_check_reports_every_problem_of_a_bad_rule_file(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nname = "X"\nkind = "threshold"\nop = "<<"\n')
+    assert main(["rules", "check", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 2 and all(line.startswith(f"{bad}: rule[0] (X): ") for line in err)
