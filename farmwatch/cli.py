@@ -75,9 +75,15 @@ def _stop_on_signals() -> threading.Event:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from farmwatch.alerting import service
+
     settings = load(args.config)
     n_targets = sum(len(getattr(s, "endpoints", ())) for s in settings.sources.values())
-    print(f"{args.config}: OK: {len(settings.sources)} source(s), {n_targets} endpoint(s), store {settings.store.path}")
+    rules = service.load_rule_set(settings.alerting) if settings.alerting.enabled else []
+    inhibits = service.inhibit_rules(settings.alerting) if settings.alerting.enabled else []
+    print(f"{args.config}: OK: {len(settings.sources)} source(s), {n_targets} endpoint(s), store {settings.store.path}, "
+          f"{len(rules)} alert rule(s), {len(inhibits)} inhibit rule(s), "
+          f"notify: {', '.join(settings.alerting.notify) or 'nobody'}")
     return EXIT_OK
 
 

@@ -134,7 +134,7 @@ class Settings(Section):
     file: Path | None = None
 
 
-def _loc(parts: tuple[Any, ...]) -> str:
+def key_path(parts: tuple[Any, ...]) -> str:
     out = ""
     for p in parts:
         if isinstance(p, int):
@@ -144,7 +144,7 @@ def _loc(parts: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "missing":
         return "required key is missing"
@@ -158,7 +158,7 @@ def _describe(err: dict[str, Any]) -> str:
 
 def validation_problems(exc: ValidationError, where: str, prefix: tuple[Any, ...] = ()) -> list[str]:
     """Pydantic's errors as our one-liners, with the key path relative to the whole file."""
-    return [f"{where}: {_loc(prefix + tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+    return [f"{where}: {key_path(prefix + tuple(e['loc']))}: {describe_error(e)}" for e in exc.errors()]
 
 
 def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = None) -> Settings:
@@ -181,13 +181,13 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
     for name, body in raw_sources.items():
         loc = ("sources", name)
         if not isinstance(body, dict):
-            problems.append(f"{where}: {_loc(loc)}: expected a table with a 'kind' key")
+            problems.append(f"{where}: {key_path(loc)}: expected a table with a 'kind' key")
             continue
         kind = body.get("kind")
         try:
             cls = source_registry.source_class(kind)
         except LookupError as exc:
-            problems.append(f"{where}: {_loc(loc + ('kind',))}: {exc}")
+            problems.append(f"{where}: {key_path(loc + ('kind',))}: {exc}")
             continue
         try:
             validated[name] = cls.Config.model_validate(body)

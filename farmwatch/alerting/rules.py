@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from farmwatch.alerting.kinds import KINDS, Active, Python, Spec
 from farmwatch.alerting.window import Window
-from farmwatch.config import ConfigError, Duration, _describe, _loc
+from farmwatch.config import ConfigError, Duration, describe_error, key_path
 from farmwatch.model import Labels
 
 __all__ = ["Active", "Rule", "load_rules", "parse_rules", "render_template", "SHIPPED"]
@@ -320,7 +320,7 @@ def _build(raw: dict[str, Any], where: str, source: str) -> tuple[Rule | None, l
     try:
         common = Common.model_validate(raw)
     except ValidationError as exc:
-        problems += [f"{prefix}: {_loc(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+        problems += [f"{prefix}: {key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors()]
         common = None
     kind = KINDS.get(raw.get("kind")) if isinstance(raw.get("kind"), str) else None
     spec = None
@@ -329,7 +329,7 @@ def _build(raw: dict[str, Any], where: str, source: str) -> tuple[Rule | None, l
         try:
             spec = kind.model_validate(own)
         except ValidationError as exc:
-            problems += [f"{prefix}: {_key(e)}: {_describe(e)}" for e in exc.errors()]
+            problems += [f"{prefix}: {_key(e)}: {describe_error(e)}" for e in exc.errors()]
     if problems or common is None or spec is None:
         return None, problems
     rule = Rule(
@@ -344,7 +344,7 @@ def _build(raw: dict[str, Any], where: str, source: str) -> tuple[Rule | None, l
 def _key(err: dict[str, Any]) -> str:
     """The key of a kind's error; model-level checks name their key at the start of the message."""
     if err["loc"]:
-        return _loc(err["loc"])
+        return key_path(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     key, sep, rest = msg.partition(": ")
     if sep and NAME_FIELD.fullmatch(key):

@@ -134,7 +134,7 @@ def build(settings: Settings, store, *, clock: Clock | None = None, notifiers: d
 
     alerting = settings.alerting
     clock = clock or RealClock()
-    rules = load_rule_set(alerting)
+    rules = load_rule_set(alerting) if alerting.enabled else []
     window = make_window(rules, alerting)
     if notifiers is None:
         problems: list[str] = []

@@ -1,0 +1,134 @@
+"""``farmwatch run`` and ``farmwatch watch`` as services: subprocesses, real sockets, real HTTP chat.
+
+A simulated unit stalls its input; the service must post one message to the chat server and,
+after the input resumes, edit it to resolved. ``watch`` does the same from a store that a
+separate ``collect`` process writes (the split deployment).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from farmwatch.sim import SimUnit
+from farmwatch.sim.chat import ChatServer
+
+pytestmark = pytest.mark.timeout(150)
+
+RULES = """
+[[rule]]
+name = "UnitInputStalled"
+kind = "threshold"
+series = "hlt.input.received_events:rate"
+match = {app = "distributor", host = ""}
+by = ["unit"]
+op = "<"
+value = 1
+for = "2s"
+severity = "critical"
+summary = "Unit {unit}: input stalled ({value:.0f} events/s)"
+"""
+
+
+@pytest.fixture
+def unit():
+    with SimUnit("hlt07", worker_nodes=2, workers_per_node=2, input_rate=300.0, seed=5) as u:
+        yield u
+
+
+@pytest.fixture
+def chat():
+    with ChatServer() as server:
+        yield server
+
+
+def _config(tmp_path: Path, unit: SimUnit, chat: ChatServer) -> tuple[Path, dict[str, str]]:
+    (tmp_path / "rules.toml").write_text(RULES)
+    token, uid = chat.personal_token()
+    cfg = tmp_path / "farmwatch.toml"
+    cfg.write_text(f"""
+[store]
+path = "fw.db"
+
+[alerting]
+shipped_rules = false
+rules = ["rules.toml"]
+evaluation_interval = "1s"
+group_wait = "0s"
+group_interval = "1s"
+
+[alerting.notify.chat]
+kind = "rocketchat"
+url = "{chat.url}"
+channel = "#hlt-alerts"
+user_id = "{uid}"
+token_env = "TEST_CHAT_TOKEN"
+
+""" + unit.config_toml(source_name="hlt", interval="1s", timeout="300ms"))
+    return cfg, {**os.environ, "TEST_CHAT_TOKEN": token}
+
+
+def _wait(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
+
+
+def _stop(proc: subprocess.Popen) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    return proc.returncode, err
+
+
+def _incident(chat: ChatServer, unit: SimUnit, procs: list[subprocess.Popen]) -> None:
+    def alive() -> None:
+        for p in procs:
+            assert p.poll() is None, f"service exited early: {p.stderr.read() if p.stderr else ''}"
+
+    time.sleep(4)  # a clean start: nothing to say
+    alive()
+    assert chat.room_messages("hlt-alerts") == []
+    unit.stall_input(True)
+    _wait(lambda: any("FIRING" in m.text for m in chat.room_messages("hlt-alerts")), 30, "the FIRING message")
+    unit.stall_input(False)
+    _wait(lambda: any("RESOLVED" in m.text for m in chat.room_messages("hlt-alerts")), 30, "the RESOLVED edit")
+    alive()
+    (msg,) = chat.room_messages("hlt-alerts")
+    assert "Unit hlt07: input stalled (0 events/s)" in msg.text and len(msg.history) == 2
+
+
+def test_run_collects_evaluates_and_notifies_in_one_process(tmp_path: Path, unit: SimUnit, chat: ChatServer) -> None:
+    cfg, env = _config(tmp_path, unit, chat)
+    proc = subprocess.Popen([sys.executable, "-m", "farmwatch", "run", "-c", str(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _incident(chat, unit, [proc])
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err
+    assert env["TEST_CHAT_TOKEN"] not in err
+    assert "FIRING UnitInputStalled" in err and "RESOLVED UnitInputStalled" in err
+
+
+def test_watch_alerts_from_the_store_that_a_collector_writes(tmp_path: Path, unit: SimUnit, chat: ChatServer) -> None:
+    cfg, env = _config(tmp_path, unit, chat)
+    cmd = [sys.executable, "-m", "farmwatch"]
+    collect = subprocess.Popen(cmd + ["collect", "-c", str(cfg)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    _wait(lambda: (tmp_path / "fw.db").exists(), 20, "the collector's store")
+    watch = subprocess.Popen(cmd + ["watch", "-c", str(cfg)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        _incident(chat, unit, [collect, watch])
+    finally:
+        results = [_stop(watch), _stop(collect)]
+    assert [code for code, _ in results] == [0, 0], results
