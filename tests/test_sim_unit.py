@@ -140,6 +140,85 @@ def test_stalled_input(unit, clock):
     assert get(unit, "distributor")["input.received_events"] == stalled + RATE
 
 
+def test_slow_node_gets_fewer_events(unit, clock):
+    slow, fast = unit.nodes
+    unit.slow_node(slow, 0.5)  # with 2 nodes at 70 % load, the unit just keeps up
+    clock.advance(2)
+    before = get(unit, "distributor")
+    clock.advance(20)
+    dist = get(unit, "distributor")
+    per_node = {n: sum(dist[f"output.sent_events[{w}]"] - before[f"output.sent_events[{w}]"] for w in unit.workers(n))
+                for n in unit.nodes}
+    assert per_node[slow] < 0.6 * per_node[fast]
+    assert dist["input.received_events"] - before["input.received_events"] >= 0.98 * 20 * RATE
+    unit.slow_node(slow, 1.0)
+    clock.advance(20)
+    again = get(unit, "distributor")
+    recovered = {n: sum(again[f"output.sent_events[{w}]"] - dist[f"output.sent_events[{w}]"] for w in unit.workers(n))
+                 for n in unit.nodes}
+    assert recovered[slow] > 0.7 * recovered[fast]
+    with pytest.raises(ValueError, match="factor"):
+        unit.slow_node(slow, 0)
+
+
+def test_stall_output_silences_the_final_collector_first(unit, clock):
+    clock.advance(3)
+    unit.stall_output(True)
+    fc0, col0 = get(unit, "finalcollector"), get(unit, "collector")
+    clock.advance(10)
+    fc, col, dist = get(unit, "finalcollector"), get(unit, "collector"), get(unit, "distributor")
+    assert fc["input.received_events"] == fc0["input.received_events"]
+    assert fc["monitor.output_state"] == "ready" and fc["input.registered_workers"] == 1  # not storage, not a d
+    assert col["output.sent_events"] - col0["output.sent_events"] <= 20  # only its credits went out
+    assert (col["output.ready_queue_size"], col["monitor.output_state"]) == (0, "not_ready")
+    assert dist["output.ready_queue_size"] == 0  # the back-pressure reaches the distributor
+    unit.stall_output(False)
+    clock.advance(3)
+    assert get(unit, "finalcollector")["input.received_events"] > fc["input.received_events"]
+    assert get(unit, "distributor")["output.ready_queue_size"] > 0
+
+
+def test_drop_output_loses_events_between_collector_and_final_collector(unit, clock):
+    clock.advance(3)
+    unit.drop_output(0.25)
+    col0, fc0 = get(unit, "collector"), get(unit, "finalcollector")
+    clock.advance(20)
+    col, fc = get(unit, "collector"), get(unit, "finalcollector")
+    sent = col["output.sent_events"] - col0["output.sent_events"]
+    arrived = fc["input.received_events"] - fc0["input.received_events"]
+    assert sent > 1000 and arrived == sent - unit.lost_output_events and abs(arrived / sent - 0.75) < 0.01
+    assert fc["output.sent_events"] == fc["input.received_events"]  # what arrives is stored
+    unit.drop_output(0)
+    clock.advance(5)
+    col2, fc2 = get(unit, "collector"), get(unit, "finalcollector")
+    assert col2["output.sent_events"] - col["output.sent_events"] == fc2["input.received_events"] - fc["input.received_events"]
+    with pytest.raises(ValueError, match="fraction"):
+        unit.drop_output(1.5)
+
+
+def test_stop_dqm_starves_the_histogram_servers_after_the_next_run_start(unit, clock):
+    clock.advance(70)
+    node = unit.nodes[1]
+    unit.stop_dqm(node=node)
+    proxy0 = get(unit, "proxyhistoserver", node)
+    clock.advance(40)  # within the run the servers keep merging what they hold
+    assert get(unit, "proxyhistoserver", node)["output.histogram_merges"] > proxy0["output.histogram_merges"]
+    assert get(unit, "proxyhistoserver", node)["input.received_events"] == proxy0["input.received_events"]
+    unit.stop_run()
+    clock.advance(5)
+    unit.start_run()
+    clock.advance(5)
+    starved, healthy = get(unit, "proxyhistoserver", node), get(unit, "proxyhistoserver", unit.nodes[0])
+    clock.advance(100)
+    assert get(unit, "proxyhistoserver", node)["output.histogram_merges"] == starved["output.histogram_merges"]
+    assert get(unit, "proxyhistoserver", unit.nodes[0])["output.histogram_merges"] > healthy["output.histogram_merges"]
+    final = get(unit, "finalhistoserver")
+    assert final["output.histogram_merges"] > 0 and final["output.last_merged_histograms"] == 1  # only the healthy node
+    unit.stop_dqm(False)
+    clock.advance(100)
+    assert get(unit, "proxyhistoserver", node)["output.histogram_merges"] > starved["output.histogram_merges"]
+
+
 def test_restart_app_resets_its_counters(unit, clock):
     client = Client(address(unit, "collector"))
     clock.advance(5)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from farmwatch.alerting.kinds import KINDS, Active, Python, Spec
 from farmwatch.alerting.window import Window
+from farmwatch.durations import format_duration
 from farmwatch.config import ConfigError, Duration, describe_error, key_path
 from farmwatch.model import Labels
 
@@ -152,10 +153,11 @@ class Rule:
         return tuple(sorted(merged.items()))
 
     def context(self, active: Active) -> dict[str, Any]:
-        """What templates may name: labels, ``value``, named values, ``rule``, ``severity``."""
+        """What templates may name: labels, ``value``, named values, ``rule``, ``severity``, ``for``."""
         ctx: dict[str, Any] = dict(self.alert_labels(active))
         ctx.update(active.values)
         ctx.update(value=active.value, rule=self.name, severity=self.severity)
+        ctx["for"] = format_duration(self.for_)
         return ctx
 
     def render(self, active: Active) -> tuple[str, str]:

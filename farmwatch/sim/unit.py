@@ -400,6 +400,11 @@ class SimUnit:
         self.running = True
         self.stalled = False
         self._storage_blocked = False
+        self._output_stalled = False
+        self._output_loss = 0.0
+        self._output_loss_carry = 0.0
+        self._lost_output = 0
+        self._dqm_off: set[str] = set()
         self.run = 1
         self._meta = (EXPERIMENT, self.run)
         self._eb_backlog = 0
@@ -423,6 +428,7 @@ class SimUnit:
                                        self._rng.randrange(150_000, 250_000)))
             self._workers[node] = workers
         self._worker_list = [w for ws in self._workers.values() for w in ws]
+        self._full_rate = {w.identity: w.rate for w in self._worker_list}
         self._by_id = {w.identity: w for w in self._worker_list}
         self._ending: set[_Worker] = set()
         out_host = name.replace("hlt", "hltout", 1) if name.startswith("hlt") else name + "out"
@@ -522,6 +528,49 @@ class SimUnit:
         with self._at_now():
             self._storage_blocked = on
             self._apps["finalcollector"].output.blocked = on
+
+    def slow_node(self, node: str, factor: float = 0.2) -> None:
+        """The worker processes of ``node`` get only ``factor`` of their CPU (thermal throttling,
+        a stray job): they return credits more slowly, so the distributor sends them fewer events.
+        Nothing else changes in any reply. ``factor = 1`` restores full speed."""
+        if not 0 < factor <= 1:
+            raise ValueError(f"slow_node factor must be in (0, 1], not {factor!r}")
+        self._key(PROXY, node)  # checks the node
+        with self._at_now():
+            for w in self._workers[node]:
+                w.rate = self._full_rate[w.identity] * factor
+
+    def stall_output(self, on: bool = True) -> None:
+        """The basf2 output process between collector and final collector hangs: it takes no more
+        events from the collector and passes nothing on. The final collector's input falls silent
+        while its output stays ready; the collector's credits drain, then the chain blocks upstream."""
+        with self._at_now():
+            self._output_stalled = on
+
+    def drop_output(self, fraction: float = 0.1) -> None:
+        """The output process loses ``fraction`` of the events it takes from the collector (it
+        returns their credits, but they never reach the final collector). 0 stops the loss."""
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"drop_output fraction must be in [0, 1], not {fraction!r}")
+        with self._at_now():
+            self._output_loss = float(fraction)
+            self._output_loss_carry = 0.0
+
+    @property
+    def lost_output_events(self) -> int:
+        """Events ``drop_output`` made vanish so far (what a test expects to be missing)."""
+        return self._lost_output
+
+    def stop_dqm(self, on: bool = True, *, node: str | None = None) -> None:
+        """The workers' DQM module (HLTDQM2ZMQ) sends no more histograms, on ``node`` or on all
+        nodes. Servers keep merging what they hold until the next run start (``n``) clears it;
+        after that they have nothing to merge and ``histogram_merges`` stops."""
+        nodes = [node] if node is not None else self._nodes
+        for n in nodes:
+            self._key(PROXY, n)
+        with self._at_now():
+            for n in nodes:
+                (self._dqm_off.add if on else self._dqm_off.discard)(n)
 
     def restart_app(self, app: str, *, node: str | None = None) -> None:
         """The app's process restarts with all counters at 0 (``monitoring_counter`` too). Its
@@ -675,6 +724,10 @@ class SimUnit:
         fc = self._apps["finalcollector"]
         return not fc.exited and not fc.pending and fc.output.is_ready
 
+    def _op_passes(self) -> bool:
+        """The output process hands events on (it is not hung and the final collector reads)."""
+        return not self._output_stalled and self._fc_reads()
+
     def _step(self, t0: float, t1: float) -> None:
         """Move ``t1 - t0`` seconds of traffic, downstream first so freed credits are used.
 
@@ -692,7 +745,7 @@ class SimUnit:
 
         if col.exited or col.pending or not col.output.is_ready:
             budget = 0
-        elif self._fc_reads():
+        elif self._op_passes():
             budget = _UNLIMITED  # the output process passes everything on and returns the credits
         else:
             budget = len(col.output.queue)
@@ -786,7 +839,7 @@ class SimUnit:
         if col.output.stopped:
             col.output.send_events(self._out.take(n), t0, t1)  # dismissed
             return
-        if self._fc_reads() and not self._op_inbox:
+        if self._op_passes() and not self._op_inbox:
             # The output process returns each credit as soon as it used it: the same end state
             # as getting the n credits back first and sending afterwards.
             self._route("collector", col.output.on_ready(self._op_id, n))
@@ -799,6 +852,13 @@ class SimUnit:
 
     def _to_final_collector(self, n: int, t0: float, t1: float) -> None:
         fc = self._apps["finalcollector"]
+        if self._output_loss:
+            lost = n * self._output_loss + self._output_loss_carry
+            self._output_loss_carry = lost - int(lost)
+            self._lost_output += int(lost)
+            n -= int(lost)
+            if n <= 0:
+                return
         sizes = self._out.take(n)
         if fc.receive(self._op_id, sizes, t0, t1):
             fc.output.send_events(sizes, t0, t1)
@@ -806,18 +866,20 @@ class SimUnit:
     def _drain_output_process(self, t0: float, t1: float) -> None:
         """The output process passes its events (then any stop/terminate) to the final collector
         while that one reads, returning one credit to the collector per event."""
-        if self._op_inbox and self._fc_reads():
+        if self._op_inbox and self._op_passes():
             n, self._op_inbox = self._op_inbox, 0
             self._to_final_collector(n, t0, t1)
             col = self._apps["collector"]
             if not col.exited:
                 self._route("collector", col.output.on_ready(self._op_id, n))
-        while self._op_signals and not self._op_inbox:
+        while self._op_signals and not self._op_inbox and not self._output_stalled:
             self._send("finalcollector", Message(self._op_signals.pop(0), self._op_id))
 
     def _dqm(self, active: Iterable[_Worker], t1: float) -> None:
         """HLTDQM2ZMQ runs in event(): hello on the first event, histograms every interval."""
         for w in active:
+            if w.node in self._dqm_off:
+                continue
             if w.dqm_last is None:
                 w.dqm_last = t1
                 self._send(self._key(PROXY, w.node), Message(HELLO, w.identity))
@@ -841,7 +903,7 @@ class SimUnit:
                 if not flag:
                     continue
                 if w.dqm_last is not None:
-                    if mtype == LAST:
+                    if mtype == LAST and w.node not in self._dqm_off:
                         self._send(proxy, Message(COMPRESSED, w.identity, w.dqm_size, meta=self._meta))
                     self._send(proxy, Message(mtype, w.identity))
                 self._send("collector", Message(mtype, w.identity))
