@@ -20,7 +20,7 @@ from typing import Callable
 import pytest
 
 from farmwatch.alerting.rules import load_rules
-from scenario import ALERTS, START, IocRunState, Scenario, describe
+from farmwatch.sim.scenario import ALERTS, START, IocRunState, Scenario, describe
 from sim_helpers import real_ioc
 
 pytestmark = pytest.mark.timeout(60)

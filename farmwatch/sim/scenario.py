@@ -38,7 +38,7 @@ from farmwatch.alerting.dispatch import Timers
 from farmwatch.alerting.engine import AlertEngine
 from farmwatch.alerting.notifiers import RocketChatREST
 from farmwatch.alerting.rules import Rule, load_rules
-from farmwatch.alerting.service import file_inhibits
+from farmwatch.alerting.service import file_inhibits, shipped_rules_dir
 from farmwatch.alerting.state import AlertDB
 from farmwatch.alerting.window import Window
 from farmwatch.clock import SimClock
@@ -50,7 +50,7 @@ from farmwatch.store.sqlite import SQLiteStore
 from farmwatch.sim.runcontrol import RunController
 from farmwatch.sources.hlt_zmq import HltZmqConfig, HltZmqSource
 
-ALERTS = Path(__file__).resolve().parent.parent / "alerts"
+ALERTS = shipped_rules_dir() or Path(__file__).resolve().parents[2] / "alerts"
 RUN_CONTROL = "RUNCONTROL"
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
@@ -177,7 +177,8 @@ class Scenario:
     def __init__(self, rules: Sequence[Rule] | None = None, *, nodes: int = 3, workers_per_node: int = 4,
                  input_rate: float = 100.0, interval: float = 2.0, seed: int = 1, ioc=None,
                  transition_time: float = 1.0, initial: str = "RUNNING", unit: str = "hlt01",
-                 timeout: float = 0.2, chat: bool = True, timers: Timers = Timers()) -> None:
+                 timeout: float = 0.2, chat: bool = True, timers: Timers = Timers(),
+                 store: SQLiteStore | None = None, notifiers: dict | None = None) -> None:
         self.rules = list(load_rules([ALERTS]) if rules is None else rules)
         self.interval = float(interval)
         self.clock = SimClock(START)
@@ -200,17 +201,23 @@ class Scenario:
         self.polls = 0
         self.samples = 0
         self.chat = self.engine = self.delivery = None
+        # ``store`` (given): samples are written there too and the alerts live in it, as in
+        # ``farmwatch run``; otherwise the alerting state goes to a temporary store.
+        self.samples_store = store
+        self._tmp = None
         if chat:
-            self._tmp = tempfile.TemporaryDirectory(prefix="farmwatch-scenario-")
             self.chat = ChatServer(self.clock).start()
             token, uid = self.chat.personal_token()
-            self.store = SQLiteStore(Path(self._tmp.name) / "alerts.db", clock=self.clock)
+            if store is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="farmwatch-scenario-")
+                store = SQLiteStore(Path(self._tmp.name) / "alerts.db", clock=self.clock)
+            self.store = store
             db = AlertDB(self.store)
-            self.engine = AlertEngine(self.rules, self.window, db, timers=timers, notifiers=["chat"],
+            sinks = {"chat": RocketChatREST(self.chat.url, channel="#hlt-alerts", token=token, user_id=uid,
+                                            clock=self.clock, timeout=2.0), **(notifiers or {})}
+            self.engine = AlertEngine(self.rules, self.window, db, timers=timers, notifiers=list(sinks),
                                       inhibits=file_inhibits([ALERTS]), clock=self.clock)
-            notifier = RocketChatREST(self.chat.url, channel="#hlt-alerts", token=token, user_id=uid,
-                                      clock=self.clock, timeout=2.0)
-            self.delivery = Delivery(db, {"chat": notifier}, clock=self.clock)
+            self.delivery = Delivery(db, sinks, clock=self.clock)
 
     # ------------------------------------------------------------------ life cycle
     def __enter__(self) -> Scenario:
@@ -225,6 +232,7 @@ class Scenario:
         self.unit.stop()
         if self.chat is not None:
             self.chat.stop()
+        if self._tmp is not None:
             self.store.close()
             self._tmp.cleanup()
 
@@ -245,6 +253,8 @@ class Scenario:
         self.polls += 1
         self.samples += sum(len(b) for b in batches)
         self.window.ingest(batches)
+        if self.samples_store is not None:
+            self.samples_store.write(batches)
         now = self.clock.time()
         self.evaluate(now)
         self.window.prune(now)
