@@ -196,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from farmwatch.demo import run_demo
 
     setup_logging("warning")
-    return run_demo(duration=args.duration, out=Path(args.out))
+    return run_demo(speed=args.speed, out=Path(args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"farmwatch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="run a simulated HLT unit, collect it, show it live, inject faults")
-    d.add_argument("--duration", type=parse_duration, default=60.0, help="how long to run (default 60s)")
+    d = sub.add_parser("demo", help="a simulated HLT unit under run control, collected, alerted on, with injected faults")
+    d.add_argument("--speed", type=float, default=10.0,
+                   help="simulated seconds per real second (default 10: 14 simulated minutes in ~1.5 min; 0: as fast as possible)")
     d.add_argument("--out", default="demo-out", help="folder for the store and config (default demo-out)")
     d.set_defaults(func=cmd_demo)
 

@@ -1,170 +1,229 @@
 """``farmwatch demo``: the first thing a new user runs.
 
-A simulated HLT unit on loopback ports, collected by the real HLT source into the embedded store,
-shown live, with a worker death and an input stall injected on the way. At the end the store is
-asked when each fault became visible, so the demo proves the whole chain, not just the screen.
+A simulated HLT unit on loopback ports under a simulated run controller that writes its state to a
+real EPICS IOC; the real HLT and NSM sources poll them, everything goes into the embedded store,
+and the shipped alert rules watch it, delivering to a Rocket.Chat stand-in over HTTP. Simulated
+time runs faster than the wall clock (``--speed``), so a scripted quarter of an hour with a run
+start, faults of several kinds and a clean run stop takes about a minute and a half. At the end a
+table says, for every injected fault, which alert it raised, how long that took, how many chat
+messages it made and when it resolved — the demo proves the whole chain, not just a screen.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from farmwatch.config import load
+from farmwatch.alerting.dispatch import Timers
+from farmwatch.clock import SimClock
 from farmwatch.overview import LatestValues, render, summarize
-from farmwatch.runner import Runner
-from farmwatch.sim import SimUnit
 from farmwatch.sim.ioc import SimIOC
-from farmwatch.sources import source_class
+from farmwatch.sim.scenario import RUN_CONTROL, Scenario
 from farmwatch.store import SQLiteStore
+
+INTERVAL = 2.0
+TIMERS = Timers(group_by=("alertname", "unit"), group_wait=10.0, group_interval=30.0, repeat_interval=4 * 3600.0)
 
 
 @dataclass
-class _Fault:
+class Fault:
     at: float
     what: str
-    inject: Callable[[], None]
-    series: str
-    matchers: dict[str, str]
-    seen: Callable[[float, float], bool]  # (value before, value now) → fault visible
-    injected_ts: float | None = None
+    rule: str
+    inject: Callable[[Scenario], object]
+    clear_at: float | None = None
+    clear: Callable[[Scenario], object] | None = None
+    injected: float | None = None
+    cleared: float | None = None
+    fired: float | None = None
+    resolved: float | None = None
+    posted: float | None = None
+    messages: set[str] = field(default_factory=set)
 
 
-def run_demo(duration: float = 60.0, out: Path = Path("demo-out")) -> int:
+def _plan() -> tuple[list[Fault], list[tuple[float, str, Callable[[Scenario], object]]]]:
+    """The script, in simulated seconds after the start."""
+    faults = [
+        Fault(90, "2 worker processes die on hltwk02", "HltWorkersDied",
+              lambda s: s.unit.kill_workers("hltwk02", 2)),
+        Fault(200, "event builder stops sending (input stall)", "HltInputStalled",
+              lambda s: s.unit.stall_input(True), 330, lambda s: s.unit.stall_input(False)),
+        Fault(380, "hltwk03 throttled to 20 % CPU", "HltWorkerNodeSlow",
+              lambda s: s.unit.slow_node("hltwk03", 0.2), 520, lambda s: s.unit.slow_node("hltwk03", 1.0)),
+        Fault(560, "storage stops reading (back-pressure)", "HltReadyQueueDrained",
+              lambda s: s.unit.back_pressure(True), 640, lambda s: s.unit.back_pressure(False)),
+    ]
+    run_control = [
+        (6.0, "run control: START", lambda s: s.rc.start()),
+        (700.0, "run control: STOP (a normal run stop: no alert expected)", lambda s: s.rc.stop()),
+        (760.0, "run control: START", lambda s: s.rc.start()),
+    ]
+    return faults, run_control
+
+
+END = 840.0
+
+
+def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
     console = Console() if Console().is_terminal else Console(width=150)
-    if duration < 12:
-        console.print("[red]farmwatch demo: --duration must be at least 12s[/red]")
+    if speed < 0:
+        console.print("[red]farmwatch demo: --speed must be >= 0 (0: as fast as possible)[/red]")
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    store_path = out / "farmwatch.db"
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{out / 'farmwatch.db'}{suffix}").unlink(missing_ok=True)
-
-    with SimUnit("hlt01", worker_nodes=4, workers_per_node=8, input_rate=1000.0, seed=42) as unit, SimIOC() as ioc:
-        cfg = out / "farmwatch.toml"
-        cfg.write_text('[store]\npath = "farmwatch.db"\nretention = "1d"\n\n'
-                       + unit.config_toml(source_name="hlt", interval="1s", timeout="500ms")
-                       + _slow_control_toml(ioc))
-        settings = load(cfg)
-        sources = [source_class(c.kind)(n, c) for n, c in settings.sources.items()]
-        store = SQLiteStore(settings.store.path, retention=settings.store.retention)
-        latest = LatestValues()
-        runner = Runner(sources, store, listeners=[latest])
-        stop = threading.Event()
-        worker = threading.Thread(target=runner.run, args=(stop,), name="runner", daemon=True)
-
-        node = unit.nodes[1]
-        faults = [
-            _Fault(0.30 * duration, f"2 worker processes die on {node}", lambda: unit.kill_workers(node, 2),
-                   "hlt.input.dead_workers", {"unit": "hlt01", "app": "collector"}, lambda before, now: now > before),
-            _Fault(0.55 * duration, "event builder stops sending (input stall)", lambda: unit.stall_input(True),
-                   "hlt.input.received_events:rate", {"unit": "hlt01", "app": "distributor"}, lambda before, now: now == 0),
-        ]
-        resume_at = 0.80 * duration
-        ioc.set("B2_nsm:get:RUNCONTROL:rcstate", "RUNNING")
-        console.print(f"[bold]farmwatch demo[/bold]: simulated unit hlt01 ({len(unit.endpoints)} monitor endpoints, "
-                      f"{len(unit.nodes)} worker nodes) → {settings.store.path}, for {duration:.0f}s")
-        started = time.monotonic()
-        worker.start()
-        resumed = False
-        try:
-            with Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else _NoLive() as live:
-                last_print = -10.0
-                while (elapsed := time.monotonic() - started) < duration:
+        Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+    cfg = out / "farmwatch.toml"
+    faults, run_control = _plan()
+    latest = LatestValues()
+    seen_messages: dict[str, int] = {}
+    clock = SimClock(float(int(time.time())))  # simulated time starts now, so `--since 30m` finds it
+    with SimIOC() as ioc:
+        store = SQLiteStore(store_path, retention=86400.0, clock=clock)
+        with Scenario(nodes=4, workers_per_node=6, input_rate=100.0, interval=INTERVAL, ioc=ioc,
+                      initial="READY", timers=TIMERS, store=store, listeners=[latest], seed=42, clock=clock) as s:
+            cfg.write_text(_config(s))
+            start = s.now
+            console.print(f"[bold]farmwatch demo[/bold]: simulated unit hlt01 ({len(s.unit.endpoints)} monitor "
+                          f"endpoints, {len(s.unit.nodes)} worker nodes), run control via a real IOC "
+                          f"({ioc.address}), {len(s.rules)} shipped alert rules → Rocket.Chat stand-in at "
+                          f"{s.chat.url}; {END / 60:.0f} simulated minutes at {speed:g}× → {store_path}")
+            wall0 = time.monotonic()
+            pending = sorted(run_control, key=lambda e: e[0])
+            live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+            if live:
+                live.start()
+            last_table = -1e9
+            try:
+                while (t := s.now - start) < END:
+                    while pending and pending[0][0] <= t:
+                        _, what, action = pending.pop(0)
+                        action(s)
+                        _note(console, live, t, what, "cyan")
                     for f in faults:
-                        if f.injected_ts is None and elapsed >= f.at:
-                            f.inject()
-                            f.injected_ts = time.time()
-                            console.print(f"[yellow]+{elapsed:4.0f}s injected: {f.what}[/yellow]")
-                    if not resumed and elapsed >= resume_at:
-                        unit.stall_input(False)
-                        resumed = True
-                        console.print(f"[green]+{elapsed:4.0f}s input resumes[/green]")
-                    snap = latest.snapshot()
-                    run_state = next((v for (n, _), (_, v) in snap.items() if n == "daq.run_state"), "?")
-                    view = render(summarize(snap), title=f"hlt01 — run state {run_state} (real IOC) — +{elapsed:.0f}s of {duration:.0f}s")
-                    if console.is_terminal:
-                        live.update(view, refresh=True)
-                    elif elapsed - last_print >= 10:
-                        console.print(view)
-                        last_print = elapsed
-                    time.sleep(0.5)
-        finally:
-            stop.set()
-            worker.join()
-            for s in sources:
-                s.close()
-
-    ok = _report(console, store, faults, started_wall=time.time() - (time.monotonic() - started))
-    states = store.latest("daq.run_state")
-    run_state = states["state"].iloc[-1] if len(states) else None
-    console.print(f"Run state from the IOC (B2_nsm:get:RUNCONTROL:rcstate → daq.run_state): {run_state or '[red]never read[/red]'}")
-    ok = ok and run_state == "RUNNING"
-    store.close()
-    console.print(f"\nStore: {settings.store.path}   Config: {cfg}")
-    console.print(f"Try:   farmwatch query -c {cfg} hlt.input.dead_workers --label app=collector --since 10m\n"
-                  f"       farmwatch query -c {cfg} 'hlt.input.received_events:rate' --label app=distributor --format csv")
-    console.print(f"{runner.written:,} samples written, {runner.dropped} dropped.")
-    return 0 if ok else 1
-
-
-def _slow_control_toml(ioc: SimIOC) -> str:
-    """The run state and a few NSM variables through the nsm2cad bridge names of a real IOC."""
-    return f"""
-[sources.slowcontrol]
-kind = "nsm"
-method = "epics"
-interval = "1s"
-timeout = "500ms"
-run_control = "RUNCONTROL"
-ca_addr_list = ["{ioc.address}"]
-ca_auto_addr_list = false
-ca_repeater_port = {ioc.repeater_port}
-vars = [
-  {{ node = "HLT01", var = "rcstate", labels = {{ unit = "hlt01" }} }},
-  {{ node = "HLT01", var = "nworkers", labels = {{ unit = "hlt01" }} }},
-  {{ node = "HLT01", var = "input.rate", labels = {{ unit = "hlt01" }} }},
-]
-"""
+                        if f.injected is None and f.at <= t:
+                            f.inject(s)
+                            f.injected = t
+                            _note(console, live, t, f"injected: {f.what}", "yellow")
+                        if f.clear and f.cleared is None and f.clear_at is not None and f.clear_at <= t:
+                            f.clear(s)
+                            f.cleared = t
+                            _note(console, live, t, f"cleared: {f.what}", "green")
+                    s.step()
+                    _chat_news(console, live, s, start, seen_messages)
+                    if live:
+                        live.update(_view(s, latest, t), refresh=True)
+                    elif t - last_table >= 120:
+                        console.print(_view(s, latest, t))
+                        last_table = t
+                    if speed:
+                        behind = (s.now - start) / speed - (time.monotonic() - wall0)
+                        if behind > 0:
+                            time.sleep(behind)
+            finally:
+                if live:
+                    live.stop()
+            wall = time.monotonic() - wall0
+            ok = _report(console, s, faults, start)
+            run_state, _ = s.window.run_state()
+            console.print(f"Run state from the IOC (B2_nsm:get:{RUN_CONTROL}:rcstate → daq.run_state): "
+                          f"{run_state or '[red]never read[/red]'}")
+            ok = ok and run_state == "RUNNING"
+            s.delivery.pump()
+            depth = sum(s.engine.db.outbox_depth().values())
+        store.close()
+    console.print(f"\n{END / 60:.0f} simulated minutes in {wall:.0f} s; {s.samples:,} samples stored, "
+                  f"{len(s.messages())} chat message(s), {depth} undelivered.")
+    console.print(f"Store: {store_path}   Config: {cfg}")
+    console.print(f"Try:   farmwatch alerts -c {cfg} --all\n"
+                  f"       farmwatch alerts -c {cfg} --history --since 1h\n"
+                  f"       farmwatch query -c {cfg} hlt.input.dead_workers --label app=collector --label host=")
+    return 0 if ok and depth == 0 else 1
 
 
-def _report(console: Console, store: SQLiteStore, faults: list[_Fault], started_wall: float) -> bool:
-    """When did each injected fault show up in the stored data?"""
-    table = Table(title="fault injected → seen in the store")
-    for col in ("fault", "injected", "seen", "delay", "evidence"):
-        table.add_column(col)
-    all_seen = True
-    for f in faults:
-        if f.injected_ts is None:
-            table.add_row(f.what, "-", "-", "-", "not injected")
-            all_seen = False
+def _config(s: Scenario) -> str:
+    """A config for the store the demo wrote, so the CLI commands can be tried on it."""
+    return ('[store]\npath = "farmwatch.db"\nretention = "1d"\n\n[alerting]\n'
+            f'run_state_node = "{RUN_CONTROL}"\n\n[alerting.notify.console]\nkind = "console"\n\n'
+            + s.unit.config_toml(source_name="hlt", interval=f"{INTERVAL:g}s", timeout="200ms"))
+
+
+def _note(console: Console, live: Live | None, t: float, what: str, style: str) -> None:
+    line = Text(f"+{_mmss(t)}  {what}", style=style)
+    (live.console if live else console).print(line)
+
+
+def _chat_news(console: Console, live: Live | None, s: Scenario, start: float, seen: dict[str, int]) -> None:
+    """Print each chat post and edit once, as an operator would see it arrive."""
+    for msg in s.messages():
+        versions = len(msg.history)
+        if seen.get(msg.id, 0) == versions:
             continue
-        df = store.query(f.series, f.matchers)
-        before = df[df.ts.map(lambda t: t.timestamp()) < f.injected_ts]["value"]
-        after = df[df.ts.map(lambda t: t.timestamp()) >= f.injected_ts]
-        base = float(before.iloc[-1]) if len(before) else 0.0
-        hit = next(((r.ts.timestamp(), r.value) for r in after.itertuples() if f.seen(base, r.value)), None)
-        inj = f"+{f.injected_ts - started_wall:.1f}s"
-        if hit is None:
-            table.add_row(f.what, inj, "[red]never[/red]", "-", f"{f.series} stayed {base:g}")
-            all_seen = False
-        else:
-            table.add_row(f.what, inj, f"+{hit[0] - started_wall:.1f}s", f"{hit[0] - f.injected_ts:.1f}s", f"{f.series}: {base:g} → {hit[1]:g}")
+        kind = "posted" if msg.id not in seen else "edited"
+        seen[msg.id] = versions
+        headline = msg.text.splitlines()[0] if msg.text else ""
+        style = "bold red" if "FIRING" in headline else "bold green"
+        (live.console if live else console).print(
+            Text(f"+{_mmss(s.now - start)}  chat {kind}: {headline}", style=style))
+
+
+def _view(s: Scenario, latest: LatestValues, t: float):
+    state, _ = s.window.run_state()
+    unit = render(summarize(latest.snapshot()), title=f"hlt01 — run state {state or '?'} (real IOC) — "
+                                                     f"+{_mmss(t)} of {_mmss(END)}")
+    alerts = Table(title="alerts", expand=False)
+    for col in ("state", "rule", "labels", "summary"):
+        alerts.add_column(col, overflow="fold")
+    for a in sorted(s.engine.tracker.active(), key=lambda a: (a.state.value, a.rule)):
+        extra = ",".join(f"{k}={v}" for k, v in a.labels if k not in ("system", "unit"))
+        note = " (inhibited)" if a.inhibited_by else ""
+        alerts.add_row(Text(a.state.value + note), Text(a.rule), Text(extra), Text(a.summary))
+    return Group(unit, alerts)
+
+
+def _report(console: Console, s: Scenario, faults: list[Fault], start: float) -> bool:
+    """For every fault: the alert it raised, when, its chat messages, and when it resolved."""
+    history = s.engine.db.history()
+    table = Table(title="fault injected → alert → chat")
+    for col in ("fault", "injected", "alert", "fired after", "in chat after", "messages",
+                "resolved after clear"):
+        table.add_column(col)
+    ok = True
+    for f in faults:
+        t0 = start + (f.injected or 0.0)
+        fired = next((r["ts"] for r in history if r["rule"] == f.rule and r["event"] == "firing" and r["ts"] >= t0), None)
+        resolved = next((r["ts"] for r in history if r["rule"] == f.rule and r["event"] == "resolved"
+                         and fired is not None and r["ts"] >= fired), None)
+        # The first post or edit that names the rule: a fault in a unit with an open incident
+        # shows up as an edit of that incident's message.
+        shown = [(ts, m.id) for m in s.messages() for ts, text, _ in m.history if ts >= t0 and f.rule in text]
+        first = min((ts for ts, _ in shown), default=None)
+        msgs = {mid for _, mid in shown}
+        cleared = None if f.cleared is None else start + f.cleared
+        fine = fired is not None and first is not None and (f.clear is None or resolved is not None)
+        ok = ok and fine
+        table.add_row(
+            f.what, f"+{_mmss(f.injected or 0)}", f.rule,
+            "[red]never[/red]" if fired is None else f"{fired - t0:.0f} s",
+            "[red]never[/red]" if first is None else f"{first - t0:.0f} s",
+            str(len(msgs)),
+            "-" if f.clear is None else ("[red]never[/red]" if resolved is None or cleared is None
+                                         else f"{max(0.0, resolved - cleared):.0f} s"))
     console.print(table)
-    return all_seen
+    expected = {f.rule for f in faults}
+    others = sorted({r["rule"] for r in history if r["event"] == "firing"} - expected)
+    if others:
+        console.print(f"Also fired (cascades of the faults above, grouped or inhibited in chat): {', '.join(others)}")
+    return ok
 
 
-class _NoLive:
-    """Stand-in for rich.Live when stdout is not a terminal (CI logs get periodic tables instead)."""
-
-    def __enter__(self) -> "_NoLive":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _mmss(seconds: float) -> str:
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m:02d}:{sec:02d}"

@@ -254,3 +254,18 @@ def test_alerts_of_a_removed_rule_resolve_at_start(tmp_path: Path) -> None:
     assert alert.state == AlertState.RESOLVED
     assert farm.sent[-1].status == "resolved"
     assert farm.db.history()[-1]["event"] == "resolved (rule removed)"
+
+
+def test_a_resolved_alert_stays_listed_when_its_condition_briefly_holds_again(stalled) -> None:
+    rule, farm = stalled
+    rule.on[unit("hlt01")] = 0.0
+    farm.run(40)
+    rule.on.clear()
+    farm.step()
+    rule.on[unit("hlt01")] = 0.0
+    farm.run(10)  # pending again, shorter than `for`
+    rule.on.clear()
+    farm.step()
+    (alert,) = farm.db.alerts()
+    assert alert.state == AlertState.RESOLVED and alert.ends_at == T0 + 45
+    assert [row["event"] for row in farm.db.history()] == ["pending", "firing", "resolved", "pending", "cancelled"]

@@ -96,8 +96,11 @@ class Dispatcher:
                 group["members"] = [a.fingerprint for a in members]
                 decision.changed[key] = group
             notified = group["notified_at"] is not None
-            firing = [a for a in members if a.state == AlertState.FIRING and (notified or not a.muted)]
-            resolved = [a for a in members if a.state == AlertState.RESOLVED]
+            # A muted alert is only mentioned if the message already showed it (then as "silenced"
+            # or "inhibited by …"); one that was muted from the start is never news.
+            shown = set(group.setdefault("shown", []))
+            firing = [a for a in members if a.state == AlertState.FIRING and (not a.muted or a.fingerprint in shown)]
+            resolved = [a for a in members if a.state == AlertState.RESOLVED and (not a.muted or a.fingerprint in shown)]
             if not notified and not firing:
                 if not any(a.state == AlertState.FIRING for a in members):
                     self._remove(key, decision)
@@ -117,6 +120,7 @@ class Dispatcher:
                 continue
             group["seq"] += 1
             group["notified_at"], group["digest"] = now, digest
+            group["shown"] = sorted(shown | {a.fingerprint for a in firing if not a.muted})
             lbls = tuple(tuple(p) for p in group["labels"])
             note = Notification(key, lbls, sorted(firing, key=_order), sorted(resolved, key=_order),
                                 now, group["seq"], repeat)

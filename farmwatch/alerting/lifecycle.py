@@ -52,6 +52,9 @@ class Tracker:
     def __init__(self, alerts: dict[str, Alert] | None = None, *, keep_resolved: float = 86400.0) -> None:
         self.alerts: dict[str, Alert] = dict(alerts or {})
         self.keep_resolved = keep_resolved
+        # A resolved alert whose condition holds again is replaced by a new pending one; if that
+        # is cancelled, the resolved one comes back (it still belongs in the recent alerts).
+        self._replaced: dict[str, Alert] = {}
 
     def active(self) -> list[Alert]:
         return [a for a in self.alerts.values() if a.state != AlertState.RESOLVED]
@@ -68,6 +71,8 @@ class Tracker:
             summary, description = rule.render(active)
             alert = self.alerts.get(fp)
             if alert is None or alert.state == AlertState.RESOLVED:
+                if alert is not None:
+                    self._replaced[fp] = alert
                 alert = Alert(rule.name, lbls, AlertState.PENDING, rule.severity, summary, description,
                               fingerprint=fp, active_since=now)
                 self.alerts[fp] = alert
@@ -81,6 +86,7 @@ class Tracker:
             alert.values = dict(getattr(active, "values", {}) or {})
             if alert.state == AlertState.PENDING and now - alert.active_since >= rule.for_:
                 alert.state, alert.starts_at = AlertState.FIRING, now
+                self._replaced.pop(fp, None)
                 changes.record(now, "firing", alert)
         for alert in self._of_rule(rule.name):
             if alert.fingerprint not in seen:
@@ -105,10 +111,16 @@ class Tracker:
 
     def _end(self, alert: Alert, now: float, changes: Changes, event: str) -> None:
         if alert.state == AlertState.PENDING:
-            del self.alerts[alert.fingerprint]
+            fp = alert.fingerprint
             changes.events.append((now, "cancelled", alert))
-            changes.changed.pop(alert.fingerprint, None)
-            changes.forgotten.add(alert.fingerprint)
+            previous = self._replaced.pop(fp, None)
+            if previous is not None:
+                self.alerts[fp] = previous
+                changes.record(now, None, previous)
+            else:
+                del self.alerts[fp]
+                changes.changed.pop(fp, None)
+                changes.forgotten.add(fp)
             return
         alert.state, alert.ends_at = AlertState.RESOLVED, now
         if math.isnan(alert.starts_at):

@@ -178,10 +178,12 @@ class Scenario:
                  input_rate: float = 100.0, interval: float = 2.0, seed: int = 1, ioc=None,
                  transition_time: float = 1.0, initial: str = "RUNNING", unit: str = "hlt01",
                  timeout: float = 0.2, chat: bool = True, timers: Timers = Timers(),
-                 store: SQLiteStore | None = None, notifiers: dict | None = None) -> None:
+                 store: SQLiteStore | None = None, notifiers: dict | None = None,
+                 listeners: Sequence[Callable[[str, list[Batch]], None]] = (),
+                 clock: SimClock | None = None) -> None:
         self.rules = list(load_rules([ALERTS]) if rules is None else rules)
         self.interval = float(interval)
-        self.clock = SimClock(START)
+        self.clock = clock or SimClock(START)
         self.unit = SimUnit(unit, worker_nodes=nodes, workers_per_node=workers_per_node, input_rate=input_rate,
                             clock=self.clock, seed=seed).start()
         self.rc = RunController([self.unit], ioc, clock=self.clock, node=RUN_CONTROL,
@@ -204,6 +206,7 @@ class Scenario:
         # ``store`` (given): samples are written there too and the alerts live in it, as in
         # ``farmwatch run``; otherwise the alerting state goes to a temporary store.
         self.samples_store = store
+        self.listeners = list(listeners)
         self._tmp = None
         if chat:
             self.chat = ChatServer(self.clock).start()
@@ -255,6 +258,8 @@ class Scenario:
         self.window.ingest(batches)
         if self.samples_store is not None:
             self.samples_store.write(batches)
+        for listener in self.listeners:
+            listener("hlt", batches)
         now = self.clock.time()
         self.evaluate(now)
         self.window.prune(now)
