@@ -1,0 +1,34 @@
+"""The examples in the documentation are valid: every TOML block of the README and the rule
+reference parses as what it shows (rules, or a config), so the docs cannot rot silently."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from farmwatch.alerting.rules import parse_rules
+from farmwatch.config import parse
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", ROOT / "docs" / "rules.md"]
+
+
+def toml_blocks():
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for i, found in enumerate(re.finditer(r"```toml\n(.*?)```", text, re.S)):
+            line = text[: found.start()].count("\n") + 1
+            yield pytest.param(found.group(1), f"{doc.name}:{line}", id=f"{doc.name}:{line}")
+
+
+@pytest.mark.parametrize(("block", "where"), list(toml_blocks()))
+def test_toml_examples_are_valid(block: str, where: str, monkeypatch) -> None:
+    doc = tomllib.loads(block)
+    if "rule" in doc:
+        assert parse_rules(block, where)
+    elif set(doc) <= {"store", "log", "sources", "alerting"}:
+        parse(doc, where)
+    # other fragments (a single kind's keys) are checked by the tests of that kind
