@@ -171,13 +171,7 @@ class AlertDB:
         if fingerprint:
             sql += " AND fingerprint = ?"
             params.append(fingerprint)
-        with self.store.transaction("read alert history") as conn:
-            rows = conn.execute(sql + " ORDER BY ts, id", params).fetchall()
-        keys = ("ts", "fingerprint", "rule", "labels", "event", "severity", "value", "summary")
-        out = [dict(zip(keys, row)) for row in rows]
-        for row in out:
-            row["labels"] = orjson.loads(row["labels"])
-        return out
+        return self._rows("read alert history", sql + " ORDER BY ts, id", params, "labels")
 
     # -- silences and acknowledgements ---------------------------------------------------------
     def add_silence(self, matchers: Iterable[str], starts_at: float, ends_at: float, created_by: str,
@@ -272,12 +266,16 @@ class AlertDB:
         params: tuple = ()
         if notifier:
             sql, params = sql + " WHERE notifier = ?", (notifier,)
-        with self.store.transaction("read outbox") as conn:
-            rows = conn.execute(sql + " ORDER BY id", params).fetchall()
-        keys = ("id", "notifier", "incident", "created", "attempts", "done", "outcome", "payload")
-        out = [dict(zip(keys, r)) for r in rows]
+        return self._rows("read outbox", sql + " ORDER BY id", params, "payload")
+
+    def _rows(self, action: str, sql: str, params, json_column: str) -> list[dict[str, Any]]:
+        """Rows as dicts keyed by the selected column names, with one JSON column decoded."""
+        with self.store.transaction(action) as conn:
+            cursor = conn.execute(sql, params)
+            keys = [d[0] for d in cursor.description]
+            out = [dict(zip(keys, row)) for row in cursor.fetchall()]
         for row in out:
-            row["payload"] = orjson.loads(row["payload"])
+            row[json_column] = orjson.loads(row[json_column])
         return out
 
     # -- chat messages of incidents ------------------------------------------------------------
