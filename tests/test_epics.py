@@ -114,16 +114,47 @@ def test_run_state_from_stringin_and_mbbi_as_state_values(ioc, source_factory):
 
 
 @pytest.mark.timeout(30)
-def test_enum_index_before_its_labels_waits_for_the_labels(ioc, source_factory):
-    """The spec: the first enum callback may carry the index before the labels arrive. Such a value
-    is neither stored as a number nor as the index text; the labels are fetched from the IOC."""
-    src = source_factory([RC_ENUM])
-    c = collect(src, lambda c: c.of(RC_ENUM))
-    p = src.pvs[0]
-    p.enum_strs = None  # as if no labels had come yet
-    src._make_value_cb(p)(value=2, type="enum", enum_strs=None)  # what such a first callback carries
-    c = collect(src, lambda c: len(c.of(RC_ENUM)) >= 2, into=c)
-    assert c.of(RC_ENUM) == ["RUNNING", "READY"]  # index 2 of the run-control labels
+def test_char_waveform_is_text_by_default_and_numbers_on_request(ioc, source_factory):
+    """EPICS keeps long strings in CHAR waveforms: text by default (up to the first NUL), numbers
+    (reduced like other arrays) for the source or for one PV entry."""
+    text = source_factory(["SIM:text"])
+    c = collect(text, lambda c: c.of("SIM:text"))
+    assert c.of("SIM:text") == ["run 4711: beam OK"] and not c.of("SIM:text", "epics.pv.count")
+    ioc.set("SIM:text", "run 4712: beam lost")
+    c = collect(text, lambda c: len(c.of("SIM:text")) >= 2, into=c)
+    assert c.of("SIM:text") == ["run 4711: beam OK", "run 4712: beam lost"]
+    ioc.set("SIM:text", "run 4711: beam OK")
+
+    as_numbers = make_source(ioc, [{"pv": "SIM:text", "char_waveform": "numbers"}, "B2_nsm:get:HLT01:nworkers"],
+                             char_waveforms="text")
+    try:
+        c = collect(as_numbers, lambda c: c.of("SIM:text", "epics.pv.count") and c.of("B2_nsm:get:HLT01:nworkers"))
+    finally:
+        as_numbers.close()
+    chars = [float(b) for b in b"run 4711: beam OK\0"]  # dbpf writes the terminating NUL too
+    assert c.of("SIM:text", "epics.pv.count") == [len(chars)]
+    assert c.of("SIM:text", "epics.pv.max") == [max(chars)] and c.of("SIM:text", "epics.pv.min") == [0.0]
+    assert not c.of("SIM:text")
+
+
+@pytest.mark.timeout(30)
+def test_values_of_a_wrong_type_are_ignored_counted_and_logged_once(ioc, source_factory, caplog):
+    """An mbbi without labels (its index is no state) and a STRING waveform (no number, no single
+    state) cannot become a series: each value is counted in epics.pv.ignored, one log line per PV
+    and reason, and ``up`` still says the PV is connected."""
+    caplog.set_level(logging.INFO, logger="farmwatch.sources.epics")
+    src = source_factory(["SIM:nolabels", "SIM:strings", "SIM:value"])
+    c = collect(src, lambda c: c.of("SIM:nolabels", "epics.pv.ignored") and c.of("SIM:strings", "epics.pv.ignored"))
+    c = collect(src, lambda c: len(c.of("SIM:strings", "epics.pv.ignored")) >= 3, into=c)
+    assert c.of("SIM:strings", "epics.pv.ignored")[-3:] == [1.0] * 3  # cumulative, written every poll
+    assert c.of("SIM:nolabels", "epics.pv.ignored")[-3:] == [1.0] * 3
+    assert c.up == {"SIM:nolabels": 1.0, "SIM:strings": 1.0, "SIM:value": 1.0}
+    assert not c.of("SIM:nolabels") and not c.of("SIM:strings") and not c.of("SIM:strings", "epics.pv.count")
+    assert c.of("SIM:value") and not c.of("SIM:value", "epics.pv.ignored")  # the others are unaffected
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 2, lines
+    assert any("SIM:nolabels" in m and "enum index 1 has no label" in m for m in lines)
+    assert any("SIM:strings" in m and "array of strings" in m for m in lines)
 
 
 @pytest.mark.timeout(30)
@@ -175,6 +206,8 @@ def test_missing_pv_is_down_and_reported_once(ioc, source_factory, caplog):
         ({"pvs": [{"pv": "A", "labels": {"pv": "x"}}]}, "sources.slc.pvs"),
         ({"pvs": ["A", "A"]}, "sources.slc"),
         ({"missing_after": "soon"}, "sources.slc.missing_after"),
+        ({"char_waveforms": "bytes"}, "sources.slc.char_waveforms"),
+        ({"pvs": [{"pv": "A", "char_waveform": "bytes"}]}, "sources.slc.pvs"),
     ],
 )
 def test_config_errors_are_one_line_naming_the_key(change, key):
@@ -216,7 +249,7 @@ def test_close_disconnects(source_factory):
     collect(src, lambda c: c.up.get("SIM:value") == 1.0)
     src.close()
     assert epics.ca.get_cache("SIM:value") is None
-    assert src.pvs[0].pv is None
+    assert src.pvs[0].chid is None and src.pvs[0].evid is None
 
 
 @pytest.mark.timeout(40)
@@ -248,3 +281,28 @@ def test_ioc_kill_gives_up_0_and_restart_gives_fresh_values(ioc, source_factory,
     assert sum("SIM:value disconnected" in m for m in messages) == 1
     assert sum("SIM:value connected again" in m for m in messages) == 1
     print(f"down seen after {down_after:.2f}s, reconnected {reconnect:.1f}s after the restart")
+
+
+@pytest.mark.timeout(60)
+def test_record_type_changed_across_restart_is_ignored_and_counted(ioc, source_factory, caplog):
+    """SIM:morph is an ai; after a restart it is a stringin. Its series stays numeric (alert rules
+    compare numbers): the text values are ignored and counted, with one warning naming both types,
+    while ``up`` follows the connection. When the type is back, values are stored again."""
+    caplog.set_level(logging.INFO, logger="farmwatch.sources.epics")
+    src = source_factory(["SIM:morph", "SIM:value"])
+    c = collect(src, lambda c: c.of("SIM:morph") == [1.5])
+    original = ioc.records["SIM:morph"]
+    ioc.records["SIM:morph"] = ("stringin", {"VAL": "n/a", "PINI": "YES"})
+    try:
+        ioc.restart()
+        c = collect(src, lambda c: c.up.get("SIM:morph") == 1.0 and c.of("SIM:morph", "epics.pv.ignored"), timeout=25, into=c)
+    finally:
+        ioc.records["SIM:morph"] = original
+    assert c.of("SIM:morph") == [1.5] and c.of("SIM:morph", "epics.pv.ignored")[-1] == 1.0
+    warnings = [r.getMessage() for r in caplog.records if "SIM:morph" in r.getMessage() and r.levelno == logging.WARNING]
+    assert any("changed type from DOUBLE to STRING" in m for m in warnings), warnings
+    assert sum("changed type" in m for m in warnings) == 1
+    ioc.restart()
+    c = collect(src, lambda c: c.of("SIM:morph")[-1:] == [1.5] and len(c.of("SIM:morph")) == 2, timeout=25, into=c)
+    assert c.of("SIM:morph") == [1.5, 1.5] and c.up["SIM:morph"] == 1.0
+    assert any("SIM:morph is DOUBLE again" in r.getMessage() for r in caplog.records)

@@ -241,7 +241,8 @@ def test_failures_are_up_0_others_unaffected_logged_once(standin, tools, caplog)
     assert c.of(node="HLT01", var="nworkers") == [12.0] * 3
     assert c.up == {("HLT01", "nworkers"): 1.0, ("HLT01", "broken"): 0.0, ("HLT01", "stuck"): 0.0,
                     ("HLT01", "junk"): 0.0, ("HLT01", "wrongname"): 0.0, ("HLT99", "nworkers"): 0.0}
-    assert [k for k in c.values if dict(k[1])["var"] != "nworkers"] == []
+    assert [k for k in c.values if k[0] != "nsm.late" and dict(k[1])["var"] != "nworkers"] == []
+    assert c.of("nsm.late") == [0.0] * 3  # slow calls are timeouts, not late: all were started
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 5, warnings  # once each, not once per cycle
     by_var = {v: [w for w in warnings if f"HLT01 {v} " in w] for v in ("broken", "stuck", "junk")}
@@ -313,6 +314,42 @@ def test_discovery_with_nsmvlistget(standin, tools):
     assert c.up[("HLT02", "*")] == 1.0 and c.of(node="HLT02", var="nworkers") == [3.0]
 
 
+@pytest.mark.timeout(30)
+def test_cycle_deadline_bounds_a_slow_nsm_host(standin, tools, caplog):
+    """A slow NSM host (every call takes 0.6 s) and 12 variables with concurrency 2 would take ~4 s;
+    the cycle ends at cycle_timeout (1 s) instead: what was read is stored, the call running at the
+    deadline is killed, the rest is never started; those variables are up = 0 and counted in
+    nsm.late, and one line is logged when this starts and one when it ends."""
+    caplog.set_level(logging.INFO, logger="farmwatch.sources.nsm")
+    standin.write(delay=0.6, nodes={"HLT01": {f"v{j}": j for j in range(12)}})
+    src = tools([{"node": "HLT01", "var": "v{0..11}"}], concurrency=2, interval="5s", timeout="3s", cycle_timeout="1s")
+    c = Collected()
+    late_expected = 0
+    for _ in range(2):
+        start = time.monotonic()
+        batches = src.poll()
+        took = time.monotonic() - start
+        c.add(batches)
+        assert took < 1.0 + 0.5, took  # the deadline, plus killing and reaping
+        read = [v for (node, v), up in c.up.items() if up == 1.0]
+        assert 1 <= len(read) <= 4, c.up  # two at a time, 0.6 s each (python start-up included)
+        late_expected += 12 - len(read)
+        assert [v for b in batches for k, v in zip(b.keys, b.values) if k[0] == "nsm.late"] == [late_expected]
+    assert all(c.of(node="HLT01", var=v) for v in read) and len(c.up) == 12
+    assert not [line for line in os.popen("ps -eo args").read().splitlines() if "nsm_standin" in line]  # groups killed
+    started = {x[2] for x in standin.calls()}
+    assert len(started) < 12  # variables after the deadline were never started
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "not done by the cycle deadline (1s)" in warnings[0], warnings  # once, not per cycle
+    standin.write(delay=0)
+    for _ in range(5):  # 12 fast calls, two at a time, fit in the deadline (a loaded host may need a retry)
+        c.add(src.poll())
+        if set(c.up.values()) == {1.0}:
+            break
+    assert set(c.up.values()) == {1.0}
+    assert sum("within the cycle deadline again" in r.getMessage() for r in caplog.records) == 1
+
+
 @pytest.mark.parametrize(
     "change, key",
     [
@@ -331,6 +368,8 @@ def test_discovery_with_nsmvlistget(standin, tools):
         ({"ca_addr_list": ["bad host"]}, "sources.n"),
         ({"vars": [{"node": "A", "var": "x"}, {"node": "A", "var": "x"}]}, "sources.n"),
         ({"timeout": "soon"}, "sources.n.timeout"),
+        ({"cycle_timeout": "2s"}, "sources.n"),  # only for nsmvget
+        ({"method": "nsmvget", "nsm_config": "x", "interval": "1s", "cycle_timeout": "1s"}, "sources.n"),
     ],
 )
 def test_config_errors_are_one_line_naming_the_key(change, key):

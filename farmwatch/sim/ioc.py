@@ -13,8 +13,10 @@ launcher, which runs the IOC shell's ``dbpf``), so nothing ever writes over Chan
 
 Default records: the run state of the top run-control node as ``stringin``
 (``B2_nsm:get:RUNCONTROL:rcstate``, the nsm2cad bridge name) and as ``mbbi`` with the run-control
-labels, a ``calc`` counter (10 Hz) driving an ``ai``, a ``waveform`` and a few
-``B2_nsm:get:HLT01:<var>`` names.
+labels, a ``calc`` counter (10 Hz) driving an ``ai``, a ``waveform``, a few
+``B2_nsm:get:HLT01:<var>`` names, and records for the awkward types a client meets: a ``CHAR``
+waveform holding text, a ``STRING`` waveform, an ``mbbi`` without labels, and an ``ai``
+(``SIM:morph``) that a test turns into a ``stringin`` across a restart.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ DEFAULT_RECORDS: dict[str, tuple[str, dict[str, Any]]] = {
     "SIM:counter": ("calc", {"SCAN": ".1 second", "INPA": "$(P)SIM:counter NPP", "CALC": "A+1", "FLNK": "$(P)SIM:value"}),
     "SIM:value": ("ai", {"INP": "$(P)SIM:counter NPP", "PREC": 1, "EGU": "counts"}),
     "SIM:wave": ("waveform", {"FTVL": "DOUBLE", "NELM": 8, "INP": "[1, 2, 3, 4]", "PINI": "YES"}),
+    "SIM:text": ("waveform", {"FTVL": "CHAR", "NELM": 64, "INP": '{const:"run 4711: beam OK"}', "PINI": "YES"}),
+    "SIM:strings": ("waveform", {"FTVL": "STRING", "NELM": 3, "INP": '["a", "b"]', "PINI": "YES"}),
+    "SIM:nolabels": ("mbbi", {"VAL": 1, "PINI": "YES"}),
+    "SIM:morph": ("ai", {"VAL": 1.5, "PINI": "YES"}),
     "B2_nsm:get:HLT01:rcstate": ("stringin", {"VAL": "RUNNING", "PINI": "YES"}),
     "B2_nsm:get:HLT01:nworkers": ("longin", {"VAL": 12, "PINI": "YES"}),
     "B2_nsm:get:HLT01:input:rate": ("ai", {"VAL": 1000.0, "PINI": "YES", "PREC": 1}),

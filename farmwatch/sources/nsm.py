@@ -10,7 +10,11 @@ source reads NSM variables the two ways operators do:
   variable and cycle, at most ``concurrency`` at once, each with ``timeout`` (the process group is
   killed when it runs over), and parses ``name : value``. A non-zero exit (other than those in
   ``ok_exit_codes``), a timeout or unparsable output makes that variable unavailable this cycle (``up`` = 0), logged once per change with the
-  reason. With ``discover = true``, ``{ node = "X", var = "*" }`` reads all variables that
+  reason. The whole cycle (listings and reads) also has one deadline, ``cycle_timeout`` (default 90 %
+  of ``interval``): a call still running then is killed with its process group, and a call not
+  started by then is not started; those variables are ``up`` = 0 for the cycle and counted, and the
+  source logs once when variables start and stop missing the deadline. A stuck NSM host therefore
+  costs at most one ``cycle_timeout`` per cycle, never an ever-growing backlog of cycles. With ``discover = true``, ``{ node = "X", var = "*" }`` reads all variables that
   ``nsmvlistget X`` lists (``name:type:useget:useset:index``), re-listed every ``rediscover``.
 
 Series (labels ``node``, ``var``, the entry's template labels and the source's ``labels``):
@@ -18,6 +22,8 @@ Series (labels ``node``, ``var``, the entry's template labels and the source's `
 * ``nsm.var`` — numbers as samples, text as state values (epics method, array PVs:
   ``nsm.var.count/mean/min/max`` or ``nsm.var{index=…}`` as in the epics source);
 * ``up`` — 1/0 per variable, every cycle (for ``var = "*"``: whether the listing worked);
+* ``nsm.late`` (nsmvget method; the source's labels only) — variables and listings not read by the
+  cycle deadline so far (cumulative counter), every cycle;
 * with ``run_control = "<NODE>"``: that node's ``rcstate`` also as ``daq.run_state{node=…}``
   (state value, with every value read) and ``daq.run_state_since{node=…}`` (epoch seconds of the
   last transition seen, or of the first value seen; every cycle once a state is known).
@@ -97,6 +103,8 @@ class NsmConfig(SourceConfig):
     ok_exit_codes: list[int] = Field(default=[0], min_length=1)
     """Exit statuses that still count as an answer. basf2's nsmvget calls exit(1) even after printing
     the value (and prints its errors to stdout, where they fail to parse): set ``[0, 1]`` for it."""
+    cycle_timeout: Duration | None = Field(default=None, gt=0)
+    """nsmvget: deadline of a whole cycle (listings and reads together); default 90 % of ``interval``."""
     discover: bool = False
     rediscover: Duration = Field(default=600.0, gt=0)
     # method = "epics": passed to the composed epics source (see collectors/epics.toml)
@@ -154,10 +162,14 @@ class NsmConfig(SourceConfig):
         if self.method == "nsmvget":
             if self.nsm_config is None:
                 raise ValueError('nsm_config: required with method = "nsmvget" (the -c argument of nsmvget)')
+            if self.cycle_timeout is not None and self.cycle_timeout >= self.interval:
+                raise ValueError(f"cycle_timeout ({_dur(self.cycle_timeout)}) must be shorter than interval ({_dur(self.interval)})")
             given = [k for k in _CA_KEYS if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)}: only used with method = \"epics\"")
         else:
+            if self.cycle_timeout is not None:
+                raise ValueError('cycle_timeout: only used with method = "nsmvget" (bridge PVs are subscriptions)')
             if self.discover:
                 raise ValueError('discover: needs method = "nsmvget" (nsm2cad offers no listing)')
             try:
@@ -178,6 +190,11 @@ class NsmConfig(SourceConfig):
         body.update({k: getattr(self, k) for k in _CA_KEYS if getattr(self, k) is not None})
         return EpicsConfig.model_validate(body)
 
+    @property
+    def cycle_deadline(self) -> float:
+        """Seconds a whole nsmvget cycle may take."""
+        return self.cycle_timeout if self.cycle_timeout is not None else 0.9 * self.interval
+
     def all_vars(self) -> list[tuple[str, str]]:
         """(node, var) of every configured variable plus the run control's rcstate."""
         out = [(e.node, e.var) for e in self.vars]
@@ -189,6 +206,10 @@ class NsmConfig(SourceConfig):
 # -- nsmvget / nsmvlistget --------------------------------------------------------------------------
 class Unavailable(Exception):
     """A tool call gave no usable answer; the message is the one-line reason."""
+
+
+class Late(Unavailable):
+    """The cycle's deadline came before the call could start or finish."""
 
 
 def parse_value(out: str, var: str) -> float | str:
@@ -232,8 +253,20 @@ def parse_listing(out: str) -> list[str]:
     return names
 
 
-def run_tool(argv: list[str], timeout: float, ok_exit_codes: tuple[int, ...] | list[int] = (0,)) -> str:
-    """stdout of ``argv``; Unavailable on another exit status or a timeout (the process group is killed)."""
+def run_tool(argv: list[str], timeout: float, ok_exit_codes: tuple[int, ...] | list[int] = (0,),
+             deadline: float | None = None) -> str:
+    """stdout of ``argv``; Unavailable on another exit status or a timeout (the process group is killed).
+
+    ``deadline`` (``time.monotonic()`` value) shortens ``timeout`` to what is left of the cycle:
+    Late if nothing is left before the start, or if the call is killed at the deadline.
+    """
+    late = False
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Late("not started before the cycle deadline")
+        if left < timeout:
+            timeout, late = left, True
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, errors="replace", start_new_session=True)
@@ -247,6 +280,8 @@ def run_tool(argv: list[str], timeout: float, ok_exit_codes: tuple[int, ...] | l
         except OSError:
             proc.kill()
         proc.communicate()
+        if late:
+            raise Late("killed at the cycle deadline") from None
         raise Unavailable(f"no answer within {timeout:g}s (killed)") from None
     if proc.returncode not in ok_exit_codes:
         last = (err.strip().splitlines() or out.strip().splitlines() or [""])[-1][:100]
@@ -304,6 +339,9 @@ class NsmSource(Source):
             self._names = itertools.count(1)
             self._names_lock = threading.Lock()
             self._name_prefix = "FW" + secrets.token_hex(3).upper()
+            self._late_key: SeriesKey = ("nsm.late", self._base)
+            self._late_total = 0
+            self._late_logged = False
 
     def _make_var(self, node: str, var: str, extra: dict[str, str]) -> _Var:
         lbls = make_labels({**dict(self._base), **extra, "node": node, "var": var})
@@ -349,24 +387,41 @@ class NsmSource(Source):
             n = next(self._names)
         return f"{self._name_prefix}_{n:X}"
 
-    def _read(self, v: _Var) -> float | str:
+    def _read(self, v: _Var, deadline: float) -> float | str:
         argv = [self.config.nsmvget_path, v.node, v.var, "-c", self.config.nsm_config or "", "-n", self._unique_name()]
-        return parse_value(run_tool(argv, self.config.timeout, self.config.ok_exit_codes), v.var)
+        return parse_value(run_tool(argv, self.config.timeout, self.config.ok_exit_codes, deadline), v.var)
 
-    def _list(self, node: str) -> list[str]:
+    def _list(self, node: str, deadline: float) -> list[str]:
         argv = [self.config.nsmvlistget_path, node, "-c", self.config.nsm_config or "", "-n", self._unique_name()]
-        return parse_listing(run_tool(argv, self.config.timeout, self.config.ok_exit_codes))
+        return parse_listing(run_tool(argv, self.config.timeout, self.config.ok_exit_codes, deadline))
+
+    def _late_state(self, late: list[str], total: int) -> None:
+        """Log once when variables start or stop missing the cycle deadline (not once per variable)."""
+        if late and not self._late_logged:
+            shown = ", ".join(late[:5]) + (f" and {len(late) - 5} more" if len(late) > 5 else "")
+            log.warning("nsm %s: %d of %d read(s) not done by the cycle deadline (%gs): %s; they are up = 0 and counted "
+                        "in nsm.late (raise concurrency or cycle_timeout, or read fewer variables)",
+                        self.name, len(late), total, self.config.cycle_deadline, shown)
+        elif not late and self._late_logged:
+            log.info("nsm %s: all reads done within the cycle deadline again", self.name)
+        self._late_logged = bool(late)
 
     def _poll_tools(self) -> list[Batch]:
         assert self._pool is not None
         mono = time.monotonic()
-        listings = {node: self._pool.submit(self._list, node) for node in self.wildcards
+        deadline = mono + self.config.cycle_deadline
+        late: list[str] = []
+        listings = {node: self._pool.submit(self._list, node, deadline) for node in self.wildcards
                     if node not in self._discovered or mono - self._listed_at.get(node, -math.inf) >= self.config.rediscover}
         listing_ok: dict[str, bool] = {}
         for node, fut in listings.items():
             w = self.wildcards[node]
             try:
                 names = fut.result()
+            except Late:
+                late.append(f"{node} (listing)")
+                listing_ok[node] = False
+                continue
             except Unavailable as exc:
                 self._availability(w, False, f"listing: {exc}")
                 listing_ok[node] = False
@@ -387,11 +442,15 @@ class NsmSource(Source):
                 if id(v) not in seen:
                     seen.add(id(v))
                     todo.append(v)
-        futures = [(v, self._pool.submit(self._read, v)) for v in todo]
+        futures = [(v, self._pool.submit(self._read, v, deadline)) for v in todo]
         batch = Batch(self.clock.time())
         for v, fut in futures:
             try:
                 value = fut.result()
+            except Late:
+                late.append(f"{v.node} {v.var}")  # a slow cycle, not a fault of this variable: logged for all at once
+                batch.add(v.up_key, 0.0)
+                continue
             except Unavailable as exc:
                 self._availability(v, False, str(exc))
                 batch.add(v.up_key, 0.0)
@@ -406,6 +465,9 @@ class NsmSource(Source):
         for node, w in self.wildcards.items():
             ok = listing_ok.get(node, w.ok is True)
             batch.add(w.up_key, 1.0 if ok else 0.0)
+        self._late_total += len(late)
+        self._late_state(late, len(futures) + len(listings))
+        batch.add(self._late_key, float(self._late_total))
         return [batch]
 
     def _availability(self, v: _Var, ok: bool, reason: str = "") -> None:
