@@ -717,3 +717,21 @@ def test_readonly_store_queries_while_another_process_writes(tmp_path: Path) -> 
     assert counts == sorted(counts)  # every read saw a consistent, growing snapshot
     assert all(count % 4 == 0 for count in counts)  # never half a batch
     assert final == 300 * 4
+
+
+def test_source_cursors_survive_reopen_and_commit_with_the_data(tmp_path):
+    """Sources resume where they stopped: cursors are per source, JSON values, deletable, and can
+    be saved inside the transaction that stores what they point past."""
+    path = tmp_path / "c.db"
+    with SQLiteStore(path) as store:
+        store.save_cursors("zbx", {"item:1": 1700000000, "item:2": {"clock": 5, "ns": 7}})
+        store.save_cursors("logs", {"/var/log/a": [12, 34]})
+        store.save_cursors("zbx", {"item:1": 1700000060}, drop=["item:2"])
+        with pytest.raises(RuntimeError):
+            with store.transaction("test", write=True) as conn:
+                store.save_cursors("logs", {"/var/log/a": [99, 99]}, conn=conn)
+                raise RuntimeError("the data write failed")
+    with SQLiteStore(path, readonly=True) as store:
+        assert store.cursors("zbx") == {"item:1": 1700000060}
+        assert store.cursors("logs") == {"/var/log/a": [12, 34]}  # rolled back with the failed write
+        assert store.cursors("nothing") == {}

@@ -22,6 +22,7 @@ String state values (``socket_state = connected``) live in one ``states`` table 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -34,7 +35,7 @@ from datetime import datetime, timezone
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import orjson
@@ -134,6 +135,16 @@ MIGRATIONS: list[str] = [
         ref TEXT NOT NULL,
         posted REAL NOT NULL,
         PRIMARY KEY(notifier, incident)) WITHOUT ROWID;
+    """,
+    # 3: where sources resume after a restart (Zabbix: last clock per item; log files: offsets),
+    # keyed by source name and a key of the source's choosing, value JSON.
+    """
+    CREATE TABLE source_cursors(
+        source TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated REAL NOT NULL,
+        PRIMARY KEY(source, key)) WITHOUT ROWID;
     """,
 ]
 """Schema steps: ``MIGRATIONS[i]`` is an SQL script taking a file from ``user_version`` i to i + 1.
@@ -508,6 +519,34 @@ class SQLiteStore:
                         conn.execute("ROLLBACK")
             except sqlite3.DatabaseError as exc:
                 raise self._error(exc, action) from exc
+
+    def cursors(self, source: str) -> dict[str, Any]:
+        """Every cursor a source saved (key → the JSON value), e.g. the last clock per Zabbix item."""
+        with self._transaction("BEGIN", f"read the cursors of source {source!r}") as conn:
+            rows = conn.execute("SELECT key, value FROM source_cursors WHERE source = ?", (source,)).fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    def save_cursors(self, source: str, cursors: Mapping[str, Any], *, drop: Iterable[str] = (),
+                     conn: sqlite3.Connection | None = None) -> None:
+        """Upsert ``cursors`` (JSON-serialisable values) and delete the keys in ``drop``.
+
+        Pass ``conn`` (from ``transaction(..., write=True)``) to save them in the same transaction
+        as the data they describe, so a crash cannot leave a cursor ahead of what was stored.
+        """
+        now = time.time()
+        rows = [(source, k, json.dumps(v), now) for k, v in cursors.items()]
+        gone = [(source, k) for k in drop]
+
+        def apply(c: sqlite3.Connection) -> None:
+            c.executemany("INSERT INTO source_cursors(source, key, value, updated) VALUES (?, ?, ?, ?) "
+                          "ON CONFLICT(source, key) DO UPDATE SET value = excluded.value, updated = excluded.updated", rows)
+            c.executemany("DELETE FROM source_cursors WHERE source = ? AND key = ?", gone)
+
+        if conn is not None:
+            apply(conn)
+            return
+        with self.transaction(f"save the cursors of source {source!r}", write=True) as c:
+            apply(c)
 
     def _require_writable(self, action: str) -> None:
         if self.readonly:
