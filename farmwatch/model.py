@@ -8,6 +8,7 @@ the store and the sources cache series ids and per-series state in plain dicts o
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -97,6 +98,20 @@ class LogRecord:
     level: str
     message: str
     fields: Mapping[str, object] = field(default_factory=dict)
+
+    def doc_id(self) -> str:
+        """A stable id, so that a record sent twice (a retry, a replay after a restart) is stored once.
+
+        A record read from a file is identified by where it starts: host, the file's identity
+        (``log.file.fingerprint``, else ``log.file.path``) and ``log.offset``; any other record by
+        its content (time, host, service, level, message).
+        """
+        f = self.fields
+        if "log.offset" in f:
+            parts = ("file", self.host, str(f.get("log.file.fingerprint") or f.get("log.file.path", "")), str(f["log.offset"]))
+        else:
+            parts = ("content", repr(self.ts), self.host, self.service, self.level, self.message)
+        return hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 class AlertState(str, Enum):
