@@ -6,7 +6,12 @@ its $NSM_STANDIN_DATA file). ``NsmSource.poll()`` reads ``--vars`` variables (de
 20 nodes × 10 variables) with ``concurrency`` 1, 8 and 16; concurrency 1 (one call after the
 other) is the baseline. Reported per concurrency (medians over ``--cycles`` polls): poll wall
 time, whether it fits the ``--interval`` (10 s), CPU of this process and of the children
-(``os.times`` children user+sys: every call is a process spawn, a Python start-up here), per call.
+(``os.times`` children user+sys: every call is a process spawn), per call.
+
+``--standin sh`` (the default) is a two-line POSIX shell script (``sleep``, then the documented
+``<var> : <value>`` line): a start-up of a few ms, close to the compiled nsmvget, so the numbers show
+farmwatch's own cost and the concurrency effect. ``--standin python`` uses the test suite's stand-in,
+whose ~100 ms Python start-up per call makes a 2-core machine CPU-bound (200 calls ≈ 20 CPU-seconds).
 Results: benchmarks/results/nsmvget.json.
 """
 
@@ -30,10 +35,17 @@ HERE = Path(__file__).resolve().parent
 STANDIN = HERE.parent / "tests" / "nsm_standin"
 
 
-def bench(n_nodes: int, n_vars: int, concurrency: int, cycles: int, interval: float) -> dict:
+SH_STANDIN = """#!/bin/sh
+# nsmvget stand-in for the benchmark: nsmvget <node> <var> -c <config> -n <name>
+sleep {delay}
+echo "$2 : 1.5"
+"""
+
+
+def bench(n_nodes: int, n_vars: int, concurrency: int, cycles: int, interval: float, tool: Path) -> dict:
     vars_ = [{"node": f"HLT{n:02d}", "var": f"v{v}"} for n in range(1, n_nodes + 1) for v in range(n_vars)]
     body = {"kind": "nsm", "method": "nsmvget", "interval": f"{interval:g}s", "timeout": "5s", "nsm_config": "hlt.conf",
-            "nsmvget_path": str(STANDIN / "nsmvget"), "nsmvlistget_path": str(STANDIN / "nsmvlistget"),
+            "nsmvget_path": str(tool), "nsmvlistget_path": str(STANDIN / "nsmvlistget"),
             "concurrency": concurrency, "vars": vars_}
     src = NsmSource("n", parse({"sources": {"n": body}}).sources["n"])
     rows = []
@@ -68,6 +80,7 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--cycles", type=int, default=3)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
+    ap.add_argument("--standin", choices=["sh", "python"], default="sh", help="which stand-in answers (see above)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "nsmvget.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -78,20 +91,25 @@ def main() -> None:
                  for n in range(1, args.nodes + 1)}
         data.write_text(json.dumps({"config": "hlt.conf", "delay": args.delay, "nodes": nodes}))
         os.environ["NSM_STANDIN_DATA"] = str(data)
-        results = [bench(args.nodes, args.vars_per_node, c, args.cycles, args.interval) for c in args.concurrency]
+        tool = STANDIN / "nsmvget"
+        if args.standin == "sh":
+            tool = Path(tmpdir) / "nsmvget"
+            tool.write_text(SH_STANDIN.format(delay=args.delay))
+            tool.chmod(0o755)
+        results = [bench(args.nodes, args.vars_per_node, c, args.cycles, args.interval, tool) for c in args.concurrency]
 
     base = next((r for r in results if r["concurrency"] == 1), results[0])
     result = {
         "benchmark": "nsmvget",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "setup": {"variables": args.nodes * args.vars_per_node, "nodes": args.nodes, "stand_in_delay_s": args.delay,
-                  "interval_s": args.interval, "stand_in": "tests/nsm_standin/nsmvget (python3 -I -S script)"},
+                  "interval_s": args.interval, "stand_in": {"sh": "POSIX sh script: sleep, then one value line",
+                                                 "python": "tests/nsm_standin/nsmvget (python3 -I -S script)"}[args.standin]},
         "results": results,
         "baseline": "concurrency 1 (sequential calls)",
         "speedup_over_sequential": {str(r["concurrency"]): base["poll_wall_s_median"] / r["poll_wall_s_median"] for r in results},
         "notes": "Every variable and cycle spawns one process (as the real nsmvget method does); children CPU is the "
-                 "stand-in's Python start-up, which a real nsmvget (C++ binary, plus an NSM connection) would replace "
-                 "with its own cost.",
+                 "stand-in's start-up, which a real nsmvget (C++ binary, plus an NSM connection) replaces with its own cost.",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
