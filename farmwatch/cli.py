@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from farmwatch import __version__
+from farmwatch import __version__, systemd
 from farmwatch.config import ConfigError, Settings, load
 from farmwatch.durations import parse_duration
 
@@ -66,6 +66,7 @@ def _stop_on_signals() -> threading.Event:
 
     def handler(signum, _frame):
         log.info("received %s: finishing the current cycle and flushing", signal.Signals(signum).name)
+        systemd.notify("STOPPING=1")
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
@@ -93,7 +94,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     sources = _build_sources(settings, args.source)
     store = _open_store(settings)
-    runner = Runner(sources, store)
+    watchdog = systemd.Watchdog(stale_after=3 * max((s.interval for s in sources), default=1.0) + 30)
+    runner = Runner(sources, store, listeners=[watchdog.beat])
     try:
         if args.once:
             n = runner.run_once()
@@ -101,7 +103,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
         else:
             stop = _stop_on_signals()
             log.info("collecting %s into %s", ", ".join(s.name for s in sources), settings.store.path)
+            systemd.notify("READY=1", f"STATUS=collecting {len(sources)} source(s) into {settings.store.path}")
+            watchdog.start()
             runner.run(stop)
+            watchdog.stop()
             log.info("stopped; %d samples written, %d dropped", runner.written, runner.dropped)
     finally:
         for s in sources:

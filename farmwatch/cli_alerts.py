@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from farmwatch import systemd
 from farmwatch.cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, _build_sources, _load, _open_store, _stop_on_signals
 from farmwatch.config import ConfigError
 from farmwatch.durations import format_duration, parse_duration
@@ -66,7 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = _open_store(settings)
     try:
         alerting = build(settings, store)
-        runner = Runner(sources, store, listeners=[alerting.window])
+        watchdog = systemd.Watchdog(stale_after=3 * max((s.interval for s in sources), default=1.0) + 30)
+        runner = Runner(sources, store, listeners=[alerting.window, watchdog.beat])
         stop = _stop_on_signals()
         threads = [
             threading.Thread(target=alerting.engine.run, args=(stop, settings.alerting.evaluation_interval),
@@ -77,7 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             t.start()
         log.info("running %d source(s), %d rule(s), notifying %s", len(sources), len(alerting.rules),
                  ", ".join(alerting.delivery.notifiers) or "nobody (no [alerting.notify] configured)")
+        systemd.notify("READY=1", f"STATUS=running {len(sources)} source(s) and {len(alerting.rules)} rule(s)")
+        watchdog.start()
         runner.run(stop)
+        watchdog.stop()
         for t in threads:
             t.join(timeout=30)
         alerting.delivery.pump()
@@ -104,6 +109,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         interval = settings.alerting.evaluation_interval
         since = time.time() - window.horizon
         log.info("watching %s with %d rule(s)", settings.store.path, len(alerting.rules))
+        watchdog = systemd.Watchdog(stale_after=3 * interval + 60)
+        systemd.notify("READY=1", f"STATUS=watching {settings.store.path} with {len(alerting.rules)} rule(s)")
+        watchdog.start()
         while not stop.is_set():
             now = time.time()
             try:
@@ -114,7 +122,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 engine.evaluate(now)
             except Exception as exc:
                 log.error("alert evaluation failed: %s", exc)
+            else:
+                watchdog.beat()
             stop.wait(interval - time.time() % interval)
+        watchdog.stop()
         delivery.join(timeout=30)
         alerting.delivery.pump()
     finally:
