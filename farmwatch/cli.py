@@ -74,6 +74,22 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _self_metrics(settings: Settings, service: str):
+    """The service's own health endpoint when ``[self_metrics] port`` is set, else None."""
+    cfg = settings.self_metrics
+    if cfg.port is None:
+        return None
+    from farmwatch.selfmetrics import SelfMetrics
+
+    metrics = SelfMetrics(service)
+    try:
+        metrics.serve(cfg.address, cfg.port)
+    except OSError as exc:
+        raise ConfigError([f"{settings.file}: self_metrics: cannot listen on {cfg.address}:{cfg.port}: {exc.strerror or exc}"]) from None
+    log.info("self-metrics at http://%s:%d/metrics", cfg.address, cfg.port)
+    return metrics
+
+
 # -- commands ----------------------------------------------------------------------------------
 def cmd_check_config(args: argparse.Namespace) -> int:
     from farmwatch.alerting import service
@@ -95,7 +111,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
     sources = _build_sources(settings, args.source)
     store = _open_store(settings)
     watchdog = systemd.Watchdog(stale_after=3 * max((s.interval for s in sources), default=1.0) + 30)
-    runner = Runner(sources, store, listeners=[watchdog.beat])
+    metrics = None if args.once else _self_metrics(settings, "collect")
+    runner = Runner(sources, store, listeners=[watchdog.beat] + ([metrics.listener] if metrics else []))
+    if metrics:
+        metrics.runner = runner
     try:
         if args.once:
             n = runner.run_once()
@@ -112,6 +131,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         for s in sources:
             s.close()
         store.close()
+        if metrics:
+            metrics.close()
     return EXIT_OK if runner.dropped == 0 else EXIT_FAIL
 
 
@@ -242,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     from farmwatch.cli_alerts import add_parsers
 
     add_parsers(sub)
+    from farmwatch.cli_status import add_parsers as add_status
+
+    add_status(sub)
     return p
 
 

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from farmwatch import systemd
-from farmwatch.cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, _build_sources, _load, _open_store, _stop_on_signals
+from farmwatch.cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, _build_sources, _load, _open_store, _self_metrics, _stop_on_signals
 from farmwatch.config import ConfigError
 from farmwatch.durations import format_duration, parse_duration
 
@@ -65,10 +65,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     sources = _build_sources(settings)
     store = _open_store(settings)
+    metrics = None
     try:
         alerting = build(settings, store)
         watchdog = systemd.Watchdog(stale_after=3 * max((s.interval for s in sources), default=1.0) + 30)
-        runner = Runner(sources, store, listeners=[alerting.window, watchdog.beat])
+        metrics = _self_metrics(settings, "run")
+        runner = Runner(sources, store, listeners=[alerting.window, watchdog.beat] + ([metrics.listener] if metrics else []))
+        if metrics:
+            metrics.runner, metrics.engine, metrics.delivery = runner, alerting.engine, alerting.delivery
         stop = _stop_on_signals()
         threads = [
             threading.Thread(target=alerting.engine.run, args=(stop, settings.alerting.evaluation_interval),
@@ -90,6 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for s in sources:
             s.close()
         store.close()
+        if metrics:
+            metrics.close()
     return EXIT_OK
 
 
@@ -99,6 +105,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     store = _open_store(settings)
+    metrics = None
     try:
         alerting = build(settings, store)
         names = sorted(set().union(*(r.names() for r in alerting.rules)) | {"daq.run_state", "daq.run_state_since"})
@@ -110,6 +117,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         since = time.time() - window.horizon
         log.info("watching %s with %d rule(s)", settings.store.path, len(alerting.rules))
         watchdog = systemd.Watchdog(stale_after=3 * interval + 60)
+        metrics = _self_metrics(settings, "watch")
+        if metrics:
+            metrics.engine, metrics.delivery = engine, alerting.delivery
         systemd.notify("READY=1", f"STATUS=watching {settings.store.path} with {len(alerting.rules)} rule(s)")
         watchdog.start()
         while not stop.is_set():
@@ -130,6 +140,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         alerting.delivery.pump()
     finally:
         store.close()
+        if metrics:
+            metrics.close()
     return EXIT_OK
 
 

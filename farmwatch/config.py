@@ -44,6 +44,13 @@ class LogSettings(Section):
     format: Literal["plain", "json"] = "plain"
 
 
+class SelfMetricsSettings(Section):
+    """``[self_metrics]``: where a service exposes its own health for Prometheus (off unless ``port`` is set)."""
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    address: str = "127.0.0.1"
+
+
 class InhibitSettings(Section):
     """While an alert matching ``source`` fires, alerts matching ``target`` with equal ``equal`` labels are muted."""
 
@@ -130,6 +137,7 @@ class Settings(Section):
     store: StoreSettings = StoreSettings()
     log: LogSettings = LogSettings()
     alerting: AlertingSettings = AlertingSettings()
+    self_metrics: SelfMetricsSettings = SelfMetricsSettings()
     sources: dict[str, Any] = Field(default_factory=dict)
     file: Path | None = None
 

@@ -189,3 +189,64 @@ def test_cron_lines_run_real_farmwatch_commands():
         commands.append(argv[0])
     assert {"collect", "watch"} <= set(commands)
     assert isinstance(parser, argparse.ArgumentParser)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(90)
+def test_self_metrics_endpoint_is_scraped_and_status_reads_it(tmp_path):
+    """`farmwatch run` with [self_metrics]: a Prometheus scrape shows sources, targets, store and
+    rules; `farmwatch status` summarises the same and exits 1 when a target is down."""
+    from farmwatch.cli_status import scrape
+
+    port = _free_port()
+    with SimUnit("hlt01", worker_nodes=1, workers_per_node=2, input_rate=200.0, seed=5) as unit:
+        config = tmp_path / "fw.toml"
+        config.write_text(f'[store]\npath = "fw.db"\n\n[self_metrics]\nport = {port}\n\n'
+                          + unit.config_toml(source_name="hlt", interval="200ms", timeout="100ms"))
+        proc = subprocess.Popen([sys.executable, "-m", "farmwatch", "run", "-c", str(config)], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            deadline = time.monotonic() + 40
+            m: dict = {}
+            while time.monotonic() < deadline:
+                try:
+                    m = scrape(url)
+                    if m.get("farmwatch_rule_evaluations_total", [({}, 0)])[0][1] >= 1 and m.get("farmwatch_samples_written_total", [({}, 0)])[0][1] > 0:
+                        break
+                except Exception:
+                    pass
+                time.sleep(0.3)
+            targets = {lb["state"]: v for lb, v in m["farmwatch_targets"] if lb["source"] == "hlt"}
+            assert targets == {"up": float(len(unit.endpoints)), "down": 0.0}, targets
+            assert m["farmwatch_source_cycles_total"][0][1] >= 1 and m["farmwatch_samples_dropped_total"][0][1] == 0
+            assert m["farmwatch_process_resident_memory_bytes"][0][1] > 0
+            assert m["farmwatch_rule_errors_total"][0][1] == 0 and m["farmwatch_alerts"]
+            status = subprocess.run([sys.executable, "-m", "farmwatch", "status", "-c", str(config)], cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=30)
+            assert status.returncode == 0, status.stdout + status.stderr
+            assert "source hlt: last cycle" in status.stdout and "problems: none" in status.stdout
+            unit.set_reply("distributor", "mute")  # the distributor's monitor stops answering
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                status = subprocess.run([sys.executable, "-m", "farmwatch", "status", "--url", url, "--format", "json"],
+                                        capture_output=True, text=True, timeout=30)
+                if status.returncode == 1:
+                    break
+                time.sleep(0.3)
+            assert status.returncode == 1 and "targets down" in status.stdout, status.stdout
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.communicate()
+    gone = subprocess.run([sys.executable, "-m", "farmwatch", "status", "--url", url], capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 3 and "no farmwatch service answers" in gone.stdout
