@@ -1,0 +1,225 @@
+"""Helpers for experts in Jupyter: the store as pandas DataFrames, alerts as episodes, plots.
+
+Everything here reads (a store opened read-only, so a notebook can sit next to running
+collectors), returns plain pandas objects with a UTC ``DatetimeIndex``, and plots with matplotlib
+onto an ``Axes`` you may pass in. The notebooks in ``notebooks/`` are written with these and run in
+the test suite against the store ``farmwatch demo`` writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import pandas as pd
+
+from farmwatch.durations import parse_duration
+from farmwatch.store import SQLiteStore
+from farmwatch.store.matchers import MatcherSpec
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+RUN_STATE = "daq.run_state"
+
+
+def open_store(path: str | Path) -> SQLiteStore:
+    """The store, read-only (collectors may keep writing to it)."""
+    return SQLiteStore(path, readonly=True)
+
+
+def _epoch(t: float | str | pd.Timestamp | None, now: float) -> float | None:
+    """Epoch seconds from a number, a timestamp, or a duration back from ``now`` (``"10m"``)."""
+    if t is None or isinstance(t, (int, float)):
+        return t
+    if isinstance(t, str) and t[:1].isdigit() and not t[:4].isdigit():
+        return now - parse_duration(t)
+    return pd.Timestamp(t).timestamp()
+
+
+def newest(store: SQLiteStore) -> float:
+    """Time of the newest run-state value or sample of the HLT units: "now" for a finished recording."""
+    found = store.latest(RUN_STATE)
+    if found.empty:
+        found = store.latest("up")
+    return float(found["ts"].max().timestamp()) if not found.empty else float("nan")
+
+
+def frame(store: SQLiteStore, name: str, matchers: MatcherSpec = None, *, since: Any = None, until: Any = None,
+          by: str | Iterable[str] | None = None, aggregate: str = "sum", resample: str | None = None) -> pd.DataFrame:
+    """Numeric series as a wide DataFrame: UTC time index, one column per series.
+
+    Columns are named by the labels that differ between the selected series (``by`` chooses them:
+    ``by="host"`` gives one column per worker node), so ``frame(store,
+    "hlt.output.sent_events:rate", ["app=distributor", "host!="], by="host")`` has columns hltwk01, …
+    (the events the distributor sent each worker node: its worker processes summed, ``aggregate``).
+    ``since``/``until``: epoch seconds, timestamps, or durations back from the newest data (``"10m"``).
+    ``resample``: a pandas offset (``"10s"``) averaging onto a regular grid.
+    """
+    now = newest(store)
+    df = store.query(name, matchers, since=_epoch(since, now), until=_epoch(until, now), form="long")
+    df = df[df["state"].isna()] if not df.empty else df
+    if df.empty:
+        return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="ts"))
+    keys = _varying(df["labels"], by)
+    df = df.assign(column=[_column(lbls, keys, n) for lbls, n in zip(df["labels"], df["name"])])
+    wide = df.pivot_table(index="ts", columns="column", values="value", aggfunc=aggregate if by is not None else "last").sort_index()
+    wide.columns.name = None
+    if resample:
+        wide = wide.resample(resample).mean()
+    return wide
+
+
+def states(store: SQLiteStore, name: str = RUN_STATE, matchers: MatcherSpec = None, *, since: Any = None,
+           until: Any = None) -> pd.Series:
+    """A state series (run state by default) as values at their change times, oldest first."""
+    now = newest(store)
+    df = store.query(name, matchers, since=_epoch(since, now), until=_epoch(until, now), form="long")
+    df = df[df["state"].notna()] if not df.empty else df
+    return pd.Series(df["state"].to_numpy(), index=pd.DatetimeIndex(df["ts"], name="ts"), name=name) if not df.empty \
+        else pd.Series([], index=pd.DatetimeIndex([], tz="UTC", name="ts"), name=name, dtype=object)
+
+
+def alerts(store: SQLiteStore, since: Any = None, until: Any = None) -> pd.DataFrame:
+    """Alert episodes from the alert history: one row per alert from pending to resolved.
+
+    Columns: rule, severity, labels (dict), label columns, pending, firing, resolved (UTC
+    timestamps, NaT when it did not happen), summary (the text of its newest transition).
+    """
+    from farmwatch.alerting.state import AlertDB
+
+    now = newest(store)
+    rows = AlertDB(store).history(_epoch(since, now), _epoch(until, now))
+    episodes: list[dict[str, Any]] = []
+    open_: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        ep = open_.get(r["fingerprint"])
+        if ep is None or r["event"] == "pending" and ep.get("resolved") is not None:
+            ep = {"rule": r["rule"], "severity": r["severity"], "labels": r["labels"], "pending": None,
+                  "firing": None, "resolved": None, "summary": r["summary"], "fingerprint": r["fingerprint"]}
+            open_[r["fingerprint"]] = ep
+            episodes.append(ep)
+        if r["event"] in ("pending", "firing", "resolved") and ep[r["event"]] is None:
+            ep[r["event"]] = r["ts"]
+        elif r["event"] == "cancelled":
+            ep["resolved"] = ep["resolved"] or r["ts"]
+        ep["summary"] = r["summary"] or ep["summary"]
+    df = pd.DataFrame(episodes, columns=["rule", "severity", "labels", "pending", "firing", "resolved", "summary", "fingerprint"])
+    for col in ("pending", "firing", "resolved"):
+        df[col] = pd.to_datetime(df[col].astype(float), unit="s", utc=True)
+    labels = pd.DataFrame(list(df["labels"])) if len(df) else pd.DataFrame()
+    return pd.concat([df, labels.drop(columns=[c for c in labels.columns if c in df.columns])], axis=1)
+
+
+def align(frames: Mapping[str, pd.DataFrame | pd.Series], freq: str = "10s", limit: int | None = 3) -> pd.DataFrame:
+    """Several frames/series on one regular time grid (mean per bin, gaps of up to ``limit`` bins
+    filled forward), columns prefixed by the mapping's keys: series of different sources side by side."""
+    parts = []
+    for key, f in frames.items():
+        f = f.to_frame(f.name or key) if isinstance(f, pd.Series) else f
+        numeric = f.select_dtypes("number")
+        if numeric.empty:
+            continue
+        parts.append(numeric.resample(freq).mean().add_prefix(f"{key}:" if len(numeric.columns) > 1 else "")
+                     .rename(columns=lambda c: c if len(numeric.columns) > 1 else key))
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts, axis=1).sort_index().ffill(limit=limit)
+
+
+def context(store: SQLiteStore, alert: Mapping[str, Any], before: str = "10m", after: str = "5m") -> dict[str, Any]:
+    """What an expert looks at around one alert (a row of ``alerts()``): the unit's input and output
+    rates, its worker nodes' rates, the run state, and the other alerts of that time."""
+    start = alert["pending"] if pd.notna(alert["pending"]) else alert["firing"]
+    end = alert["resolved"] if pd.notna(alert["resolved"]) else start
+    since, until = start.timestamp() - parse_duration(before), end.timestamp() + parse_duration(after)
+    lbls = alert["labels"]
+    unit = {"unit": lbls["unit"]} if "unit" in lbls else {}
+    out: dict[str, Any] = {
+        "input": frame(store, "hlt.input.received_events:rate", {**unit, "app": "distributor", "host": ""}, since=since, until=until, by="unit"),
+        "output": frame(store, "hlt.output.sent_events:rate", {**unit, "app": "finalcollector", "host": ""}, since=since, until=until, by="unit"),
+        "nodes": frame(store, "hlt.output.sent_events:rate", [*(f"unit={u}" for u in unit.values()), "app=distributor", "host!="],
+                       since=since, until=until, by="host"),
+        "run_state": states(store, since=since - 86400, until=until),
+        "alerts": (a := alerts(store))[(a["pending"].fillna(a["firing"]) <= pd.Timestamp(until, unit="s", tz="UTC"))
+                                       & (a["resolved"].isna() | (a["resolved"] >= pd.Timestamp(since, unit="s", tz="UTC")))],
+        "since": pd.Timestamp(since, unit="s", tz="UTC"), "until": pd.Timestamp(until, unit="s", tz="UTC"),
+    }
+    if "host" in lbls:
+        out["host"] = frame(store, "zabbix.*", {"host": lbls["host"]}, since=since, until=until, by="item")
+    return out
+
+
+def plot(df: pd.DataFrame | pd.Series, *, alerts: pd.DataFrame | None = None, run_state: pd.Series | None = None,
+         ax: "Axes | None" = None, title: str | None = None, ylabel: str | None = None) -> "Axes":
+    """Lines of ``df``; firing alerts as red spans (pending: light), run states other than RUNNING grey."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(11, 3.2))
+    if len(df):
+        df.plot(ax=ax, lw=1.2)
+    lo, hi = (df.index.min(), df.index.max()) if len(df) else (None, None)
+    if run_state is not None and len(run_state) and lo is not None:
+        changes = list(run_state.items()) + [(hi, None)]
+        for (t0, state), (t1, _) in zip(changes, changes[1:]):
+            if state != "RUNNING" and t1 is not None and t1 > lo:
+                ax.axvspan(max(t0, lo), t1, color="0.85", zorder=0, lw=0)
+    if alerts is not None and len(alerts) and lo is not None:
+        for _, a in alerts.iterrows():
+            end = a["resolved"] if pd.notna(a["resolved"]) else hi
+            if pd.notna(a["pending"]) and pd.notna(a["firing"]):
+                ax.axvspan(a["pending"], a["firing"], color="tab:red", alpha=0.08, lw=0)
+            if pd.notna(a["firing"]):
+                ax.axvspan(a["firing"], end, color="tab:red", alpha=0.18, lw=0)
+                ax.annotate(a["rule"], (a["firing"], 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                            va="top", ha="right", fontsize=7, color="tab:red")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if len(df.shape) > 1 and df.shape[1] > 1:
+        ax.legend(fontsize=7, ncol=min(6, df.shape[1]), loc="lower left")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def timeline(episodes: pd.DataFrame, *, ax: "Axes | None" = None, until: pd.Timestamp | None = None) -> "Axes":
+    """One row per rule, a bar from firing to resolved (lighter: pending), coloured by severity."""
+    import matplotlib.pyplot as plt
+
+    rules = sorted(episodes["rule"].unique()) if len(episodes) else []
+    if ax is None:
+        _, ax = plt.subplots(figsize=(11, 0.45 * max(2, len(rules)) + 0.8))
+    colours = {"critical": "tab:red", "warning": "tab:orange"}
+    end_default = until if until is not None else (episodes[["pending", "firing", "resolved"]].max().max() if len(episodes) else None)
+    for i, rule in enumerate(rules):
+        for _, a in episodes[episodes["rule"] == rule].iterrows():
+            colour = colours.get(a["severity"], "tab:blue")
+            start = a["pending"] if pd.notna(a["pending"]) else a["firing"]
+            fired_end = a["resolved"] if pd.notna(a["resolved"]) else end_default
+            if pd.notna(a["firing"]):
+                ax.barh(i, fired_end - a["firing"], left=a["firing"], color=colour, height=0.6)
+                if start < a["firing"]:
+                    ax.barh(i, a["firing"] - start, left=start, color=colour, alpha=0.3, height=0.6)
+            elif pd.notna(start):
+                ax.barh(i, (a["resolved"] if pd.notna(a["resolved"]) else end_default) - start, left=start, color=colour, alpha=0.3, height=0.6)
+    ax.set_yticks(range(len(rules)), rules, fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    return ax
+
+
+def _varying(labels: pd.Series, by: str | Iterable[str] | None) -> list[str]:
+    if by is not None:
+        return [by] if isinstance(by, str) else list(by)
+    dicts = list(labels)
+    keys = sorted({k for d in dicts for k in d})
+    return [k for k in keys if len({d.get(k) for d in dicts}) > 1]
+
+
+def _column(lbls: Mapping[str, str], keys: list[str], name: str) -> str:
+    parts = [str(lbls.get(k, "")) for k in keys]
+    return ",".join(p for p in parts if p) or name
+
+
+__all__ = ["align", "alerts", "context", "frame", "newest", "open_store", "plot", "states", "timeline"]
