@@ -24,6 +24,7 @@ from rich.text import Text
 from farmwatch.alerting.dispatch import Timers
 from farmwatch.clock import SimClock
 from farmwatch.overview import LatestValues, render, summarize
+from farmwatch.report import write_report
 from farmwatch.sim.ioc import SimIOC
 from farmwatch.sim.scenario import RUN_CONTROL, Scenario
 from farmwatch.store import SQLiteStore
@@ -131,17 +132,20 @@ def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
                 if live:
                     live.stop()
             wall = time.monotonic() - wall0
-            ok = _report(console, s, faults, start)
+            ok, rows = _report(console, s, faults, start)
             run_state, _ = s.window.run_state()
             console.print(f"Run state from the IOC (B2_nsm:get:{RUN_CONTROL}:rcstate → daq.run_state): "
                           f"{run_state or '[red]never read[/red]'}")
             ok = ok and run_state == "RUNNING"
             s.delivery.pump()
             depth = sum(s.engine.db.outbox_depth().values())
+            report = write_report(store, out / "report.html", title="farmwatch demo", summary=rows,
+                                  notes=[f"{END / 60:.0f} simulated minutes of unit hlt01 ({len(s.unit.nodes)} worker nodes), "
+                                         f"{len(s.rules)} shipped rules, {len(s.messages())} chat message(s)."])
         store.close()
     console.print(f"\n{END / 60:.0f} simulated minutes in {wall:.0f} s; {s.samples:,} samples stored, "
                   f"{len(s.messages())} chat message(s), {depth} undelivered.")
-    console.print(f"Store: {store_path}   Config: {cfg}")
+    console.print(f"Store: {store_path}   Config: {cfg}   Report: {report}")
     console.print(f"Try:   farmwatch alerts -c {cfg} --all\n"
                   f"       farmwatch alerts -c {cfg} --history --since 1h\n"
                   f"       farmwatch query -c {cfg} hlt.input.dead_workers --label app=collector --label host=")
@@ -188,14 +192,16 @@ def _view(s: Scenario, latest: LatestValues, t: float):
     return Group(unit, alerts)
 
 
-def _report(console: Console, s: Scenario, faults: list[Fault], start: float) -> bool:
-    """For every fault: the alert it raised, when, its chat messages, and when it resolved."""
+def _report(console: Console, s: Scenario, faults: list[Fault], start: float) -> tuple[bool, list[dict[str, str]]]:
+    """For every fault: the alert it raised, when, its chat messages, and when it resolved (also
+    returned as plain rows for the HTML report)."""
     history = s.engine.db.history()
     table = Table(title="fault injected → alert → chat")
     for col in ("fault", "injected", "alert", "fired after", "in chat after", "messages",
                 "resolved after clear"):
         table.add_column(col)
     ok = True
+    rows: list[dict[str, str]] = []
     for f in faults:
         t0 = start + (f.injected or 0.0)
         fired = next((r["ts"] for r in history if r["rule"] == f.rule and r["event"] == "firing" and r["ts"] >= t0), None)
@@ -209,19 +215,20 @@ def _report(console: Console, s: Scenario, faults: list[Fault], start: float) ->
         cleared = None if f.cleared is None else start + f.cleared
         fine = fired is not None and first is not None and (f.clear is None or resolved is not None)
         ok = ok and fine
-        table.add_row(
-            f.what, f"+{_mmss(f.injected or 0)}", f.rule,
-            "[red]never[/red]" if fired is None else f"{fired - t0:.0f} s",
-            "[red]never[/red]" if first is None else f"{first - t0:.0f} s",
-            str(len(msgs)),
-            "-" if f.clear is None else ("[red]never[/red]" if resolved is None or cleared is None
-                                         else f"{max(0.0, resolved - cleared):.0f} s"))
+        row = {"fault": f.what, "injected": f"+{_mmss(f.injected or 0)}", "alert": f.rule,
+               "fired after": "never" if fired is None else f"{fired - t0:.0f} s",
+               "in chat after": "never" if first is None else f"{first - t0:.0f} s",
+               "messages": str(len(msgs)),
+               "resolved after clear": "-" if f.clear is None else (
+                   "never" if resolved is None or cleared is None else f"{max(0.0, resolved - cleared):.0f} s")}
+        rows.append(row)
+        table.add_row(*(f"[red]{v}[/red]" if v == "never" else v for v in row.values()))
     console.print(table)
     expected = {f.rule for f in faults}
     others = sorted({r["rule"] for r in history if r["event"] == "firing"} - expected)
     if others:
         console.print(f"Also fired (cascades of the faults above, grouped or inhibited in chat): {', '.join(others)}")
-    return ok
+    return ok, rows
 
 
 def _mmss(seconds: float) -> str:

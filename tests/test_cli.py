@@ -113,3 +113,7 @@ def test_demo_runs_the_scenario_and_every_fault_reaches_chat(tmp_path):
     listed = farmwatch("alerts", "-c", str(tmp_path / "demo" / "farmwatch.toml"), "--all", "--format", "json")
     rules = {json.loads(line)["rule"] for line in listed.stdout.splitlines()}
     assert {"HltWorkersDied", "HltInputStalled", "HltWorkerNodeSlow", "HltReadyQueueDrained"} <= rules
+    report = (tmp_path / "demo" / "report.html").read_text()
+    assert f"Report: {tmp_path / 'demo' / 'report.html'}" in text.replace("\n", "")
+    assert report.count("data:image/png;base64,") == 3  # rates, worker nodes, alert timeline
+    assert "<td>HltInputStalled</td>" in report and "<td>RUNNING</td>" in report
