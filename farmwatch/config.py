@@ -138,6 +138,8 @@ class Settings(Section):
     log: LogSettings = LogSettings()
     alerting: AlertingSettings = AlertingSettings()
     self_metrics: SelfMetricsSettings = SelfMetricsSettings()
+    elastic: Any = None
+    """``[elastic]``: ``farmwatch.store.elastic.ElasticConfig`` when Elasticsearch is configured, else None."""
     sources: dict[str, Any] = Field(default_factory=dict)
     file: Path | None = None
 
@@ -176,11 +178,20 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
     problems: list[str] = []
     raw = dict(raw)
     raw_sources = raw.pop("sources", {})
+    raw_elastic = raw.pop("elastic", None)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         problems += validation_problems(exc, where)
         settings = Settings()
+    elastic = None
+    if raw_elastic is not None:
+        from farmwatch.store.elastic import ElasticConfig  # (it imports this module)
+
+        try:
+            elastic = ElasticConfig.model_validate(raw_elastic)
+        except ValidationError as exc:
+            problems += validation_problems(exc, where, ("elastic",))
 
     validated: dict[str, Any] = {}
     if not isinstance(raw_sources, dict):
@@ -209,7 +220,7 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
         if not store.path.is_absolute():
             store = store.model_copy(update={"path": base_dir / store.path})
         alerting = alerting.model_copy(update={"rules": [p if p.is_absolute() else base_dir / p for p in alerting.rules]})
-    return settings.model_copy(update={"sources": validated, "store": store, "alerting": alerting})
+    return settings.model_copy(update={"sources": validated, "store": store, "alerting": alerting, "elastic": elastic})
 
 
 def load(path: str | Path) -> Settings:
