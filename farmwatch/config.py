@@ -123,6 +123,7 @@ class AlertingSettings(Section):
     group_by: list[str] = Field(default_factory=lambda: ["alertname", "unit"])
     group_wait: Duration = Field(default=10.0, ge=0)
     group_interval: Duration = Field(default=60.0, gt=0)
+    new_alert_wait: Duration | None = Field(default=None, ge=0)
     repeat_interval: Duration = Field(default=4 * 3600.0, gt=0)
     keep_resolved: Duration = Field(default=86400.0, gt=0)
     link: str | None = None

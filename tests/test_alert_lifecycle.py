@@ -142,13 +142,14 @@ def test_group_changes_wait_for_group_interval_and_resolve_ends_the_incident(tmp
     rule = SetRule("HltWorkersDied")
     farm = Farm(tmp_path / "farm.db", [rule])
     rule.on[unit("hlt01", host="hltwk01")] = 1
-    farm.run(15)
-    assert len(farm.sent) == 1
     rule.on[unit("hlt01", host="hltwk02")] = 1
-    farm.run(55)
+    farm.run(15)
+    assert [len(n.firing) for n in farm.sent] == [2]
+    rule.on.pop(unit("hlt01", host="hltwk01"))  # a resolution is news, but not urgent
+    farm.run(50)
     assert len(farm.sent) == 1
-    farm.run(5)
-    assert [len(n.firing) for n in farm.sent] == [1, 2]
+    farm.run(10)
+    assert [(len(n.firing), len(n.resolved)) for n in farm.sent] == [(2, 0), (1, 1)]
     rule.on.clear()
     farm.run(60)
     last = farm.sent[-1]
@@ -157,6 +158,32 @@ def test_group_changes_wait_for_group_interval_and_resolve_ends_the_incident(tmp
     outbox = farm.db.outbox_log()
     assert [row["payload"]["seq"] for row in outbox] == [1, 2, 3]
     assert len({row["incident"] for row in outbox}) == 1
+
+
+def test_a_new_firing_alert_joins_the_incident_message_after_group_wait_not_group_interval(tmp_path: Path) -> None:
+    """A cascade alert often fires first and opens the incident; the root cause, firing later, is
+    named within group_wait (new_alert_wait) instead of up to group_interval later — in the same message."""
+    rule = SetRule("HltWorkersDied")
+    farm = Farm(tmp_path / "farm.db", [rule])
+    rule.on[unit("hlt01", host="hltwk01")] = 1
+    farm.run(15)
+    assert len(farm.sent) == 1
+    rule.on[unit("hlt01", host="hltwk02")] = 1
+    farm.run(5)
+    assert len(farm.sent) == 1
+    farm.run(10)
+    assert [len(n.firing) for n in farm.sent] == [1, 2] and farm.sent[1].seq == 2
+    assert len({row["incident"] for row in farm.db.outbox_log()}) == 1
+
+    alertmanager_like = Farm(tmp_path / "am.db", [rule2 := SetRule("HltWorkersDied")],
+                             timers=Timers(group_wait=10, group_interval=60, repeat_interval=3600, new_alert_wait=60))
+    rule2.on[unit("hlt01", host="hltwk01")] = 1
+    alertmanager_like.run(15)
+    rule2.on[unit("hlt01", host="hltwk02")] = 1
+    alertmanager_like.run(50)
+    assert len(alertmanager_like.sent) == 1  # new_alert_wait = group_interval: Alertmanager's timing
+    alertmanager_like.run(10)
+    assert [len(n.firing) for n in alertmanager_like.sent] == [1, 2]
 
 
 def test_unchanged_firing_group_is_reminded_unless_acknowledged(tmp_path: Path) -> None:

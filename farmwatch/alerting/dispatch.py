@@ -3,7 +3,8 @@
 Alerts that share the values of the grouping labels (default: rule and unit) form one *group*;
 one incident of a group is one chat message. The first notification waits ``group_wait`` so that
 alerts arriving together (twenty workers dying with their node) land in one message; after that, a
-changed group is notified at most every ``group_interval``; an unchanged firing group that nobody
+changed group is notified at most every ``group_interval`` (except that a new firing alert in it is
+shown after ``new_alert_wait``: the root cause of a cascade is named as soon as it fires); an unchanged firing group that nobody
 acknowledged is reminded every ``repeat_interval``. When every alert of a notified group has
 resolved, a last notification says so and the incident ends. A group never notified (all its
 alerts resolved or were muted within ``group_wait``) ends silently: nobody needs to hear about it.
@@ -30,6 +31,11 @@ class Timers:
     group_wait: float = 10.0
     group_interval: float = 60.0
     repeat_interval: float = 4 * 3600.0
+    new_alert_wait: float | None = None
+    """A *new firing alert* joining an incident that was already notified is shown this long after
+    it joined, not up to ``group_interval`` later (None: ``group_wait``). A cascade alert often
+    fires first and the root cause second; the root cause must not wait a minute to be named.
+    Other changes (values, resolutions) still wait ``group_interval``."""
 
 
 @dataclass
@@ -111,6 +117,10 @@ class Dispatcher:
                 repeat = False
             elif digest != group["digest"]:
                 due = now >= group["notified_at"] + t.group_interval
+                if any(a.fingerprint not in shown for a in firing if not a.muted):
+                    group.setdefault("new_since", now)
+                    wait = t.group_wait if t.new_alert_wait is None else t.new_alert_wait
+                    due = due or now >= group["new_since"] + wait
                 repeat = False
             else:
                 reminders = [a for a in firing if not a.muted and a.acked_by is None]
@@ -120,6 +130,7 @@ class Dispatcher:
                 continue
             group["seq"] += 1
             group["notified_at"], group["digest"] = now, digest
+            group.pop("new_since", None)
             group["shown"] = sorted(shown | {a.fingerprint for a in firing if not a.muted})
             lbls = tuple(tuple(p) for p in group["labels"])
             note = Notification(key, lbls, sorted(firing, key=_order), sorted(resolved, key=_order),
