@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_hlt_poll.py
 	$(PY) benchmarks/bench_epics.py --seconds 8
 	$(PY) benchmarks/bench_nsmvget.py --cycles 2
+	$(PY) benchmarks/bench_rules.py
+	$(PY) benchmarks/bench_zabbix.py   # a real Zabbix (scripts/zabbix_testenv.py, as root) or FARMWATCH_TEST_ZABBIX_URL
+	$(PY) benchmarks/bench_logs.py --size 1GB
+	$(PY) benchmarks/bench_alert_scenario.py
+
+docs: $(STAMP)
+	$(VENV)/bin/farmwatch config-reference > docs/config.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -105,35 +105,62 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    """The configured sources into the store, until SIGTERM; SIGHUP reloads the config (sources,
+    store path, log settings) without losing a cycle's data; ``--once`` is one cycle for cron."""
+    from farmwatch.cli_logs import log_sinks
     from farmwatch.runner import Runner
+    from farmwatch.signals import ServiceSignals, reload
 
     settings = _load(args.config)
     sources = _build_sources(settings, args.source)
     store = _open_store(settings)
-    watchdog = systemd.Watchdog(stale_after=3 * max((s.interval for s in sources), default=1.0) + 30)
-    metrics = None if args.once else _self_metrics(settings, "collect")
-    runner = Runner(sources, store, listeners=[watchdog.beat] + ([metrics.listener] if metrics else []))
-    if metrics:
-        metrics.runner = runner
-    try:
-        if args.once:
+    sinks = log_sinks(settings)
+    if args.once:
+        runner = Runner(sources, store, log_sinks=sinks)
+        try:
             n = runner.run_once()
             log.info("wrote %d samples to %s", n, settings.store.path)
-        else:
-            stop = _stop_on_signals()
+        finally:
+            for s in sources:
+                s.close()
+            store.close()
+        return EXIT_OK if runner.dropped == 0 else EXIT_FAIL
+
+    signals = ServiceSignals().install()
+    metrics = _self_metrics(settings, "collect")
+    written = dropped = 0
+    try:
+        while True:
+            watchdog = systemd.Watchdog(stale_after=3 * max((s.interval for s in sources), default=1.0) + 30)
+            runner = Runner(sources, store, listeners=[watchdog.beat] + ([metrics.listener] if metrics else []), log_sinks=sinks)
+            if metrics:
+                metrics.runner = runner
             log.info("collecting %s into %s", ", ".join(s.name for s in sources), settings.store.path)
             systemd.notify("READY=1", f"STATUS=collecting {len(sources)} source(s) into {settings.store.path}")
             watchdog.start()
-            runner.run(stop)
+            runner.run(signals.wake)
             watchdog.stop()
-            log.info("stopped; %d samples written, %d dropped", runner.written, runner.dropped)
+            written, dropped = written + runner.written, dropped + runner.dropped
+            if not signals.next_generation():
+                break
+            new = reload(args.config, lambda st: (_build_sources(st, args.source), log_sinks(st)))
+            if new is None:
+                continue
+            for s in sources:
+                s.close()
+            if new.settings.store.path != settings.store.path or new.settings.store.retention != settings.store.retention:
+                store.close()
+                store = _open_store(new.settings)
+            settings, (sources, sinks) = new.settings, new.built
+            log.info("reloaded %s: %d source(s)", args.config, len(sources))
+        log.info("stopped; %d samples written, %d dropped", written, dropped)
     finally:
         for s in sources:
             s.close()
         store.close()
         if metrics:
             metrics.close()
-    return EXIT_OK if runner.dropped == 0 else EXIT_FAIL
+    return EXIT_OK if dropped == 0 else EXIT_FAIL
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -256,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=cmd_query)
 
+    r = sub.add_parser("config-reference", help="print the configuration reference (Markdown; docs/config.md)")
+    r.set_defaults(func=lambda args: __import__("farmwatch.configref", fromlist=["main"]).main([]))
+
     k = sub.add_parser("check-config", help="validate a config file")
     k.add_argument("-c", "--config", required=True)
     k.set_defaults(func=cmd_check_config)
@@ -263,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     from farmwatch.cli_alerts import add_parsers
 
     add_parsers(sub)
+    from farmwatch.cli_logs import add_parsers as add_logs; add_logs(sub)  # noqa: E702
     from farmwatch.cli_status import add_parsers as add_status
 
     add_status(sub)

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from farmwatch import systemd
-from farmwatch.cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, _build_sources, _load, _open_store, _self_metrics, _stop_on_signals
+from farmwatch.cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, _build_sources, _load, _open_store, _self_metrics
 from farmwatch.config import ConfigError
 from farmwatch.durations import format_duration, parse_duration
 
@@ -58,38 +58,57 @@ def _user(given: str | None) -> str:
 
 # -- services ------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    """Sources, rules and delivery in one process: the window is fed straight from the runner."""
+    """Sources, rules and delivery in one process: the window is fed straight from the runner.
+    SIGHUP reloads config and rules (the alert state lives in the store, so nothing is forgotten)."""
     from farmwatch.alerting.service import build
+    from farmwatch.cli_logs import log_sinks
     from farmwatch.runner import Runner
+    from farmwatch.signals import ServiceSignals, reload
 
     settings = _load(args.config)
     sources = _build_sources(settings)
     store = _open_store(settings)
     metrics = None
     try:
-        alerting = build(settings, store)
-        watchdog = systemd.Watchdog(stale_after=3 * max((s.interval for s in sources), default=1.0) + 30)
+        alerting, sinks = build(settings, store), log_sinks(settings)
+        signals = ServiceSignals().install()
         metrics = _self_metrics(settings, "run")
-        runner = Runner(sources, store, listeners=[alerting.window, watchdog.beat] + ([metrics.listener] if metrics else []))
-        if metrics:
-            metrics.runner, metrics.engine, metrics.delivery = runner, alerting.engine, alerting.delivery
-        stop = _stop_on_signals()
-        threads = [
-            threading.Thread(target=alerting.engine.run, args=(stop, settings.alerting.evaluation_interval),
-                             name="alert-rules", daemon=True),
-            threading.Thread(target=alerting.delivery.run, args=(stop,), name="alert-delivery", daemon=True),
-        ]
-        for t in threads:
-            t.start()
-        log.info("running %d source(s), %d rule(s), notifying %s", len(sources), len(alerting.rules),
-                 ", ".join(alerting.delivery.notifiers) or "nobody (no [alerting.notify] configured)")
-        systemd.notify("READY=1", f"STATUS=running {len(sources)} source(s) and {len(alerting.rules)} rule(s)")
-        watchdog.start()
-        runner.run(stop)
-        watchdog.stop()
-        for t in threads:
-            t.join(timeout=30)
-        alerting.delivery.pump()
+        while True:
+            watchdog = systemd.Watchdog(stale_after=3 * max((s.interval for s in sources), default=1.0) + 30)
+            runner = Runner(sources, store, listeners=[alerting.window, watchdog.beat] + ([metrics.listener] if metrics else []),
+                            log_sinks=sinks)
+            if metrics:
+                metrics.runner, metrics.engine, metrics.delivery = runner, alerting.engine, alerting.delivery
+            threads = [
+                threading.Thread(target=alerting.engine.run, args=(signals.wake, settings.alerting.evaluation_interval),
+                                 name="alert-rules", daemon=True),
+                threading.Thread(target=alerting.delivery.run, args=(signals.wake,), name="alert-delivery", daemon=True),
+            ]
+            for t in threads:
+                t.start()
+            log.info("running %d source(s), %d rule(s), notifying %s", len(sources), len(alerting.rules),
+                     ", ".join(alerting.delivery.notifiers) or "nobody (no [alerting.notify] configured)")
+            systemd.notify("READY=1", f"STATUS=running {len(sources)} source(s) and {len(alerting.rules)} rule(s)")
+            watchdog.start()
+            runner.run(signals.wake)
+            watchdog.stop()
+            for t in threads:
+                t.join(timeout=30)
+            alerting.delivery.pump()
+            if not signals.next_generation():
+                break
+            new = reload(args.config, lambda st: (_build_sources(st), build(st, store), log_sinks(st)))
+            if new is None:
+                continue
+            for s in sources:
+                s.close()
+            if new.settings.store.path != settings.store.path:
+                log.warning("reload: a new [store] path needs a restart; keeping %s", settings.store.path)
+            settings, (sources, alerting, sinks) = new.settings, new.built
+            names = sorted(set().union(*(r.names() for r in alerting.rules)) | {"daq.run_state", "daq.run_state_since"})
+            now = time.time()
+            alerting.window.load(store, now - alerting.window.horizon, now, names)  # the new rules see the recent past
+            log.info("reloaded %s: %d source(s), %d rule(s)", args.config, len(sources), len(alerting.rules))
     finally:
         for s in sources:
             s.close()
@@ -100,44 +119,57 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Rules and delivery reading from the store that separate collectors write."""
+    """Rules and delivery reading from the store that separate collectors write; SIGHUP reloads
+    the config and rules."""
     from farmwatch.alerting.service import build
+    from farmwatch.signals import ServiceSignals, reload
 
     settings = _load(args.config)
     store = _open_store(settings)
     metrics = None
     try:
         alerting = build(settings, store)
-        names = sorted(set().union(*(r.names() for r in alerting.rules)) | {"daq.run_state", "daq.run_state_since"})
-        window, engine = alerting.window, alerting.engine
-        stop = _stop_on_signals()
-        delivery = threading.Thread(target=alerting.delivery.run, args=(stop,), name="alert-delivery", daemon=True)
-        delivery.start()
-        interval = settings.alerting.evaluation_interval
-        since = time.time() - window.horizon
-        log.info("watching %s with %d rule(s)", settings.store.path, len(alerting.rules))
-        watchdog = systemd.Watchdog(stale_after=3 * interval + 60)
+        signals = ServiceSignals().install()
         metrics = _self_metrics(settings, "watch")
-        if metrics:
-            metrics.engine, metrics.delivery = engine, alerting.delivery
-        systemd.notify("READY=1", f"STATUS=watching {settings.store.path} with {len(alerting.rules)} rule(s)")
-        watchdog.start()
-        while not stop.is_set():
-            now = time.time()
-            try:
-                # Collectors commit a cycle's batches shortly after its timestamp: read up to
-                # WATCH_LAG ago, so that a cycle is never half read (the window continues from there).
-                window.load(store, since, now - WATCH_LAG, names)
-                window.prune(now)
-                engine.evaluate(now)
-            except Exception as exc:
-                log.error("alert evaluation failed: %s", exc)
-            else:
-                watchdog.beat()
-            stop.wait(interval - time.time() % interval)
-        watchdog.stop()
-        delivery.join(timeout=30)
-        alerting.delivery.pump()
+        since = time.time() - alerting.window.horizon
+        while True:
+            names = sorted(set().union(*(r.names() for r in alerting.rules)) | {"daq.run_state", "daq.run_state_since"})
+            window, engine = alerting.window, alerting.engine
+            delivery = threading.Thread(target=alerting.delivery.run, args=(signals.wake,), name="alert-delivery", daemon=True)
+            delivery.start()
+            interval = settings.alerting.evaluation_interval
+            log.info("watching %s with %d rule(s)", settings.store.path, len(alerting.rules))
+            watchdog = systemd.Watchdog(stale_after=3 * interval + 60)
+            if metrics:
+                metrics.engine, metrics.delivery = engine, alerting.delivery
+            systemd.notify("READY=1", f"STATUS=watching {settings.store.path} with {len(alerting.rules)} rule(s)")
+            watchdog.start()
+            while not signals.wake.is_set():
+                now = time.time()
+                try:
+                    # Collectors commit a cycle's batches shortly after its timestamp: read up to
+                    # WATCH_LAG ago, so that a cycle is never half read (the window continues from there).
+                    window.load(store, since, now - WATCH_LAG, names)
+                    window.prune(now)
+                    engine.evaluate(now)
+                except Exception as exc:
+                    log.error("alert evaluation failed: %s", exc)
+                else:
+                    watchdog.beat()
+                signals.wake.wait(interval - time.time() % interval)
+            watchdog.stop()
+            delivery.join(timeout=30)
+            alerting.delivery.pump()
+            if not signals.next_generation():
+                break
+            new = reload(args.config, lambda st: build(st, store))
+            if new is None:
+                continue
+            if new.settings.store.path != settings.store.path:
+                log.warning("reload: a new [store] path needs a restart; keeping %s", settings.store.path)
+            settings, alerting = new.settings, new.built
+            since = time.time() - alerting.window.horizon  # a fresh window: fill it from the store
+            log.info("reloaded %s: %d rule(s)", args.config, len(alerting.rules))
     finally:
         store.close()
         if metrics:
@@ -307,7 +339,8 @@ def _backtest(settings, alerting, rules, args: argparse.Namespace) -> int:
         window = make_window(rules, alerting)
         names = sorted(set().union(*(r.names() for r in rules)) | {"daq.run_state", "daq.run_state_since"})
         clock = SimClock(start)
-        timers = Timers(tuple(alerting.group_by), alerting.group_wait, alerting.group_interval, alerting.repeat_interval)
+        timers = Timers(tuple(alerting.group_by), alerting.group_wait, alerting.group_interval, alerting.repeat_interval,
+                    alerting.new_alert_wait)
         engine = AlertEngine(rules, window, AlertDB(store), timers=timers, notifiers=["backtest"],
                              inhibits=inhibit_rules(alerting), clock=clock, persist=False)
         window.load(store, start - window.horizon, start, names)

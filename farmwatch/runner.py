@@ -5,6 +5,13 @@ draining a bounded queue into the store in one transaction per drain. When the s
 and the queue is full, whole cycles are dropped, counted in ``farmwatch.dropped_samples`` and
 logged once per episode: never silently. SIGTERM sets ``stop``; the sources finish their cycle and
 the writer flushes everything queued before the store is closed.
+
+Log records travel as ``LogBatch`` objects among a source's poll results. The writer hands them
+to every extra log sink (Elasticsearch), then to the embedded log store together with the
+source's offsets in one transaction, and only then acknowledges them (``LogBatch.ack``) so the
+source moves its offsets on. A batch a sink refuses, or one that finds the queue full, is not
+lost: it is refused (``LogBatch.nack``), counted in ``farmwatch.refused_log_batches``, and the
+source reads the same lines again; the records' stable ids keep the stores free of duplicates.
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ import math
 import queue
 import threading
 import time
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, Sequence
 
 from farmwatch.clock import Clock, RealClock
 from farmwatch.model import Batch, labels
 from farmwatch.sources.base import Source
+from farmwatch.store.logs import LogBatch, LogSink, LogStore
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +46,19 @@ class Runner:
         listeners: Iterable[Listener] = (),
         write_attempts: int = 5,
         backoff: float = 0.1,
+        log_sinks: Iterable[LogSink] = (),
     ) -> None:
         self.sources = list(sources)
         self.store = store
         self.clock = clock or RealClock()
         self.listeners = list(listeners)
         self.retention_every = retention_every
-        self._queue: queue.Queue[tuple[str, list[Batch]] | None] = queue.Queue(maxsize=queue_cycles)
+        self._queue: queue.Queue[tuple[str, list[Batch], list[LogBatch]] | None] = queue.Queue(maxsize=queue_cycles)
+        self.log_sinks = list(log_sinks)
+        """Where log records go besides the embedded store (which is always written, last)."""
+        self.logs = LogStore(store) if hasattr(store, "transaction") else None  # type: ignore[arg-type]
+        self.written_logs = 0
+        self.refused_log_batches = 0
         self.written = 0
         self.dropped = 0
         self.overruns = {s.name: 0 for s in self.sources}
@@ -52,6 +66,9 @@ class Runner:
         self.backoff = backoff
         self._dropping = False
         self._write_failures = 0
+        self._by_name = {s.name: s for s in self.sources}
+        for s in self.sources:
+            s.bind_store(store)
 
     # -- public --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -70,19 +87,23 @@ class Runner:
         """One cycle of every source, written synchronously (cron, ``--once``). Returns samples written."""
         total = 0
         for s in self.sources:
-            batches = self._cycle(s)
+            batches, logs = self._cycle(s)
             total += self.store.write(batches)
+            s.written(batches)
+            self._write_logs(logs)
         self.written += total
         return total
 
     # -- internals -----------------------------------------------------------------------------
-    def _cycle(self, source: Source) -> list[Batch]:
+    def _cycle(self, source: Source) -> tuple[list[Batch], list[LogBatch]]:
         started = time.monotonic()
         try:
-            batches = source.poll()
+            polled = source.poll()
         except Exception:  # a bug in one source must not take the others down
             log.exception("source %s: poll failed", source.name)
-            batches = []
+            polled = []
+        batches = [b for b in polled if not isinstance(b, LogBatch)]
+        logs = [b for b in polled if isinstance(b, LogBatch)]
         took = time.monotonic() - started
         n = sum(len(b) for b in batches)
         meta = Batch(self.clock.time())
@@ -96,14 +117,14 @@ class Runner:
                 listener(source.name, batches)
             except Exception:
                 log.exception("listener failed for source %s", source.name)
-        return batches
+        return batches, logs
 
     def _source_loop(self, source: Source, stop: threading.Event) -> None:
         interval = source.interval
         while not stop.is_set():
             started = self.clock.monotonic()
-            batches = self._cycle(source)
-            self._enqueue(source.name, batches)
+            batches, logs = self._cycle(source)
+            self._enqueue(source.name, batches, logs)
             if self.clock.monotonic() - started > interval:
                 self.overruns[source.name] += 1  # the missed slots are skipped, not caught up
             now = self.clock.time()
@@ -112,14 +133,15 @@ class Runner:
             if self.clock.wait(stop, nxt - now):
                 break
 
-    def _enqueue(self, name: str, batches: list[Batch]) -> None:
+    def _enqueue(self, name: str, batches: list[Batch], logs: Sequence[LogBatch] = ()) -> None:
         try:
-            self._queue.put_nowait((name, batches))
+            self._queue.put_nowait((name, batches, list(logs)))
             if self._dropping:
                 log.warning("store writer caught up; no longer dropping (dropped %d samples in all)", self.dropped)
                 self._dropping = False
         except queue.Full:
             self.dropped += sum(len(b) for b in batches)
+            self._refuse(logs, "the store writer is behind")
             if not self._dropping:
                 log.error("store writer is behind and the queue is full: dropping cycles of %s (counted in farmwatch.dropped_samples)", name)
                 self._dropping = True
@@ -143,22 +165,36 @@ class Runner:
                     done = True
                 else:
                     pending.append(more)
-            batches = [b for _, bs in pending for b in bs]
+            batches = [b for _, bs, _ in pending for b in bs]
             stats = Batch(self.clock.time())
             stats.add(("farmwatch.written_samples", ()), float(self.written))
             stats.add(("farmwatch.dropped_samples", ()), float(self.dropped))
             stats.add(("farmwatch.queue_depth", ()), float(self._queue.qsize()))
+            stats.add(("farmwatch.written_logs", ()), float(self.written_logs))
+            stats.add(("farmwatch.refused_log_batches", ()), float(self.refused_log_batches))
             batches.append(stats)
-            self._write(batches)
+            if self._write(batches):
+                for name, bs, _ in pending:
+                    self._acknowledge(name, bs)
+            self._write_logs([lb for _, _, lbs in pending for lb in lbs])
             now = self.clock.monotonic()
             if now - last_retention >= self.retention_every:
                 last_retention = now
                 try:
                     self.store.apply_retention()
+                    if self.logs is not None:
+                        self.logs.apply_retention()
                 except Exception as exc:
                     log.error("store retention failed: %s", exc)
 
-    def _write(self, batches: list[Batch]) -> None:
+    def _acknowledge(self, name: str, batches: list[Batch]) -> None:
+        """Tell a source its cycle is stored (it may advance persistent cursors now)."""
+        try:
+            self._by_name[name].written(batches)
+        except Exception:
+            log.exception("source %s: acknowledging a stored cycle failed", name)
+
+    def _write(self, batches: list[Batch]) -> bool:
         """Write, retrying a failing store a few times before counting the data as dropped."""
         for attempt in range(self.write_attempts):
             try:
@@ -166,7 +202,7 @@ class Runner:
                 if self._write_failures:
                     log.warning("store writes succeed again")
                 self._write_failures = 0
-                return
+                return True
             except Exception as exc:
                 self._write_failures += 1
                 log.error("store write failed (attempt %d/%d): %s", attempt + 1, self.write_attempts, exc)
@@ -174,6 +210,50 @@ class Runner:
         lost = sum(len(b) for b in batches)
         self.dropped += lost
         log.error("gave up writing %d samples to the store (counted in farmwatch.dropped_samples)", lost)
+        return False
+
+    def _write_logs(self, batches: list[LogBatch]) -> None:
+        """Every sink, then the embedded store with the offsets; then the source may move on."""
+        for batch in batches:
+            if not self._write_log_batch(batch):
+                self._refuse([batch], "a log sink refused them")
+                continue
+            self.written_logs += len(batch.records)
+            try:
+                batch.ack()
+            except Exception:
+                log.exception("source %s: acknowledging stored log records failed", batch.source)
+
+    def _write_log_batch(self, batch: LogBatch) -> bool:
+        """True when every sink accepted the batch. Extra sinks (Elasticsearch) retry and spool on
+        their own, so they get one call; the embedded store (a busy lock) gets ``write_attempts``."""
+        sinks: list = [*self.log_sinks, self.logs] if self.logs is not None else list(self.log_sinks)
+        for sink in sinks:
+            for attempt in range(self.write_attempts if sink is self.logs else 1):
+                try:
+                    if sink is self.logs:
+                        sink.write_logs(batch.records, cursors=batch)
+                    elif batch.records:
+                        sink.write_logs(batch.records)
+                    break
+                except Exception as exc:
+                    log.error("writing %d log records of source %s to %s failed (attempt %d): %s", len(batch.records),
+                              batch.source, type(sink).__name__, attempt + 1, exc)
+                    if sink is self.logs:
+                        time.sleep(min(2.0, self.backoff * 2**attempt))
+            else:
+                return False
+        return True
+
+    def _refuse(self, batches: Sequence[LogBatch], why: str) -> None:
+        for batch in batches:
+            self.refused_log_batches += 1
+            log.warning("log records of source %s not stored now (%s): they are read again next cycle "
+                        "(counted in farmwatch.refused_log_batches)", batch.source, why)
+            try:
+                batch.nack()
+            except Exception:
+                log.exception("source %s: refusing log records failed", batch.source)
 
 
 class SampleWriter(Protocol):

@@ -32,3 +32,12 @@ def test_toml_examples_are_valid(block: str, where: str, monkeypatch) -> None:
     elif set(doc) <= {"store", "log", "sources", "alerting"}:
         parse(doc, where)
     # other fragments (a single kind's keys) are checked by the tests of that kind
+
+
+def test_the_configuration_reference_is_current():
+    """docs/config.md is generated from the config models (`make docs`); a new or changed key
+    without a regenerated reference fails here."""
+    from farmwatch.configref import reference
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+    assert path.read_text() == reference(), "docs/config.md is out of date: run `make docs`"

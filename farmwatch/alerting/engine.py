@@ -49,25 +49,33 @@ class AlertEngine:
 
     def __init__(self, rules: Sequence, window, db: AlertDB, *, timers: Timers = Timers(),
                  notifiers: Sequence[str] = (), inhibits: Sequence[muting.InhibitRule] = (),
-                 clock: Clock | None = None, keep_resolved: float = 86400.0, persist: bool = True) -> None:
+                 clock: Clock | None = None, keep_resolved: float = 86400.0, persist: bool = True,
+                 context=None) -> None:
         self.rules = list(rules)
         self.window = window
         self.db = db
         self.clock = clock or RealClock()
         self.inhibits = list(inhibits)
         self.persist = persist
-        self.tracker = Tracker(db.load_alerts() if persist else {}, keep_resolved=keep_resolved)
+        self.tracker = Tracker(db.load_alerts() if persist else {}, keep_resolved=keep_resolved, context=context)
         rule_group_by = {r.name: r.group_by for r in self.rules if getattr(r, "group_by", None)}
         self.dispatcher = Dispatcher(timers, notifiers, db.load_groups() if persist else {}, rule_group_by)
         self.stats = EngineStats()
         self._errors: dict[str, str] = {}
         self._retired = False
+        self.log_feed = None
+        """Optional ``f(now) -> new log records`` (``farmwatch.store.logs.LogFeed``) for ``log_count`` rules."""
 
     def evaluate(self, now: float | None = None) -> StepResult:
         now = self.clock.time() if now is None else now
         started = time.perf_counter()
         result = StepResult(now)
         changes = Changes()
+        if self.log_feed is not None:
+            try:
+                self.window.ingest_logs(self.log_feed(now))
+            except Exception as exc:  # the rules still run, on the log records read so far
+                log.error("reading new log records for the alert rules failed: %s", exc)
         if not self._retired:
             self.tracker.retire([r.name for r in self.rules], now, changes)
             self._retired = True

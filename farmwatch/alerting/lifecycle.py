@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 from farmwatch.model import Alert, AlertState, Labels, fingerprint
 
@@ -49,9 +49,12 @@ class Changes:
 class Tracker:
     """The alerts of all rules, updated once per evaluation."""
 
-    def __init__(self, alerts: dict[str, Alert] | None = None, *, keep_resolved: float = 86400.0) -> None:
+    def __init__(self, alerts: dict[str, Alert] | None = None, *, keep_resolved: float = 86400.0,
+                 context: Callable[[Labels, float], list[str]] | None = None) -> None:
         self.alerts: dict[str, Alert] = dict(alerts or {})
         self.keep_resolved = keep_resolved
+        self.context = context
+        """Lines about an alert's labels from elsewhere (``context.HostContext``), put before its description."""
         # A resolved alert whose condition holds again is replaced by a new pending one; if that
         # is cancelled, the resolved one comes back (it still belongs in the recent alerts).
         self._replaced: dict[str, Alert] = {}
@@ -69,6 +72,10 @@ class Tracker:
                 continue  # two elements with the same labels: the first one speaks for both
             seen.add(fp)
             summary, description = rule.render(active)
+            if self.context is not None:
+                extra = self.context(lbls, now)
+                if extra:
+                    description = "\n".join([*extra, description]) if description else "\n".join(extra)
             alert = self.alerts.get(fp)
             if alert is None or alert.state == AlertState.RESOLVED:
                 if alert is not None:

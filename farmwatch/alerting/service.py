@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farmwatch.alerting.context import HostContext
 from farmwatch.alerting.dispatch import Timers
 from farmwatch.alerting.engine import AlertEngine
 from farmwatch.alerting.muting import InhibitRule
@@ -147,9 +148,15 @@ def build(settings: Settings, store, *, clock: Clock | None = None, notifiers: d
         if problems:
             raise ConfigError(problems)
     db = AlertDB(store)
-    timers = Timers(tuple(alerting.group_by), alerting.group_wait, alerting.group_interval, alerting.repeat_interval)
+    timers = Timers(tuple(alerting.group_by), alerting.group_wait, alerting.group_interval, alerting.repeat_interval,
+                    alerting.new_alert_wait)
     engine = AlertEngine(rules, window, db, timers=timers, notifiers=list(notifiers), inhibits=inhibit_rules(alerting),
-                         clock=clock, keep_resolved=alerting.keep_resolved, persist=persist)
+                         clock=clock, keep_resolved=alerting.keep_resolved, persist=persist,
+                         context=HostContext(store) if hasattr(store, "series") else None)
+    from farmwatch.store.logs import LogFeed, wants_logs
+
+    if wants_logs(rules) and hasattr(store, "transaction"):
+        engine.log_feed = LogFeed(store, window.horizon)  # run and watch alike: what the store holds
     max_chars = min([c.max_chars for c in alerting.notify.values()] + [5000])
     delivery = Delivery(db, notifiers, clock=clock, link_template=alerting.link, max_chars=max_chars)
     return Alerting(rules, window, engine, delivery, db)

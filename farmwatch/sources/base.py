@@ -9,7 +9,7 @@ because each runs on its own thread.
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -22,7 +22,9 @@ from farmwatch.model import Batch
 class SourceConfig(Section):
     kind: str
     interval: Duration = Field(default=1.0, gt=0)
+    """How often the source runs a cycle (polls, or hands over what its subscriptions collected)."""
     timeout: Duration = Field(default=0.5, gt=0)
+    """How long one cycle may wait for its targets; must be shorter than ``interval``."""
     labels: dict[str, str] = Field(default_factory=dict)
     """Extra labels added to every series of this source (e.g. ``site = "kek"``)."""
 
@@ -49,6 +51,21 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def poll(self) -> list[Batch]:
         """One cycle: everything new since the previous call. Must not raise for target faults."""
+
+    def bind_store(self, store: Any) -> None:
+        """Called once by the runner, before the first poll, with the store the data goes to.
+
+        Sources that resume where they stopped (Zabbix: the last clock per item) read their
+        cursors from it (``store.cursors(name)``). Default: nothing.
+        """
+
+    def written(self, batches: list[Batch]) -> None:
+        """Called by the runner once the batches that one ``poll`` returned are in the store.
+
+        Calls come in poll order and never for a cycle that was dropped, so a source that saves
+        its cursors here (``store.save_cursors``) never has a cursor ahead of the stored data;
+        after a crash it reads some values again, which the store keeps once. Default: nothing.
+        """
 
     def close(self) -> None:
         """Release sockets and threads; called once, after the last poll."""

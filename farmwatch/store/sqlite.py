@@ -146,6 +146,30 @@ MIGRATIONS: list[str] = [
         updated REAL NOT NULL,
         PRIMARY KEY(source, key)) WITHOUT ROWID;
     """,
+    # 4: log records (farmwatch.store.logs) with a full-text index of message, level, host and
+    # service; doc_id (LogRecord.doc_id) is unique, so a re-sent record is stored once.
+    """
+    CREATE TABLE logs(
+        id INTEGER PRIMARY KEY,
+        doc_id TEXT NOT NULL UNIQUE,
+        ts REAL NOT NULL,
+        host TEXT NOT NULL,
+        service TEXT NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        fields TEXT NOT NULL);
+    CREATE INDEX logs_ts ON logs(ts);
+    CREATE VIRTUAL TABLE logs_fts USING fts5(
+        message, level, host, service, content='logs', content_rowid='id');
+    CREATE TRIGGER logs_fts_insert AFTER INSERT ON logs BEGIN
+        INSERT INTO logs_fts(rowid, message, level, host, service)
+        VALUES (new.id, new.message, new.level, new.host, new.service);
+    END;
+    CREATE TRIGGER logs_fts_delete AFTER DELETE ON logs BEGIN
+        INSERT INTO logs_fts(logs_fts, rowid, message, level, host, service)
+        VALUES ('delete', old.id, old.message, old.level, old.host, old.service);
+    END;
+    """,
 ]
 """Schema steps: ``MIGRATIONS[i]`` is an SQL script taking a file from ``user_version`` i to i + 1.
 

@@ -1,0 +1,121 @@
+"""The configuration reference, generated from the config models themselves.
+
+Every key a config file may contain is a field of a pydantic model (``farmwatch.config`` for the
+top-level sections, each source kind's ``Config``, ``ElasticConfig``); their types, defaults and
+docstrings are the truth. ``farmwatch config-reference`` prints this as Markdown; docs/config.md is
+its output, and a test fails when the two differ, so the reference cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import types
+import typing
+from pathlib import PurePath
+from typing import Any, Iterator
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from farmwatch.durations import format_duration
+
+HEADER = """# Configuration reference
+
+Generated from the code by `farmwatch config-reference` (do not edit by hand: `make docs`
+regenerates it and the tests check it is current). A config is one TOML file; unknown keys are
+errors. Durations are written like `"500ms"`, `"10s"`, `"5m"`, `"4h"`, `"14d"`; relative paths are
+relative to the config file. Commented examples of whole configs: `collectors/*.toml`.
+"""
+
+
+def _type(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        inner = _type(args[0])
+        meta = " ".join(str(m) for m in args[1:])
+        return "duration" if "duration" in meta.lower() or "Duration" in repr(args[1:]) else inner
+    if origin is typing.Literal:
+        return " \\| ".join(repr(a).replace("'", '"') for a in args)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_type(a) for a in args if a is not type(None)]
+        return " \\| ".join(parts) + (" or none" if type(None) in args else "")
+    if origin in (list, tuple, typing.Sequence):
+        return f"list of {_type(args[0])}" if args else "list"
+    if origin is dict:
+        return f"table of {_type(args[1])}" if len(args) == 2 else "table"
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return "table"
+    return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "none")
+
+
+def _default(field: Any, type_text: str) -> str:
+    if field.is_required():
+        return "**required**"
+    value = field.default
+    if value is PydanticUndefined:
+        value = field.default_factory() if field.default_factory else None
+    if value is None:
+        return "—"
+    if type_text.startswith("duration") and isinstance(value, (int, float)):
+        return f'`"{format_duration(value)}"`'
+    if isinstance(value, BaseModel) or value in ({}, [], ()):
+        return "—"
+    if isinstance(value, (str, PurePath)):
+        return f'`"{value}"`'
+    if isinstance(value, (list, tuple)):
+        return f"`{json.dumps(list(value))}`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def _is_duration(field: Any) -> bool:
+    return any("duration" in repr(m).lower() for m in field.metadata) or "Duration" in repr(field.annotation)
+
+
+def table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> Iterator[str]:
+    yield "| key | type | default | meaning |"
+    yield "|---|---|---|---|"
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        type_text = "duration" if _is_duration(field) else _type(field.annotation)
+        doc = " ".join((field.description or "").split()).replace("|", "\\|").replace("``", "`")
+        yield f"| `{name}` | {type_text} | {_default(field, type_text)} | {doc} |"
+
+
+def sections() -> Iterator[tuple[str, type[BaseModel], str, tuple[str, ...]]]:
+    """(heading, model, intro, keys to leave out) for everything a config may contain."""
+    from farmwatch import config
+    from farmwatch.sources import known_kinds, source_class
+    from farmwatch.store.elastic import ElasticConfig
+
+    yield "[store]", config.StoreSettings, "The embedded SQLite store every service writes to or reads from.", ()
+    yield "[log]", config.LogSettings, "farmwatch's own log lines (stderr).", ()
+    yield "[self_metrics]", config.SelfMetricsSettings, "The service's own health for Prometheus (`farmwatch status` reads it).", ()
+    yield "[alerting]", config.AlertingSettings, "Rules, grouping, timers; see docs/rules.md for the rule files.", ()
+    yield "[[alerting.inhibit]]", config.InhibitSettings, "While a `source` alert fires, `target` alerts with equal `equal` labels are muted.", ()
+    yield "[alerting.notify.NAME]", config.NotifierSettings, "Where notifications go (Rocket.Chat REST, incoming webhook, console).", ()
+    yield "[elastic]", ElasticConfig, "Elasticsearch for logs (and optionally samples and alerts); see docs/elastic.md.", ()
+    for kind in known_kinds():
+        cls = source_class(kind)
+        intro = (inspect.getdoc(inspect.getmodule(cls)) or "").split("\n\n")[0].replace("\n", " ").replace("``", "`")
+        example = {"logfiles": "logs"}.get(kind, kind.replace("_", "-"))
+        intro += f" Example: `collectors/{example}.toml`."
+        yield f'[sources.NAME] kind = "{kind}"', cls.Config, intro, ("kind",)
+
+
+def reference() -> str:
+    out = [HEADER]
+    for heading, model, intro, skip in sections():
+        out += [f"## `{heading}`", "", intro, "", *table(model, skip), ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="farmwatch config-reference", description=__doc__).parse_args(argv)
+    print(reference(), end="")
+    return 0
