@@ -135,6 +135,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
             runner = Runner(sources, store, listeners=[watchdog.beat] + ([metrics.listener] if metrics else []), log_sinks=sinks)
             if metrics:
                 metrics.runner = runner
+                metrics.set_stats("elastic", [sink.stats for sink in sinks if hasattr(sink, "stats")])
             log.info("collecting %s into %s", ", ".join(s.name for s in sources), settings.store.path)
             systemd.notify("READY=1", f"STATUS=collecting {len(sources)} source(s) into {settings.store.path}")
             watchdog.start()

@@ -79,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             log_sinks=sinks)
             if metrics:
                 metrics.runner, metrics.engine, metrics.delivery = runner, alerting.engine, alerting.delivery
+                metrics.set_stats("elastic", [sink.stats for sink in sinks if hasattr(sink, "stats")])
             threads = [
                 threading.Thread(target=alerting.engine.run, args=(signals.wake, settings.alerting.evaluation_interval),
                                  name="alert-rules", daemon=True),

@@ -61,9 +61,11 @@ class SelfMetrics:
             s.update(last_cycle=time.time(), up=up, down=down, duration=meta.get("cycle_duration", float("nan")),
                      overruns=meta.get("overruns", 0.0))
 
-    def add_stats(self, prefix: str, stats: Callable[[], Mapping[str, float]]) -> None:
-        """Expose ``stats()`` (e.g. a spool's size and drops) as gauges ``farmwatch_<prefix>_<key>``."""
-        self._stats.append((prefix, stats))
+    def set_stats(self, prefix: str, stats: list[Callable[[], Mapping[str, Any]]]) -> None:
+        """Expose the numbers of each ``stats()`` (e.g. the Elasticsearch spool's size and drops) as
+        gauges ``farmwatch_<prefix>_<key>`` (booleans as 0/1; text such as the last error is left
+        out); replaces what was set for ``prefix`` before (a reload builds new sinks)."""
+        self._stats = [(p, f) for p, f in self._stats if p != prefix] + [(prefix, f) for f in stats]
 
     def serve(self, address: str, port: int) -> None:
         """Start the HTTP endpoint on a daemon thread (``/metrics``)."""
@@ -106,7 +108,8 @@ class SelfMetrics:
             yield depth
         for prefix, stats in self._stats:
             for key, value in sorted(stats().items()):
-                yield _gauge(f"farmwatch_{prefix}_{key}", f"{prefix} {key}.", value)
+                if isinstance(value, (int, float)):
+                    yield _gauge(f"farmwatch_{prefix}_{key}", f"{prefix} {key}.", float(value))
 
     def _source_metrics(self) -> Iterator[Metric]:
         with self._lock:

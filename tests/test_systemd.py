@@ -250,3 +250,33 @@ def test_self_metrics_endpoint_is_scraped_and_status_reads_it(tmp_path):
                 proc.communicate()
     gone = subprocess.run([sys.executable, "-m", "farmwatch", "status", "--url", url], capture_output=True, text=True, timeout=30)
     assert gone.returncode == 3 and "no farmwatch service answers" in gone.stdout
+
+
+def test_self_metrics_expose_the_elasticsearch_spool(tmp_path):
+    """The Elasticsearch sink's counters (documents, spool, online) are gauges of the endpoint;
+    text such as the last error is not. During an outage the spool shows up there."""
+    from prometheus_client import generate_latest
+
+    from farmwatch.clock import SimClock
+    from farmwatch.model import LogRecord
+    from farmwatch.selfmetrics import SelfMetrics
+    from farmwatch.sim.elastic import ElasticSim
+    from farmwatch.store.elastic import ElasticConfig, ElasticStore
+
+    metrics = SelfMetrics("collect")
+    with ElasticSim() as server:
+        store = ElasticStore(ElasticConfig.model_validate({"hosts": [server.url], "spool_dir": tmp_path / "spool",
+                                                           "dead_letter": tmp_path / "dead.ndjson", "timeout": "2s"}),
+                             clock=SimClock(1_780_000_000.0))
+        try:
+            metrics.set_stats("elastic", [store.stats])
+            store.write_logs([LogRecord(1_780_000_000.0, "hltwk01", "basf2", "ERROR", "worker died")])
+            server.stop()  # an outage: the next records are spooled
+            store.write_logs([LogRecord(1_780_000_001.0, "hltwk01", "basf2", "ERROR", "worker died again")])
+            text = generate_latest(metrics.registry).decode()
+        finally:
+            store.close()
+    assert "farmwatch_elastic_online 0.0" in text and "farmwatch_elastic_spool_docs 1.0" in text, text
+    assert "last_error" not in text
+    metrics.set_stats("elastic", [])  # a reload without [elastic]
+    assert "farmwatch_elastic_" not in generate_latest(metrics.registry).decode()
