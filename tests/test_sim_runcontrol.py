@@ -174,8 +174,8 @@ def test_run_state_through_the_nsm_bridge(ioc):
             time.sleep(0.05)
 
     try:
-        until(lambda: states[-1:] == ["NOTREADY"])
-        assert states == ["NOTREADY"]
+        until(lambda: states[-1:] == ["NOTREADY"] and enum_states[-1:] == ["NOTREADY"], timeout=15.0)  # both connected
+        assert states == ["NOTREADY"] and enum_states == ["NOTREADY"]
         rc.load()
         until(lambda: rc.state == "READY")
         rc.start()
