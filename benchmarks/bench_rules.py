@@ -90,7 +90,7 @@ def farm_targets() -> list[list[SeriesKey]]:
         for node in range(1, NODES + 1):
             base = labels(unit=unit, app="proxyhistoserver", node=f"hlt{u:02d}wk{node:02d}")
             targets.append([(n, base) for n in own(PROXY_OWN, 11)])
-        targets.append([("detect.anomaly_score", labels(unit=unit, feature=f)) for f in FEATURES])
+        targets.append([("anomaly.score", labels(unit=unit, feature=f)) for f in FEATURES])
     return targets
 
 

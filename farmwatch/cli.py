@@ -258,10 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"farmwatch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="a simulated HLT unit under run control, collected, alerted on, with injected faults")
+    d = sub.add_parser("demo", help="simulated HLT units and their logs under run control, collected, alerted on, with injected faults")
     d.add_argument("--speed", type=float, default=10.0,
                    help="simulated seconds per real second (default 10: 14 simulated minutes in ~1.5 min; 0: as fast as possible)")
-    d.add_argument("--out", default="demo-out", help="folder for the store and config (default demo-out)")
+    d.add_argument("--out", default="demo-out", help="folder for the store, config, logs and report (default demo-out)")
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("collect", help="run the configured sources and write to the store")
@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
     from farmwatch.cli_logs import add_parsers as add_logs; add_logs(sub)  # noqa: E702
+    from farmwatch.cli_detect import add_parsers as add_detect; add_detect(sub)  # noqa: E702
     from farmwatch.cli_status import add_parsers as add_status
 
     add_status(sub)

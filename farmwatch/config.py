@@ -183,6 +183,8 @@ class Settings(Section):
     self_metrics: SelfMetricsSettings = SelfMetricsSettings()
     elastic: Any = None
     """``[elastic]``: ``farmwatch.store.elastic.ElasticConfig`` when Elasticsearch is configured, else None."""
+    detect: Any = None
+    """``[detect]``: ``farmwatch.detect.training.DetectSettings`` (anomaly model families), else None."""
     sources: dict[str, Any] = Field(default_factory=dict)
     file: Path | None = None
 
@@ -222,6 +224,7 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
     raw = dict(raw)
     raw_sources = raw.pop("sources", {})
     raw_elastic = raw.pop("elastic", None)
+    raw_detect = raw.pop("detect", None)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
@@ -235,6 +238,14 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
             elastic = ElasticConfig.model_validate(raw_elastic)
         except ValidationError as exc:
             problems += validation_problems(exc, where, ("elastic",))
+    detect = None
+    if raw_detect is not None:
+        from farmwatch.detect.training import DetectSettings  # (sections that import this module)
+
+        try:
+            detect = DetectSettings.model_validate(raw_detect)
+        except ValidationError as exc:
+            problems += validation_problems(exc, where, ("detect",))
 
     validated: dict[str, Any] = {}
     if not isinstance(raw_sources, dict):
@@ -263,7 +274,10 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
         if not store.path.is_absolute():
             store = store.model_copy(update={"path": base_dir / store.path})
         alerting = alerting.model_copy(update={"rules": [p if p.is_absolute() else base_dir / p for p in alerting.rules]})
-    return settings.model_copy(update={"sources": validated, "store": store, "alerting": alerting, "elastic": elastic})
+        if detect is not None and not detect.models.is_absolute():
+            detect = detect.model_copy(update={"models": base_dir / detect.models})
+    return settings.model_copy(update={"sources": validated, "store": store, "alerting": alerting, "elastic": elastic,
+                                       "detect": detect})
 
 
 def load(path: str | Path) -> Settings:

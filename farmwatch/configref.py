@@ -66,7 +66,7 @@ def _default(field: Any, type_text: str) -> str:
     if isinstance(value, (str, PurePath)):
         return f'`"{value}"`'
     if isinstance(value, (list, tuple)):
-        return f"`{json.dumps(list(value))}`"
+        return f"`{json.dumps(list(value))}`" if len(value) <= 6 else f"{len(value)} values (see the meaning)"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     return f"`{value}`"
@@ -91,6 +91,7 @@ def sections() -> Iterator[tuple[str, type[BaseModel], str, tuple[str, ...]]]:
     """(heading, model, intro, keys to leave out) for everything a config may contain."""
     from farmwatch import config
     from farmwatch.sources import known_kinds, source_class
+    from farmwatch.detect.training import DetectSettings, FamilySettings
     from farmwatch.store.elastic import ElasticConfig
 
     yield "[store]", config.StoreSettings, "The embedded SQLite store every service writes to or reads from.", ()
@@ -100,6 +101,8 @@ def sections() -> Iterator[tuple[str, type[BaseModel], str, tuple[str, ...]]]:
     yield "[[alerting.inhibit]]", config.InhibitSettings, "While a `source` alert fires, `target` alerts with equal `equal` labels are muted.", ()
     yield "[alerting.notify.NAME]", config.NotifierSettings, "Where notifications go (Rocket.Chat REST, incoming webhook, console).", ()
     yield "[elastic]", ElasticConfig, "Elasticsearch for logs (and optionally samples and alerts); see docs/elastic.md.", ()
+    yield "[detect]", DetectSettings, "Anomaly-detection model families (`farmwatch train`); see docs/detection.md.", ()
+    yield "[detect.families.NAME]", FamilySettings, "One family: entities sharing one model (e.g. all worker nodes).", ()
     for kind in known_kinds():
         cls = source_class(kind)
         intro = (inspect.getdoc(inspect.getmodule(cls)) or "").split("\n\n")[0].replace("\n", " ").replace("``", "`")

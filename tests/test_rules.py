@@ -341,8 +341,8 @@ def test_anomaly_defaults_carry_explanation_labels(clock):
         summary = "{unit}: anomaly score {value:.2f} ({feature})"
     """)
     w = Window()
-    feed(w, clock.time(), {("detect.anomaly_score", L(unit="hlt01", feature="ready_queue_size")): 0.97,
-                           ("detect.anomaly_score", L(unit="hlt02", feature="input_rate")): 0.3})
+    feed(w, clock.time(), {("anomaly.score", L(unit="hlt01", feature="ready_queue_size")): 0.97,
+                           ("anomaly.score", L(unit="hlt02", feature="input_rate")): 0.3})
     (active,) = rule.evaluate(w, clock.time())
     assert rule.render(active)[0] == "hlt01: anomaly score 0.97 (ready_queue_size)"
 

@@ -217,12 +217,12 @@ class Threshold(Selector):
 class Anomaly(Threshold):
     """``kind = "anomaly"``: a threshold on an anomaly-score series, with defaults for it.
 
-    ``series`` defaults to ``detect.anomaly_score``, ``op`` to ``>``, ``value`` to 0.9; the alert
+    ``series`` defaults to ``anomaly.score``, ``op`` to ``>``, ``value`` to 0.9; the alert
     carries the score series' labels (the detector puts its explanation there, e.g. ``feature``).
     All threshold keys apply.
     """
 
-    series: str = "detect.anomaly_score"
+    series: str = "anomaly.score"
     op: Op = ">"
     value: float | str = 0.9
 

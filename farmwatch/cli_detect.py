@@ -1,0 +1,145 @@
+"""The anomaly-detection commands: ``train`` (family models from stored history) and ``models list|show``.
+
+Families are declared under ``[detect]`` in the config (see ``farmwatch.detect.training``); the
+store named by ``[store]`` is read, never written; models go to ``[detect] models`` (a folder,
+relative to the config file) as ``<family>.joblib`` + ``<family>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+from farmwatch.cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, setup_logging
+from farmwatch.config import ConfigError, Settings
+
+log = logging.getLogger("farmwatch")
+
+
+def load_with_detect(path: str) -> tuple[Settings, Any]:
+    """The config's settings and its ``[detect]`` section (an empty one when the config has none)."""
+    from farmwatch.config import load
+    from farmwatch.detect.training import DetectSettings
+
+    settings = load(path)
+    detect = settings.detect
+    if detect is None:
+        detect = DetectSettings(models=Path(path).resolve().parent / "models")
+    return settings, detect
+
+
+def _when(text: str | None, now: float) -> float | None:
+    from farmwatch.cli_alerts import _when as when
+
+    return when(text, now)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (and save) the model of every family in the config, or of the ones given with --family."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from farmwatch.detect.persist import save
+    from farmwatch.detect.training import train_from_store
+    from farmwatch.store import SQLiteStore
+
+    settings, detect = load_with_detect(args.config)  # a ConfigError is printed by main(), one line each
+    now = time.time()
+    try:
+        since, until = _when(args.since, now), _when(args.until, now)
+    except ValueError as exc:
+        print(f"farmwatch train: --from/--to: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log.level, settings.log.format)
+    names = args.family or list(detect.families)
+    unknown = [n for n in names if n not in detect.families]
+    if unknown or not names:
+        have = ", ".join(detect.families) or "none"
+        print(f"{args.config}: detect.families: no family {', '.join(unknown) or '(none configured)'} (have: {have})",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    store = SQLiteStore(settings.store.path, readonly=True)
+    failed = 0
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      disable=not sys.stderr.isatty(), transient=True) as bar:
+            for name in names:
+                fam = detect.families[name]
+                task = bar.add_task(f"training {name}", total=None)
+                try:
+                    model = train_from_store(store, name, fam, since, until,
+                                             progress=lambda _entity, t=task: bar.advance(t))
+                except ValueError as exc:
+                    log.error("%s", exc)
+                    failed += 1
+                    continue
+                model_path, _ = save(model, detect.models / name)
+                t = model.trained
+                print(f"{name}: {model.kind} on {t['n_samples']} windows of {t['n_entities']} entities "
+                      f"({t['from']} … {t['to']}, {t['excluded_windows']} windows left out: alerts firing or not "
+                      f"RUNNING) → {model_path}")
+    finally:
+        store.close()
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the saved models, or show one model's metadata."""
+    from farmwatch.detect.persist import IncompatibleModel, check, read_metadata
+
+    _, detect = load_with_detect(args.config)
+    folder = detect.models
+    if args.action == "show":
+        try:
+            meta = read_metadata(folder / args.family)
+        except IncompatibleModel as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_FAIL
+        meta = {k: v for k, v in meta.items() if k != "calibration"}
+        print(json.dumps(meta, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"models in {folder}")
+    for col in ("family", "kind", "metrics", "window/step", "trained on", "windows", "usable here"):
+        table.add_column(col)
+    for sidecar in sorted(folder.glob("*.json")):
+        try:
+            meta = read_metadata(sidecar)
+            usable = "yes"
+            try:
+                check(meta, str(sidecar))
+            except IncompatibleModel as exc:
+                usable = str(exc).split(": ", 1)[-1]
+        except IncompatibleModel as exc:
+            log.error("%s", exc)
+            continue
+        t = meta.get("trained", {})
+        table.add_row(meta.get("family", sidecar.stem), meta.get("kind", "?"), str(len(meta.get("metrics", []))),
+                      f"{meta.get('window')}/{meta.get('step')}", f"{t.get('from', '?')} … {t.get('to', '?')}",
+                      str(t.get("n_samples", "?")), usable)
+    Console().print(table)
+    return EXIT_OK
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train the anomaly models of the configured families on stored history")
+    t.add_argument("-c", "--config", required=True)
+    t.add_argument("--from", dest="since", required=True, help="start: a duration ago (7d) or an ISO time")
+    t.add_argument("--to", dest="until", default="now", help="end: a duration ago, an ISO time or now (default)")
+    t.add_argument("--family", action="append", help="only this family (repeatable)")
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("models", help="list the saved anomaly models, or show one")
+    msub = m.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="one line per saved model").add_argument("-c", "--config", required=True)
+    ms = msub.add_parser("show", help="a model's metadata (features, window, training range, versions)")
+    ms.add_argument("family")
+    ms.add_argument("-c", "--config", required=True)
+    m.set_defaults(func=cmd_models)
