@@ -139,14 +139,15 @@ def installed_units(tmp_path) -> Path:
         pytest.skip("systemd-analyze is not installed")
     exe = Path(sys.executable).parent / "farmwatch"
     assert exe.exists(), exe
-    for unit in UNITS.glob("*.service"):
+    for unit in [*UNITS.glob("*.service"), *UNITS.glob("*.timer")]:
         (tmp_path / unit.name).write_text(unit.read_text().replace("/opt/farmwatch/bin/farmwatch", str(exe)))
     shutil.copy(tmp_path / "farmwatch-collect@.service", tmp_path / "farmwatch-collect@hlt-zmq.service")
     return tmp_path
 
 
 def test_unit_files_pass_systemd_analyze_verify(installed_units):
-    units = [installed_units / "farmwatch-collect@hlt-zmq.service", installed_units / "farmwatch-watch.service"]
+    units = [installed_units / "farmwatch-collect@hlt-zmq.service", installed_units / "farmwatch-watch.service",
+             installed_units / "farmwatch-train.service", installed_units / "farmwatch-train.timer"]
     out = _verify(units)
     assert out.returncode == 0 and out.stderr.strip() == "" and out.stdout.strip() == "", out.stderr + out.stdout
 
@@ -162,7 +163,11 @@ def test_verify_would_catch_a_broken_unit(installed_units):
 def test_units_are_hardened_notify_services_with_a_dedicated_user():
     for unit in UNITS.glob("*.service"):
         keys = dict(line.split("=", 1) for line in unit.read_text().splitlines() if "=" in line and not line.startswith("#"))
-        assert keys["Type"] == "notify" and keys["WatchdogSec"] and keys["Restart"] == "on-failure", unit.name
+        if keys["Type"] == "oneshot":  # the nightly training
+            assert "train" in keys["ExecStart"] and (UNITS / unit.name.replace(".service", ".timer")).exists()
+        else:
+            assert keys["Type"] == "notify" and keys["WatchdogSec"] and keys["Restart"] == "on-failure", unit.name
+            assert keys["ExecReload"] == "/bin/kill -HUP $MAINPID", unit.name
         assert keys["User"] == "farmwatch" and keys["NoNewPrivileges"] == "yes" and keys["ProtectSystem"] == "strict", unit.name
         assert keys["StateDirectory"] == "farmwatch", unit.name
     assert "u farmwatch " in (UNITS / "farmwatch.sysusers").read_text()
