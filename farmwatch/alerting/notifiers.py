@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import stat
 import sys
 from email.utils import parsedate_to_datetime
 from typing import IO, Protocol, runtime_checkable
@@ -32,6 +30,7 @@ from urllib.parse import urlsplit
 import requests
 
 from farmwatch.alerting.message import ChatMessage
+from farmwatch.secrets import SecretError, secret  # noqa: F401 - re-exported: notifiers take their secrets here
 from farmwatch.clock import Clock, RealClock
 
 log = logging.getLogger(__name__)
@@ -57,10 +56,6 @@ class DeliveryError(Exception):
         return f"DeliveryError({str(self)!r}, retry_after={self.retry_after!r}, permanent={self.permanent!r})"
 
 
-class SecretError(ValueError):
-    """A secret could not be read; the message names the variable or file, never the value."""
-
-
 @runtime_checkable
 class Notifier(Protocol):
     name: str
@@ -71,37 +66,6 @@ class Notifier(Protocol):
     def update(self, ref: str, msg: ChatMessage) -> None: ...
 
     def wait_hint(self) -> float: ...
-
-
-def secret(value_env: str | None, file: str | None, what: str) -> str:
-    """The secret ``what`` from the environment variable ``value_env`` if it is set and not
-    empty, else from ``file`` (surrounding whitespace and the final newline stripped).
-
-    Raises :class:`SecretError` with one line naming the variable and/or file, never the value.
-    A file readable by group or others is used but logged as a warning.
-    """
-    if value_env:
-        value = os.environ.get(value_env, "").strip()
-        if value:
-            return value
-    if file:
-        path = os.path.expanduser(file)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                value = fh.read().strip()
-            mode = os.stat(path).st_mode
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            env = f"environment variable {value_env} is not set and " if value_env else ""
-            raise SecretError(f"{what}: {env}secret file {file} cannot be read ({reason})") from None
-        if not value:
-            raise SecretError(f"{what}: secret file {file} is empty")
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("%s: secret file %s is readable by group or others (chmod 600 it)", what, file)
-        return value
-    if value_env:
-        raise SecretError(f"{what}: environment variable {value_env} is not set or empty (and no secret file is configured)")
-    raise SecretError(f"{what}: no environment variable or secret file is configured")
 
 
 # --------------------------------------------------------------------------------------------

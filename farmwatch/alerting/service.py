@@ -93,7 +93,7 @@ def make_window(rules: list, alerting: AlertingSettings):
 
 
 def _secret(env: str | None, file: Path | None, what: str) -> str | None:
-    from farmwatch.alerting.notifiers import secret
+    from farmwatch.secrets import secret
 
     if not (env or file):
         return None

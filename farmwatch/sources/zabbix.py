@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import time
 from collections import deque
@@ -38,6 +37,7 @@ from pyzabbix import ZabbixAPI, ZabbixAPIException
 
 from farmwatch.config import Duration
 from farmwatch.model import Batch, Labels, labels as make_labels
+from farmwatch.secrets import SecretError, secret
 from farmwatch.sources.base import Source, SourceConfig
 
 log = logging.getLogger(__name__)
@@ -278,19 +278,10 @@ def _short(text: str, n: int = 200) -> str:
 
 def _secret(env: str | None, path: Path | None, what: str) -> str:
     """Read each time we log in, so a rotated token file is picked up without a restart."""
-    if env:
-        value = os.environ.get(env, "").strip()
-        if not value:
-            raise AuthError(f"the {what} environment variable {env} is not set or empty")
-        return value
-    assert path is not None
     try:
-        value = path.read_text().strip()
-    except OSError as exc:
-        raise AuthError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
-    if not value:
-        raise AuthError(f"the {what} file {path} is empty")
-    return value
+        return secret(env, str(path) if path else None, what)
+    except SecretError as exc:
+        raise AuthError(str(exc)) from None
 
 
 class _CursorMark(Batch):
