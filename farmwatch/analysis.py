@@ -8,6 +8,7 @@ the test suite against the store ``farmwatch demo`` writes.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -111,6 +112,43 @@ def alerts(store: SQLiteStore, since: Any = None, until: Any = None) -> pd.DataF
     return pd.concat([df, labels.drop(columns=[c for c in labels.columns if c in df.columns])], axis=1)
 
 
+def log_counts(store: SQLiteStore, *, level: str | Iterable[str] | None = ("error", "fatal"), by: str = "host",
+               host: str | None = None, service: str | None = None, freq: str = "1min", since: Any = None,
+               until: Any = None) -> pd.DataFrame:
+    """Stored log records counted per ``freq`` bin: one column per ``by`` value (host, service or
+    level), zero where there were none — how an error burst stands out of the usual background.
+
+    ``level``: the levels counted (default error and fatal; ``None``: all); ``host``/``service``:
+    globs. Counted in SQL: only the counts come back to Python, however many records there are.
+    """
+    if by not in ("host", "service", "level"):
+        raise ValueError(f"log records are counted by host, service or level, not {by!r}")
+    now = newest(store)
+    lo, hi = _epoch(since, now), _epoch(until, now)
+    levels = [level] if isinstance(level, str) else list(level or ())
+    where, params = ["ts >= ?", "ts <= ?"], [-math.inf if lo is None else lo, math.inf if hi is None else hi]
+    if levels:
+        where.append(f"level IN ({','.join('?' * len(levels))})")
+        params += [x.lower() for x in levels]
+    for column, glob in (("host", host), ("service", service)):
+        if glob:
+            where.append(f"{column} GLOB ?")
+            params.append(glob)
+    step = pd.Timedelta(freq).total_seconds()
+    sql = (f"SELECT CAST(ts / ? AS INTEGER) * ? AS bin, {by}, count(*) FROM logs WHERE {' AND '.join(where)} "
+           f"GROUP BY bin, {by}")
+    with store.transaction("count log records") as conn:
+        rows = conn.execute(sql, [step, step, *params]).fetchall()
+    if not rows:
+        return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="ts"))
+    df = pd.DataFrame(rows, columns=["ts", by, "n"])
+    df["ts"] = pd.to_datetime(df["ts"], unit="s", utc=True)
+    wide = df.pivot_table(index="ts", columns=by, values="n", aggfunc="sum", fill_value=0).sort_index()
+    wide = wide.resample(freq).sum()  # bins without records: 0
+    wide.columns.name = None
+    return wide
+
+
 def align(frames: Mapping[str, pd.DataFrame | pd.Series], freq: str = "10s", limit: int | None = 3) -> pd.DataFrame:
     """Several frames/series on one regular time grid (mean per bin, gaps of up to ``limit`` bins
     filled forward), columns prefixed by the mapping's keys: series of different sources side by side."""
@@ -129,7 +167,8 @@ def align(frames: Mapping[str, pd.DataFrame | pd.Series], freq: str = "10s", lim
 
 def context(store: SQLiteStore, alert: Mapping[str, Any], before: str = "10m", after: str = "5m") -> dict[str, Any]:
     """What an expert looks at around one alert (a row of ``alerts()``): the unit's input and output
-    rates, its worker nodes' rates, the run state, and the other alerts of that time."""
+    rates, its worker nodes' rates, the run state, the other alerts of that time, and the warnings
+    and errors its host (or unit) logged (``logs``)."""
     start = alert["pending"] if pd.notna(alert["pending"]) else alert["firing"]
     end = alert["resolved"] if pd.notna(alert["resolved"]) else start
     since, until = start.timestamp() - parse_duration(before), end.timestamp() + parse_duration(after)
@@ -147,7 +186,21 @@ def context(store: SQLiteStore, alert: Mapping[str, Any], before: str = "10m", a
     }
     if "host" in lbls:
         out["host"] = frame(store, "zabbix.*", {"host": lbls["host"]}, since=since, until=until, by="item")
+    out["logs"] = _context_logs(store, lbls, since, until)
     return out
+
+
+def _context_logs(store: SQLiteStore, lbls: Mapping[str, str], since: float, until: float,
+                  limit: int = 200) -> pd.DataFrame:
+    """Warnings and errors of the alert's host, or of its unit's hosts (``labels.unit`` of the
+    records), newest first: what the applications said while it happened."""
+    from farmwatch.store.logs import LogStore
+
+    found = LogStore(store).search_frame(host=lbls.get("host"), level="warning,error,fatal", since=since,
+                                         until=until, limit=limit if "host" in lbls else 20 * limit)
+    if "host" not in lbls and "unit" in lbls and len(found):
+        found = found[[f.get("labels.unit") == lbls["unit"] for f in found["fields"]]]
+    return found.head(limit).reset_index(drop=True)
 
 
 def plot(df: pd.DataFrame | pd.Series, *, alerts: pd.DataFrame | None = None, run_state: pd.Series | None = None,
@@ -222,4 +275,4 @@ def _column(lbls: Mapping[str, str], keys: list[str], name: str) -> str:
     return ",".join(p for p in parts if p) or name
 
 
-__all__ = ["align", "alerts", "context", "frame", "newest", "open_store", "plot", "states", "timeline"]
+__all__ = ["align", "alerts", "context", "frame", "log_counts", "newest", "open_store", "plot", "states", "timeline"]

@@ -1,16 +1,21 @@
 """``farmwatch demo``: the first thing a new user runs.
 
-A simulated HLT unit on loopback ports under a simulated run controller that writes its state to a
-real EPICS IOC; the real HLT and NSM sources poll them, everything goes into the embedded store,
-and the shipped alert rules watch it, delivering to a Rocket.Chat stand-in over HTTP. Simulated
-time runs faster than the wall clock (``--speed``), so a scripted quarter of an hour with a run
-start, faults of several kinds and a clean run stop takes about a minute and a half. At the end a
-table says, for every injected fault, which alert it raised, how long that took, how many chat
-messages it made and when it resolved — the demo proves the whole chain, not just a screen.
+A small simulated farm — three HLT units on loopback ports — under a simulated run controller that
+writes its state to a real EPICS IOC; the real HLT and NSM sources poll them, the worker nodes'
+application logs are written to files (rotated once by "logrotate") and tailed by the real
+``logfiles`` source, everything goes into the embedded store, and the shipped alert rules watch
+it, delivering to a Rocket.Chat stand-in over HTTP. Simulated time runs faster than the wall clock
+(``--speed``), so a scripted quarter of an hour with a run start, faults of several kinds in
+different units (dying workers, an input stall, an error burst in a node's log, a throttled node,
+back-pressure) and a clean run stop takes about a minute and a half. At the end a table says, for
+every injected fault, which alert it raised, how long that took, how many chat messages it made
+and when it resolved, and every log line written is checked to be stored once — the demo proves
+the whole chain, not just a screen.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +32,12 @@ from farmwatch.overview import LatestValues, render, summarize
 from farmwatch.report import write_report
 from farmwatch.sim.ioc import SimIOC
 from farmwatch.sim.scenario import RUN_CONTROL, Scenario
+from farmwatch.sim.unit import endpoints_toml
 from farmwatch.store import SQLiteStore
 
 INTERVAL = 2.0
+UNITS = 3
+NODES = 4  # worker nodes per unit: hlt01 has hltwk01-04, hlt02 hltwk05-08, hlt03 hltwk09-12
 TIMERS = Timers(group_by=("alertname", "unit"), group_wait=10.0, group_interval=30.0, repeat_interval=4 * 3600.0)
 
 
@@ -38,6 +46,9 @@ class Fault:
     at: float
     what: str
     rule: str
+    where: dict[str, str]
+    """Labels the fault's alert must carry; the first is the place its chat message names (the
+    unit, or the host of a log burst)."""
     inject: Callable[[Scenario], object]
     clear_at: float | None = None
     clear: Callable[[Scenario], object] | None = None
@@ -52,17 +63,25 @@ class Fault:
 def _plan() -> tuple[list[Fault], list[tuple[float, str, Callable[[Scenario], object]]]]:
     """The script, in simulated seconds after the start."""
     faults = [
-        Fault(90, "2 worker processes die on hltwk02", "HltWorkersDied",
-              lambda s: s.unit.kill_workers("hltwk02", 2)),
-        Fault(200, "event builder stops sending (input stall)", "HltInputStalled",
-              lambda s: s.unit.stall_input(True), 330, lambda s: s.unit.stall_input(False)),
-        Fault(380, "hltwk03 throttled to 20 % CPU", "HltWorkerNodeSlow",
-              lambda s: s.unit.slow_node("hltwk03", 0.2), 520, lambda s: s.unit.slow_node("hltwk03", 1.0)),
-        Fault(560, "storage stops reading (back-pressure)", "HltReadyQueueDrained",
-              lambda s: s.unit.back_pressure(True), 640, lambda s: s.unit.back_pressure(False)),
+        Fault(90, "hlt01: a worker process dies on hltwk02", "HltWorkersDied", {"unit": "hlt01"},
+              lambda s: s.unit_named("hlt01").kill_workers("hltwk02", 1)),
+        Fault(150, "hltwk10 (hlt03): a worker loops on an exception, 20 tracebacks/s in its log",
+              "HltLogErrorBurst", {"host": "hltwk10"},
+              lambda s: s.error_burst("hltwk10", 20.0), 210, lambda s: s.error_burst("hltwk10", 0)),
+        Fault(200, "hlt02: event builder stops sending (input stall)", "HltInputStalled", {"unit": "hlt02"},
+              lambda s: s.unit_named("hlt02").stall_input(True), 330,
+              lambda s: s.unit_named("hlt02").stall_input(False)),
+        Fault(380, "hlt03: hltwk11 throttled to 20 % CPU", "HltWorkerNodeSlow", {"unit": "hlt03", "host": "hltwk11"},
+              lambda s: s.unit_named("hlt03").slow_node("hltwk11", 0.2), 520,
+              lambda s: s.unit_named("hlt03").slow_node("hltwk11", 1.0)),
+        Fault(560, "hlt01: storage stops reading (back-pressure)", "HltReadyQueueDrained", {"unit": "hlt01"},
+              lambda s: s.unit_named("hlt01").back_pressure(True), 640,
+              lambda s: s.unit_named("hlt01").back_pressure(False)),
     ]
     run_control = [
         (6.0, "run control: START", lambda s: s.rc.start()),
+        (ROTATE_AT, "logrotate on every worker node (rename): the log source follows the files",
+         lambda s: s.logs.rotate("rename")),
         (700.0, "run control: STOP (a normal run stop: no alert expected)", lambda s: s.rc.stop()),
         (760.0, "run control: START", lambda s: s.rc.start()),
     ]
@@ -70,6 +89,7 @@ def _plan() -> tuple[list[Fault], list[tuple[float, str, Callable[[Scenario], ob
 
 
 END = 840.0
+ROTATE_AT = 300.0
 
 
 def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
@@ -81,6 +101,8 @@ def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
     store_path = out / "farmwatch.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+    logs = out / "logs"
+    _clear_logs(logs)  # the store's offsets are gone: old files would be read again
     cfg = out / "farmwatch.toml"
     faults, run_control = _plan()
     latest = LatestValues()
@@ -88,13 +110,15 @@ def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
     clock = SimClock(float(int(time.time())))  # simulated time starts now, so `--since 30m` finds it
     with SimIOC() as ioc:
         store = SQLiteStore(store_path, retention=86400.0, clock=clock)
-        with Scenario(nodes=4, workers_per_node=6, input_rate=100.0, interval=INTERVAL, ioc=ioc,
-                      initial="READY", timers=TIMERS, store=store, listeners=[latest], seed=42, clock=clock) as s:
+        with Scenario(units=UNITS, nodes=NODES, workers_per_node=4, input_rate=100.0, interval=INTERVAL, ioc=ioc,
+                      initial="READY", timers=TIMERS, store=store, listeners=[latest], seed=42, clock=clock,
+                      logs=logs, episodes=False) as s:
             cfg.write_text(_config(s))
             start = s.now
-            console.print(f"[bold]farmwatch demo[/bold]: simulated unit hlt01 ({len(s.unit.endpoints)} monitor "
-                          f"endpoints, {len(s.unit.nodes)} worker nodes), run control via a real IOC "
-                          f"({ioc.address}), {len(s.rules)} shipped alert rules → Rocket.Chat stand-in at "
+            names = ", ".join(u.name for u in s.units)
+            console.print(f"[bold]farmwatch demo[/bold]: simulated units {names} ({len(s.endpoints)} monitor "
+                          f"endpoints, {len(s.logs.writers)} worker nodes writing logs to {logs}), run control via a "
+                          f"real IOC ({ioc.address}), {len(s.rules)} shipped alert rules → Rocket.Chat stand-in at "
                           f"{s.chat.url}; {END / 60:.0f} simulated minutes at {speed:g}× → {store_path}")
             wall0 = time.monotonic()
             pending = sorted(run_control, key=lambda e: e[0])
@@ -131,32 +155,49 @@ def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
             finally:
                 if live:
                     live.stop()
+            s.logs.collect()  # the last record of each file, now that its file has been quiet long enough
             wall = time.monotonic() - wall0
             ok, rows = _report(console, s, faults, start)
             run_state, _ = s.window.run_state()
             console.print(f"Run state from the IOC (B2_nsm:get:{RUN_CONTROL}:rcstate → daq.run_state): "
                           f"{run_state or '[red]never read[/red]'}")
-            ok = ok and run_state == "RUNNING"
+            written, stored = s.logs.written, s.logs.stored
+            console.print(f"Log records: {written:,} written on {len(s.logs.writers)} worker nodes "
+                          f"(rotated at +{_mmss(ROTATE_AT)}), {stored:,} stored"
+                          + (" — every one, once." if stored == written else f" — [red]{written - stored:,} missing[/red]"))
+            ok = ok and run_state == "RUNNING" and stored == written
             s.delivery.pump()
             depth = sum(s.engine.db.outbox_depth().values())
             report = write_report(store, out / "report.html", title="farmwatch demo", summary=rows,
-                                  notes=[f"{END / 60:.0f} simulated minutes of unit hlt01 ({len(s.unit.nodes)} worker nodes), "
-                                         f"{len(s.rules)} shipped rules, {len(s.messages())} chat message(s)."])
+                                  notes=[f"{END / 60:.0f} simulated minutes of units {names} ({len(s.logs.writers)} worker "
+                                         f"nodes), {len(s.rules)} shipped rules, {len(s.messages())} chat message(s), "
+                                         f"{stored:,} log records."])
         store.close()
     console.print(f"\n{END / 60:.0f} simulated minutes in {wall:.0f} s; {s.samples:,} samples stored, "
                   f"{len(s.messages())} chat message(s), {depth} undelivered.")
-    console.print(f"Store: {store_path}   Config: {cfg}   Report: {report}")
+    console.print(f"Store: {store_path}   Config: {cfg}   Logs: {logs}   Report: {report}")
     console.print(f"Try:   farmwatch alerts -c {cfg} --all\n"
                   f"       farmwatch alerts -c {cfg} --history --since 1h\n"
-                  f"       farmwatch query -c {cfg} hlt.input.dead_workers --label app=collector --label host=")
+                  f"       farmwatch query -c {cfg} hlt.input.dead_workers --label app=collector --label host=\n"
+                  f"       farmwatch logs search -c {cfg} 'event skipped' --host hltwk10 --since 1h --limit 3")
     return 0 if ok and depth == 0 else 1
+
+
+def _clear_logs(folder: Path) -> None:
+    """Remove the log files an earlier demo run wrote (only those: ``<unit>/<node>/*.log*``)."""
+    for path in folder.glob("*/*/*.log*"):
+        path.unlink()
 
 
 def _config(s: Scenario) -> str:
     """A config for the store the demo wrote, so the CLI commands can be tried on it."""
+    assert s.logs is not None
+    paths = ", ".join(json.dumps(p) for p in s.logs.config.paths)
     return ('[store]\npath = "farmwatch.db"\nretention = "1d"\n\n[alerting]\n'
             f'run_state_node = "{RUN_CONTROL}"\n\n[alerting.notify.console]\nkind = "console"\n\n'
-            + s.unit.config_toml(source_name="hlt", interval=f"{INTERVAL:g}s", timeout="200ms"))
+            + endpoints_toml(s.endpoints, source_name="hlt", interval=f"{INTERVAL:g}s", timeout="200ms")
+            + f'\n[sources.logs]\nkind = "logfiles"\npaths = [{paths}]\nformat = "basf2"\ntimezone = "UTC"\n'
+            f"path_pattern = '{s.logs.config.path_pattern}'\ninterval = \"{INTERVAL:g}s\"\n")
 
 
 def _note(console: Console, live: Live | None, t: float, what: str, style: str) -> None:
@@ -180,8 +221,8 @@ def _chat_news(console: Console, live: Live | None, s: Scenario, start: float, s
 
 def _view(s: Scenario, latest: LatestValues, t: float):
     state, _ = s.window.run_state()
-    unit = render(summarize(latest.snapshot()), title=f"hlt01 — run state {state or '?'} (real IOC) — "
-                                                     f"+{_mmss(t)} of {_mmss(END)}")
+    unit = render(summarize(latest.snapshot()), title=f"{', '.join(u.name for u in s.units)} — run state "
+                                                     f"{state or '?'} (real IOC) — +{_mmss(t)} of {_mmss(END)}")
     alerts = Table(title="alerts", expand=False)
     for col in ("state", "rule", "labels", "summary"):
         alerts.add_column(col, overflow="fold")
@@ -204,12 +245,17 @@ def _report(console: Console, s: Scenario, faults: list[Fault], start: float) ->
     rows: list[dict[str, str]] = []
     for f in faults:
         t0 = start + (f.injected or 0.0)
-        fired = next((r["ts"] for r in history if r["rule"] == f.rule and r["event"] == "firing" and r["ts"] >= t0), None)
-        resolved = next((r["ts"] for r in history if r["rule"] == f.rule and r["event"] == "resolved"
-                         and fired is not None and r["ts"] >= fired), None)
-        # The first post or edit that names the rule: a fault in a unit with an open incident
-        # shows up as an edit of that incident's message.
-        shown = [(ts, m.id) for m in s.messages() for ts, text, _ in m.history if ts >= t0 and f.rule in text]
+        ours = [r for r in history if r["rule"] == f.rule and r["ts"] >= t0
+                and all(r["labels"].get(k) == v for k, v in f.where.items())]
+        firing = next((r for r in ours if r["event"] == "firing"), None)
+        fired = None if firing is None else firing["ts"]
+        resolved = next((r["ts"] for r in ours if r["event"] == "resolved" and firing is not None
+                         and r["fingerprint"] == firing["fingerprint"] and r["ts"] >= firing["ts"]), None)
+        # The first post or edit that names the rule and the place (the unit, or a log burst's
+        # host): a fault in a unit with an open incident shows up as an edit of that message.
+        place = next(iter(f.where.values()))
+        shown = [(ts, m.id) for m in s.messages() for ts, text, _ in m.history
+                 if ts >= t0 and f.rule in text and place in text]
         first = min((ts for ts, _ in shown), default=None)
         msgs = {mid for _, mid in shown}
         cleared = None if f.cleared is None else start + f.cleared

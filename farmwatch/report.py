@@ -1,4 +1,4 @@
-"""A self-contained HTML report of a store: rates with alert markers, worker nodes, alert timeline.
+"""A self-contained HTML report of a store: rates with alert markers, worker nodes, log errors, alert timeline.
 
 Written by ``farmwatch demo`` next to its store, so that what happened can be looked at (and
 shared) without a notebook server: one file, plots embedded as PNG, every text from the store
@@ -78,6 +78,8 @@ def write_report(store: SQLiteStore, path: Path, *, title: str = "farmwatch repo
                     title=f"{unit}: events/s the distributor sends each worker node")
         parts += ["<h2>Worker nodes</h2>", _png(fig)]
 
+    parts += _logs_section(store, episodes, run_state)
+
     if len(episodes):
         ax = fa.timeline(episodes)
         parts += ["<h2>Alerts</h2>", _png(ax.figure)]
@@ -91,3 +93,23 @@ def write_report(store: SQLiteStore, path: Path, *, title: str = "farmwatch repo
         parts += ["<h2>Run state</h2>", _table({"time": f"{t:%H:%M:%S}", "state": s} for t, s in run_state.items())]
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _logs_section(store: SQLiteStore, episodes: pd.DataFrame, run_state: pd.Series) -> list[str]:
+    """Errors per node and minute with the log alerts marked, and per-node totals; nothing
+    when the store holds no log records."""
+    import matplotlib.pyplot as plt
+
+    everything = fa.log_counts(store, level=None, freq="1min")
+    if everything.empty:
+        return []
+    errors = fa.log_counts(store, freq="1min").reindex(columns=everything.columns, fill_value=0)
+    log_alerts = episodes[episodes["rule"].str.startswith("HltLog")] if len(episodes) else None
+    fig, ax = plt.subplots(figsize=(12, 3.4))
+    fa.plot(errors, run_state=run_state, alerts=log_alerts, ax=ax,
+            title="ERROR/FATAL log records per minute, per node (red: log alert firing; grey: not RUNNING)")
+    ax.set_yscale("symlog", linthresh=10)  # a burst is 100× the background; both must stay readable
+    ax.set_ylim(bottom=0)
+    totals = [{"host": host, "log records": int(everything[host].sum()), "ERROR/FATAL": int(errors[host].sum()),
+               "most errors in a minute": int(errors[host].max())} for host in everything.columns]
+    return ["<h2>Application logs</h2>", _png(fig), _table(totals)]

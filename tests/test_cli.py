@@ -99,21 +99,35 @@ def test_top_once_shows_the_unit(config):
     assert "hlt01" in out.stdout and "in Hz" in out.stdout
 
 
+@pytest.mark.timeout(200)  # ~30 s of CPU; a machine shared with other test runs may take a few times that
 def test_demo_runs_the_scenario_and_every_fault_reaches_chat(tmp_path):
     out = subprocess.run([sys.executable, "-m", "farmwatch", "demo", "--speed", "0", "--out", str(tmp_path / "demo")],
-                         capture_output=True, text=True, timeout=110)
+                         capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
-    for rule in ("HltWorkersDied", "HltInputStalled", "HltWorkerNodeSlow", "HltReadyQueueDrained"):
+    faults = ("HltWorkersDied", "HltLogErrorBurst", "HltInputStalled", "HltWorkerNodeSlow", "HltReadyQueueDrained")
+    for rule in faults:
         assert re.search(rf"│ {rule} +│ \d+ s +│ \d+ s +│ 1 ", text), f"{rule} row missing or wrong:\n{text}"
     assert "never" not in text and ", 0 undelivered." in text
-    assert "chat posted: 🔥 FIRING [critical] HltInputStalled" in text or "HltInputStalled, HltWorkersDied" in text
-    assert "✅ RESOLVED" in text
+    assert "chat posted: 🔥 FIRING [critical] HltInputStalled — unit hlt02" in text
+    assert "chat posted: ⚠️ FIRING [warning] HltLogErrorBurst — host hltwk10" in text
+    assert "✅ RESOLVED HltLogErrorBurst — host hltwk10" in text
     assert "daq.run_state): RUNNING" in text  # read from the real IOC the demo started
-    listed = farmwatch("alerts", "-c", str(tmp_path / "demo" / "farmwatch.toml"), "--all", "--format", "json")
-    rules = {json.loads(line)["rule"] for line in listed.stdout.splitlines()}
-    assert {"HltWorkersDied", "HltInputStalled", "HltWorkerNodeSlow", "HltReadyQueueDrained"} <= rules
+    assert re.search(r"Log records: ([\d,]+) written on 12 worker nodes \(rotated at \+05:00\), \1 stored — every one, once\.", text), text
+    cfg = str(tmp_path / "demo" / "farmwatch.toml")
+    listed = farmwatch("alerts", "-c", cfg, "--all", "--format", "json")
+    alerts = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert set(faults) <= {a["rule"] for a in alerts}
+    assert {dict(a["labels"]).get("unit") for a in alerts if a["rule"] != "HltLogErrorBurst"} == {"hlt01", "hlt02", "hlt03"}
+    # the error burst: 20 records/s from +02:30 to +03:30, every one stored and searchable
+    found = farmwatch("logs", "search", "-c", cfg, "event skipped", "--host", "hltwk10", "--limit", "5000", "--format", "json")
+    assert found.returncode == 0, found.stderr
+    records = [json.loads(line) for line in found.stdout.splitlines()]
+    assert len(records) == 20 * 60
+    assert all(r["log.level"] == "error" and "Traceback (most recent call last)" in r["message"] for r in records)
+    assert {r["labels.unit"] for r in records} == {"hlt03"}
     report = (tmp_path / "demo" / "report.html").read_text()
     assert f"Report: {tmp_path / 'demo' / 'report.html'}" in text.replace("\n", "")
-    assert report.count("data:image/png;base64,") == 3  # rates, worker nodes, alert timeline
+    assert report.count("data:image/png;base64,") == 4  # rates, worker nodes, log errors, alert timeline
     assert "<td>HltInputStalled</td>" in report and "<td>RUNNING</td>" in report
+    assert "<h2>Application logs</h2>" in report and "<td>hltwk10</td>" in report

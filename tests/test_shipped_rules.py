@@ -6,7 +6,8 @@ simulated time) through ``tests/scenario.py``. ``FAULTS`` is the table of what e
 expected to cause: the rule it is about (which must fire within ``for`` + 2 poll intervals of the
 fault) and the other rules that may fire with it (the cascade, which inhibition or grouping by
 unit turns into one message); anything else firing is a failure. The clean run reads the run state
-through a real IOC and the real ``nsm`` source, as deployed.
+through a real IOC and the real ``nsm`` source, as deployed, and its worker nodes write application
+logs (the usual background of errors and tracebacks) that the real ``logfiles`` source collects.
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ class Fault:
     """What the summary must mention besides the unit."""
     slack: float = 0.0
     """Seconds the fault takes to become visible at all (on top of ``for`` + 2 polls)."""
+    logs: bool = False
+    """The scenario writes and collects the worker nodes' logs."""
+    unit: bool = True
+    """The alert carries the unit (log alerts are by host: the summary names the host instead)."""
+
+    @property
+    def place(self) -> str:
+        """What the summary and the chat message must name."""
+        return "hlt01" if self.unit else self.labels["host"]
 
 
 FAULTS = [
@@ -68,6 +78,11 @@ FAULTS = [
           also={"HltProxyHistoServerDown"}, words=("run stop incomplete", "only 8 workers"), slack=6.0),
     Fault("HltAppRestarted", lambda s: s.unit.restart_app("finalcollector"), {"app": "finalcollector"},
           words=("the finalcollector restarted",)),
+    # A worker in an exception loop: 20 tracebacks/s on top of the background; the count passes
+    # the threshold (100 in 5 min) within ~5 s, and the last record of a poll waits one poll
+    # for possible continuation lines: `slack`.
+    Fault("HltLogErrorBurst", lambda s: s.error_burst("hltwk02", 20.0), {"host": "hltwk02", "service": "hltworker"},
+          words=("hltwk02: error burst", "hltworker log"), slack=6.0, logs=True, unit=False),
 ]
 
 
@@ -80,19 +95,20 @@ def unfilled(rule: str, episode) -> set[str]:
 
 
 def check_episode(scenario: Scenario, rule: str, since: float, labels: dict[str, str], words=(),
-                  slack: float = 0.0) -> None:
-    """``rule`` fired for a fault at ``since`` within ``for`` + 2 polls, labelled and worded right."""
+                  slack: float = 0.0, place: str = "hlt01") -> None:
+    """``rule`` fired for a fault at ``since`` within ``for`` + 2 polls, labelled and worded right
+    (the unit's alerts carry ``unit``; a summary names ``place``)."""
     fired = scenario.fired(rule, since=since)
     assert fired, f"{rule} did not fire; episodes since the fault:\n{describe(e for e in scenario.episodes if e.start >= since)}"
     first = min(fired, key=lambda e: e.start)
     delay = first.fired_at - since
     assert delay <= first.for_ + 2 * INTERVAL + slack, f"{rule} fired {delay:g}s after the fault (for = {first.for_:g}s)"
     found = first.label_dict
-    expected = {"unit": "hlt01", "system": "hlt", **labels}
+    expected = {"unit": "hlt01", "system": "hlt", **labels} if place == "hlt01" else {"system": "hlt", **labels}
     assert {k: found.get(k) for k in expected} == expected, found
     assert not unfilled(rule, first), f"{rule}: template fields without a value: {unfilled(rule, first)}"
     summary = first.summary
-    assert "hlt01" in summary and "n/a" not in summary and first.description, summary
+    assert place in summary and "n/a" not in summary and first.description, summary
     for word in words:
         assert word in summary, f"{word!r} not in {summary!r}"
 
@@ -100,21 +116,21 @@ def check_episode(scenario: Scenario, rule: str, since: float, labels: dict[str,
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.rule for f in FAULTS])
 def test_fault_fires_its_rule(fault: Fault) -> None:
     assert fault.rule in RULE_NAMES and fault.also <= RULE_NAMES
-    with Scenario(RULES, interval=INTERVAL) as s:
+    with Scenario(RULES, interval=INTERVAL, logs=fault.logs) as s:
         s.run(WARMUP)
         assert not s.fired(), describe(s.fired())
         at = s.now
         fault.inject(s)
         rule = BY_NAME[fault.rule]
         s.run(rule.for_ + 4 * INTERVAL + fault.slack)
-        check_episode(s, fault.rule, at, fault.labels, fault.words, fault.slack)
+        check_episode(s, fault.rule, at, fault.labels, fault.words, fault.slack, fault.place)
         s.run(30)  # let the cascade show
         others = s.fired_rules() - {fault.rule}
         assert others <= fault.also, f"unexpected alerts:\n{describe(e for e in s.fired() if e.rule in others - fault.also)}"
-        check_chat(s, fault.rule, at, fault.slack)
+        check_chat(s, fault.rule, at, fault.slack, fault.place)
 
 
-def check_chat(s: Scenario, rule: str, since: float, slack: float = 0.0) -> None:
+def check_chat(s: Scenario, rule: str, since: float, slack: float = 0.0, place: str = "hlt01") -> None:
     """The operator's view: one chat message for the incident, within ``for`` + 2 polls + group_wait."""
     s.run(s.engine.dispatcher.timers.group_interval)  # the message's last edit shows everything that fired
     messages = s.messages(since=since)
@@ -122,7 +138,7 @@ def check_chat(s: Scenario, rule: str, since: float, slack: float = 0.0) -> None
     (msg,) = messages
     delay = msg.ts - since
     assert delay <= BY_NAME[rule].for_ + 2 * INTERVAL + s.engine.dispatcher.timers.group_wait + slack, delay
-    assert "hlt01" in msg.text and BY_NAME[rule].name in msg.text, msg.text
+    assert place in msg.text and BY_NAME[rule].name in msg.text, msg.text
 
 
 def test_fault_cleared_resolves_the_alert() -> None:
@@ -194,8 +210,9 @@ CLEAN_PLAN = [  # (seconds to run first, then the run-control request)
 
 @pytest.fixture(scope="module")
 def clean(ioc):
-    """≥ 15 simulated minutes, three runs: a normal stop, an ABORT/LOAD, an ERROR/RECOVER."""
-    with Scenario(RULES, interval=INTERVAL, ioc=ioc) as s:
+    """≥ 15 simulated minutes, three runs: a normal stop, an ABORT/LOAD, an ERROR/RECOVER; the
+    worker nodes log as usual all along."""
+    with Scenario(RULES, interval=INTERVAL, ioc=ioc, logs=True) as s:
         for seconds, request in CLEAN_PLAN:
             s.run(seconds)
             if request:
@@ -219,6 +236,22 @@ def test_clean_run_evaluated_every_rule_in_the_states_it_is_for(clean: Scenario)
         assert rule.counts["unknown_run_state"] == 0, (rule.name, dict(rule.counts))
         if rule.run_state:
             assert rule.counts["run_state"] > 0 and rule.counts["grace"] > 0, (rule.name, dict(rule.counts))
+
+
+def test_clean_run_logs_have_background_errors_below_the_burst_threshold(clean: Scenario) -> None:
+    """The log rule stayed quiet on real background — every node logged errors and tracebacks,
+    every record was stored — not on an empty store."""
+    from farmwatch import analysis as fa
+
+    clean.logs.collect()  # the last record of each file (its file has been quiet for a poll)
+    assert clean.logs.stored == clean.logs.written > 0
+    per_minute = fa.log_counts(clean.store, freq="1min")
+    assert sorted(per_minute.columns) == sorted(clean.logs.writers)
+    rule = BY_NAME["HltLogErrorBurst"]
+    assert rule.spec.window == 300 and rule.spec.op == ">="
+    # the busiest 5 minutes of any node (bins of a minute: an upper bound of any 5-minute window)
+    busiest = per_minute.rolling(6, min_periods=1).sum().max().max()
+    assert 10 <= busiest < rule.spec.value / 2, busiest
 
 
 def test_clean_run_read_the_run_state_through_the_ioc(clean: Scenario) -> None:
@@ -250,3 +283,21 @@ def test_run_state_unreadable_fires_run_state_unknown(ioc) -> None:
             assert re.search(r"alerts that depend on it are paused", fired[0].summary)
     finally:
         ioc.start()
+
+
+def test_a_fault_in_one_unit_of_a_small_farm_alerts_for_that_unit_only() -> None:
+    """Several units under one run control, polled by one source (the demo's farm): the rules
+    tell the units apart, and one unit's incident is one message naming it."""
+    with Scenario(RULES, interval=INTERVAL, units=2, nodes=3) as s:
+        assert [u.name for u in s.units] == ["hlt01", "hlt02"]
+        assert s.units[1].nodes == ["hltwk04", "hltwk05", "hltwk06"]  # node names distinct across units
+        s.run(WARMUP)
+        at = s.now
+        s.unit_named("hlt02").stall_input(True)
+        s.run(BY_NAME["HltInputStalled"].for_ + 4 * INTERVAL)
+        assert {e.label_dict["unit"] for e in s.fired(since=at)} == {"hlt02"}, describe(s.fired())
+        assert "HltInputStalled" in s.fired_rules()
+        assert s.fired_rules() <= {"HltInputStalled", "HltFinalCollectorNotReceiving"}  # its cascade (inhibited)
+        s.run(s.engine.dispatcher.timers.group_interval)
+        (msg,) = s.messages(since=at)
+        assert "unit hlt02" in msg.text and "hlt01" not in msg.text, msg.text

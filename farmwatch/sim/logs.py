@@ -63,6 +63,29 @@ class HltLogWriter:
         self.written += out
         return out
 
+    def write_errors(self, n: int = 1) -> list[Written]:
+        """Write ``n`` ERROR records with a Python traceback each: a worker caught in an exception
+        loop (the error burst of the scenario and the demo). Numbered and listed like ``write``."""
+        out = []
+        for _ in range(n):
+            self.seq += 1
+            prefix = ""
+            if self.timestamps:
+                now = datetime.fromtimestamp(self.clock.time(), timezone.utc)
+                prefix = now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}Z "
+            lines = [f"{prefix}[ERROR] Exception in event processing, event skipped seq={self.seq}  {{ module: HLTZMQ2Ds }}",
+                     "Traceback (most recent call last):",
+                     '  File "/hlt/scripts/hlt_worker.py", line 88, in process',
+                     "    self.unpack(event)",
+                     '  File "/hlt/scripts/hlt_worker.py", line 42, in unpack',
+                     "    raise ValueError(f\"bad header {header!r}\")",
+                     f"ValueError: bad header b'\\xff\\xff' (seq={self.seq})"]
+            out.append(Written(self.seq, "error", "\n".join(lines)))
+        self._file.write("".join(w.text + "\n" for w in out))
+        self._file.flush()
+        self.written += out
+        return out
+
     def write_raw(self, text: str) -> None:
         """Bytes as given (a partial line, garbage): not counted in ``written``."""
         self._file.write(text)

@@ -9,7 +9,14 @@ A ``Scenario`` wires together what runs in production, on a simulated clock:
   nsm2cad bridge PV the controller writes, read with Channel Access, exactly as deployed), or, to
   keep fault tests fast, written from the controller in the same series and with the same
   timing rules as the ``nsm`` source (``daq.run_state``, ``daq.run_state_since``, ``up``);
-* a ``Window`` fed with every batch, and every rule evaluated after every poll.
+* a ``Window`` fed with every batch, and every rule evaluated after every poll;
+* optionally (``logs=``), the worker nodes' application logs: written by ``HltLogWriter``s at a
+  steady rate of the simulated clock, tailed by the real ``logfiles`` source, stored through the
+  runner's ``LogBatch`` path and fed to the ``log_count`` rules from the store, as in
+  ``farmwatch run`` (``NodeLogs``).
+
+``units`` > 1 gives several units (``hlt01``, ``hlt02``, … with distinct worker node names) under
+one run controller, polled by one source: a small farm.
 
 The harness records *episodes*: for each (rule, labels), when the condition first held, when it
 last held, and whether it held long enough (``for``) to fire — what the rule tests check. Next to
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,10 +53,14 @@ from farmwatch.clock import SimClock
 from farmwatch.config import parse
 from farmwatch.model import Batch, Labels, labels as make_labels
 from farmwatch.sim import SimUnit
+from farmwatch.runner import Runner
 from farmwatch.sim.chat import ChatServer
-from farmwatch.store.sqlite import SQLiteStore
+from farmwatch.sim.logs import HltLogWriter
 from farmwatch.sim.runcontrol import RunController
 from farmwatch.sources.hlt_zmq import HltZmqConfig, HltZmqSource
+from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource
+from farmwatch.store.logs import LogFeed, LogStore
+from farmwatch.store.sqlite import SQLiteStore
 
 ALERTS = shipped_rules_dir() or Path(__file__).resolve().parents[2] / "alerts"
 RUN_CONTROL = "RUNCONTROL"
@@ -170,6 +182,100 @@ class IocRunState:
         self.source.close()
 
 
+class NodeLogs:
+    """The application logs of the worker nodes, written and collected as on the farm.
+
+    One ``HltLogWriter`` per worker node appends to ``<folder>/<unit>/<node>/hltworker.log``,
+    ``rate`` records per second of the simulated clock — the usual mix, the odd error and
+    traceback included: the background a log rule must stay quiet on. ``error_burst`` adds ERROR
+    records with tracebacks on one node. The real ``logfiles`` source tails the files, and one
+    ``Runner`` cycle per poll stores its records with their offsets (the ``LogBatch`` path of
+    ``farmwatch run``), so rules see exactly what was stored, when it was stored. ``folder``
+    should start empty: the writers append, and the store's offsets are the ones to go by.
+    """
+
+    SERVICE = "hltworker"
+
+    def __init__(self, units: Sequence[SimUnit], folder: Path, store: SQLiteStore, clock: SimClock, *,
+                 rate: float, interval: float, seed: int = 1) -> None:
+        self.folder = Path(folder)
+        self.rate = float(rate)
+        self.writers: dict[str, HltLogWriter] = {}
+        for unit in units:
+            for node in unit.nodes:
+                path = self.folder / unit.name / node / f"{self.SERVICE}.log"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.writers[node] = HltLogWriter(path, clock=clock, seed=seed * 1000 + len(self.writers))
+        self._carry = dict.fromkeys(self.writers, 0.0)
+        self._bursts: dict[str, list[float]] = {}  # node → [errors per second, carry]
+        self.config = LogFilesConfig.model_validate({
+            "kind": "logfiles", "interval": f"{interval:g}s", "timeout": f"{min(0.5, interval / 2):g}s",
+            "paths": [str(self.folder / "*" / "*" / "*.log"), str(self.folder / "*" / "*" / "*.log.[0-9]")],
+            "format": "basf2", "timezone": "UTC",
+            "path_pattern": r"/(?P<unit>[^/]+)/(?P<host>[^/]+)/(?P<service>[^/.]+)\.log"})
+        self.source = LogFilesSource("logs", self.config, clock=clock)
+        self.runner = Runner([self.source], store, clock=clock)
+        self.store = LogStore(store)
+
+    def error_burst(self, node: str, rate: float) -> None:
+        """``node`` writes ``rate`` ERROR records (each with its traceback) per second on top of
+        its usual log; ``rate=0`` ends the burst."""
+        if node not in self.writers:
+            raise KeyError(f"no worker node {node!r} (nodes: {', '.join(self.writers)})")
+        if rate > 0:
+            self._bursts[node] = [float(rate), 0.0]
+        else:
+            self._bursts.pop(node, None)
+
+    def rotate(self, mode: str = "rename") -> None:
+        """logrotate on every node (``rename`` or ``copytruncate``): the source must follow it."""
+        for writer in self.writers.values():
+            writer.rotate(mode)
+
+    def write(self, seconds: float) -> None:
+        """What the nodes log in ``seconds`` (fractions carried over, so the rate is exact)."""
+        for node, writer in self.writers.items():
+            self._carry[node] += self.rate * seconds
+            n = int(self._carry[node])
+            self._carry[node] -= n
+            if n:
+                writer.write(n)
+        for node, burst in self._bursts.items():
+            burst[1] += burst[0] * seconds
+            n = int(burst[1])
+            burst[1] -= n
+            if n:
+                self.writers[node].write_errors(n)
+
+    def collect(self) -> int:
+        """One cycle of the logfiles source, stored (records, offsets, its counters); samples written."""
+        return self.runner.run_once()
+
+    @property
+    def written(self) -> int:
+        """Records written so far on all nodes."""
+        return sum(len(w.written) for w in self.writers.values())
+
+    @property
+    def stored(self) -> int:
+        """Records the store holds (each once: they carry stable ids)."""
+        return self.store.count()
+
+    def close(self) -> None:
+        self.source.close()
+        for writer in self.writers.values():
+            writer.close()
+
+
+def unit_names(first: str, n: int) -> list[str]:
+    """``hlt01`` and ``3`` → hlt01, hlt02, hlt03 (a name without a number gets ``-2``, ``-3``…)."""
+    m = re.fullmatch(r"(.*?)(\d+)", first)
+    if m is None:
+        return [first] + [f"{first}-{i}" for i in range(2, n + 1)]
+    stem, number = m.group(1), m.group(2)
+    return [f"{stem}{int(number) + i:0{len(number)}d}" for i in range(n)]
+
+
 class Scenario:
     """See the module docstring. Use as a context manager; drive with ``run``/``run_until`` and the
     fault methods of ``unit`` and ``rc``; read ``episodes``/``fired``."""
@@ -180,47 +286,83 @@ class Scenario:
                  timeout: float = 0.2, chat: bool = True, timers: Timers = Timers(),
                  store: SQLiteStore | None = None, notifiers: dict | None = None,
                  listeners: Sequence[Callable[[str, list[Batch]], None]] = (),
-                 clock: SimClock | None = None) -> None:
+                 clock: SimClock | None = None, units: int = 1, logs: bool | str | Path = False,
+                 log_rate: float = 0.5, episodes: bool = True) -> None:
+        """``units`` units named from ``unit`` on (``nodes`` worker nodes each, node names distinct
+        across units); ``logs``: write and collect the nodes' logs (``True``: in a temporary
+        folder, or the folder given), ``log_rate`` records per second and node. ``episodes=False``
+        leaves the rules to the alert engine alone (half the evaluation time) when only its
+        history and the chat matter, as in the demo."""
         self.rules = list(load_rules([ALERTS]) if rules is None else rules)
         self.interval = float(interval)
         self.clock = clock or SimClock(START)
-        self.unit = SimUnit(unit, worker_nodes=nodes, workers_per_node=workers_per_node, input_rate=input_rate,
-                            clock=self.clock, seed=seed).start()
-        self.rc = RunController([self.unit], ioc, clock=self.clock, node=RUN_CONTROL,
+        self.units: list[SimUnit] = []
+        for i, name in enumerate(unit_names(unit, units)):
+            self.units.append(SimUnit(name, worker_nodes=nodes, workers_per_node=workers_per_node, input_rate=input_rate,
+                                      clock=self.clock, seed=seed, first_node=i * nodes + 1).start())
+        self.unit = self.units[0]
+        """The first unit (the only one unless ``units`` > 1)."""
+        self.rc = RunController(self.units, ioc, clock=self.clock, node=RUN_CONTROL,
                                 transition_time=transition_time, initial=initial)
         # The poll deadline is real time: a muted endpoint costs it once per cycle, so keep it short
         # (the simulator answers within milliseconds).
         cfg = HltZmqConfig.model_validate({"kind": "hlt_zmq", "interval": f"{self.interval:g}s", "timeout": f"{timeout:g}s",
-                                           "endpoints": self.unit.endpoints})
+                                           "endpoints": self.endpoints})
         self.hlt = HltZmqSource("hlt", cfg, clock=self.clock)
         self.run_state = IocRunState(self.rc, ioc, self.clock) if ioc is not None else ControllerRunState(self.rc)
         globs = set().union(*(r.names() for r in self.rules)) if self.rules else set()
         horizon = max([r.lookback() for r in self.rules] + [60.0]) + 10 * self.interval
         self.window = Window(horizon, run_state_node=RUN_CONTROL,
                              wants=lambda name: any(fnmatch.fnmatchcase(name, g) for g in globs))
+        self.track_episodes = episodes
         self.episodes: list[Episode] = []
         self._open: dict[tuple[str, Labels], Episode] = {}
         self.polls = 0
         self.samples = 0
         self.chat = self.engine = self.delivery = None
-        # ``store`` (given): samples are written there too and the alerts live in it, as in
-        # ``farmwatch run``; otherwise the alerting state goes to a temporary store.
+        # ``store`` (given): samples and log records are written there too and the alerts live in
+        # it, as in ``farmwatch run``; otherwise alerts and logs go to a temporary store.
         self.samples_store = store
         self.listeners = list(listeners)
         self._tmp = None
+        if store is None and (chat or logs):
+            self._tmp = tempfile.TemporaryDirectory(prefix="farmwatch-scenario-")
+            store = SQLiteStore(Path(self._tmp.name) / "alerts.db", clock=self.clock)
+        self.store = store
+        self.logs: NodeLogs | None = None
+        self.log_feed: LogFeed | None = None
+        if logs:
+            if logs is True:
+                if self._tmp is None:
+                    self._tmp = tempfile.TemporaryDirectory(prefix="farmwatch-scenario-")
+                logs = Path(self._tmp.name) / "logs"
+            self.logs = NodeLogs(self.units, Path(logs), store, self.clock, rate=log_rate, interval=self.interval,
+                                 seed=seed)
+            self.log_feed = LogFeed(store, horizon)
         if chat:
             self.chat = ChatServer(self.clock).start()
             token, uid = self.chat.personal_token()
-            if store is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="farmwatch-scenario-")
-                store = SQLiteStore(Path(self._tmp.name) / "alerts.db", clock=self.clock)
-            self.store = store
             db = AlertDB(self.store)
             sinks = {"chat": RocketChatREST(self.chat.url, channel="#hlt-alerts", token=token, user_id=uid,
                                             clock=self.clock, timeout=2.0), **(notifiers or {})}
             self.engine = AlertEngine(self.rules, self.window, db, timers=timers, notifiers=list(sinks),
                                       inhibits=file_inhibits([ALERTS]), clock=self.clock)
+            self.engine.log_feed = self.log_feed  # as ``farmwatch run``: the rules read what the store holds
             self.delivery = Delivery(db, sinks, clock=self.clock)
+
+    @property
+    def endpoints(self) -> list[dict[str, str]]:
+        """Every unit's monitor endpoints (unit, app, node, address), as a config lists them."""
+        return [ep for u in self.units for ep in u.endpoints]
+
+    def unit_named(self, name: str) -> SimUnit:
+        return next(u for u in self.units if u.name == name)
+
+    def error_burst(self, node: str, rate: float) -> None:
+        """Fault: ``node``'s log gets ``rate`` ERROR records (tracebacks) per second; 0 ends it."""
+        if self.logs is None:
+            raise RuntimeError("this scenario writes no logs: create it with logs=True")
+        self.logs.error_burst(node, rate)
 
     # ------------------------------------------------------------------ life cycle
     def __enter__(self) -> Scenario:
@@ -232,11 +374,15 @@ class Scenario:
     def close(self) -> None:
         self.hlt.close()
         self.run_state.close()
-        self.unit.stop()
+        for unit in self.units:
+            unit.stop()
+        if self.logs is not None:
+            self.logs.close()
         if self.chat is not None:
             self.chat.stop()
         if self._tmp is not None:
-            self.store.close()
+            if self.samples_store is None:
+                self.store.close()
             self._tmp.cleanup()
 
     def messages(self, since: float = -math.inf) -> list:
@@ -252,7 +398,11 @@ class Scenario:
     def step(self) -> None:
         """One poll cycle at the clock's time, one rule evaluation, then the clock moves on."""
         self.rc.step()
+        if self.logs is not None:
+            self.logs.write(self.interval)  # what the nodes logged since the last poll
         batches = self.run_state.sync() + self.run_state.poll() + self.hlt.poll()
+        if self.logs is not None:
+            self.samples += self.logs.collect()
         self.polls += 1
         self.samples += sum(len(b) for b in batches)
         self.window.ingest(batches)
@@ -281,7 +431,15 @@ class Scenario:
         return self.clock.time() - start
 
     def evaluate(self, now: float) -> None:
-        """Every rule once; open, extend or close episodes (this is where ``for`` is applied)."""
+        """Every rule once; open, extend or close episodes (this is where ``for`` is applied).
+        The engine goes first: it reads the new log records into the window (``log_feed``)."""
+        if self.engine is not None:
+            self.engine.evaluate(now)
+            self.delivery.pump()
+        elif self.log_feed is not None:
+            self.window.ingest_logs(self.log_feed(now))
+        if not self.track_episodes:
+            return
         holding: set[tuple[str, Labels]] = set()
         for rule in self.rules:
             for active in rule.evaluate(self.window, now):
@@ -299,9 +457,6 @@ class Scenario:
                     ep.summary, ep.description = summary, description
         for key in [k for k in self._open if k not in holding]:
             self._open.pop(key).end = now
-        if self.engine is not None:
-            self.engine.evaluate(now)
-            self.delivery.pump()
 
     # ------------------------------------------------------------------ reading
     def fired(self, rule: str | None = None, since: float = -math.inf) -> list[Episode]:
