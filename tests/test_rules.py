@@ -611,3 +611,28 @@ def test_a_failing_python_rule_raises_for_the_engine(tmp_path, monkeypatch, cloc
 def test_active_is_a_value():
     assert Active(L(unit="a"), 1.0) == Active(L(unit="a"), 1.0)
     assert np.isnan(Active((), math.nan).value)
+
+
+def test_log_count_can_count_by_a_label_of_the_record(clock):
+    """`labels.unit` (set by the logfiles source from the file path) becomes the alert label `unit`,
+    so a log alert joins its unit's incident; records without the label count apart."""
+    (rule,) = parse_rules("""
+[[rule]]
+name = "Burst"
+kind = "log_count"
+level = "error"
+by = ["labels.unit", "host"]
+window = "5m"
+op = ">="
+value = 2
+summary = "{host} of {unit}: {count:.0f}"
+""", "test.toml")
+    w = Window()
+    now = clock.time()
+    w.ingest_logs([LogRecord(now - 10, "hltwk01", "basf2", "ERROR", "x", {"labels.unit": "hlt01"}),
+                   LogRecord(now - 9, "hltwk01", "basf2", "ERROR", "y", {"labels.unit": "hlt01"}),
+                   LogRecord(now - 8, "hltwk09", "basf2", "ERROR", "z", {})])
+    (active,) = rule.evaluate(w, now)
+    assert dict(active.labels) == {"host": "hltwk01", "unit": "hlt01"} and active.value == 2
+    with pytest.raises(ConfigError, match="labels.<name>"):
+        parse_rules('[[rule]]\nname = "B"\nkind = "log_count"\nby = ["unit"]\nwindow = "5m"\nsummary = "s"\n', "bad.toml")

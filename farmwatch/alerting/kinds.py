@@ -485,13 +485,18 @@ class Peers(Selector):
         return peer_of, has_entity
 
 
+_RECORD_FIELDS = frozenset({"host", "service", "level"})
+
+
 class LogCount(Spec):
     """``kind = "log_count"``: log records within ``window`` matching a pattern, counted.
 
     - ``pattern``: regular expression searched in the message (``(?i)`` for case-insensitive);
     - ``level``: level or list of levels (``["error", "critical"]``, case-insensitive);
     - ``host``, ``service``: globs on the record's host and service;
-    - ``by``: count per these of ``host``, ``service``, ``level`` (default: one count);
+    - ``by``: count per these of ``host``, ``service``, ``level`` and ``labels.<name>`` (a label the
+      source gave the record, e.g. ``labels.unit`` from the log file's path; the alert label is
+      ``<name>``) (default: one count);
     - ``window``: duration (required); ``op``/``value``: condition on the count (default ``> 0``).
     Labels: the ``by`` fields. Named value: ``{count}``.
     """
@@ -500,7 +505,7 @@ class LogCount(Spec):
     level: tuple[str, ...] = ()
     host: Optional[str] = None
     service: Optional[str] = None
-    by: tuple[Literal["host", "service", "level"], ...] = ()
+    by: tuple[str, ...] = ()
     window: Duration = Field(gt=0)
     op: Op = ">"
     value: float = 0
@@ -521,6 +526,14 @@ class LogCount(Spec):
     @classmethod
     def _levels(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("by")
+    @classmethod
+    def _by(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for f in value:
+            if f not in ("host", "service", "level") and not re.fullmatch(r"labels\.[A-Za-z_][\w.-]*", f):
+                raise ValueError(f"by: {f!r} is not host, service, level or labels.<name>")
+        return value
 
     def model_post_init(self, context: Any) -> None:
         self._regex = re.compile(self.pattern)
@@ -543,11 +556,12 @@ class LogCount(Spec):
                 continue
             if search is not None and not search(record.message):
                 continue
-            found[tuple(getattr(record, f) for f in by)] += 1
+            found[tuple(getattr(record, f) if f in _RECORD_FIELDS else str(record.fields.get(f, "")) for f in by)] += 1
         if not self.by and not found:
             found[()] = 0
         compare = OPS[self.op]
-        return [Active(tuple(sorted(zip(self.by, key))), float(n), {"count": float(n)})
+        names = [f.removeprefix("labels.") for f in self.by]
+        return [Active(tuple(sorted((k, v) for k, v in zip(names, key) if v)), float(n), {"count": float(n)})
                 for key, n in found.items() if compare(n, self.value)]
 
     def lookback(self) -> float:
