@@ -80,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if metrics:
                 metrics.runner, metrics.engine, metrics.delivery = runner, alerting.engine, alerting.delivery
                 metrics.set_stats("elastic", [sink.stats for sink in sinks if hasattr(sink, "stats")])
+                metrics.set_stats("detect", [alerting.scorer.stats] if alerting.scorer is not None else [])
             threads = [
                 threading.Thread(target=alerting.engine.run, args=(signals.wake, settings.alerting.evaluation_interval),
                                  name="alert-rules", daemon=True),
@@ -106,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if new.settings.store.path != settings.store.path:
                 log.warning("reload: a new [store] path needs a restart; keeping %s", settings.store.path)
             settings, (sources, alerting, sinks) = new.settings, new.built
-            names = sorted(set().union(*(r.names() for r in alerting.rules)) | {"daq.run_state", "daq.run_state_since"})
+            names = alerting.names()  # the rules' series and the anomaly families'
             now = time.time()
             alerting.window.load(store, now - alerting.window.horizon, now, names)  # the new rules see the recent past
             log.info("reloaded %s: %d source(s), %d rule(s)", args.config, len(sources), len(alerting.rules))
@@ -134,7 +135,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         metrics = _self_metrics(settings, "watch")
         since = time.time() - alerting.window.horizon
         while True:
-            names = sorted(set().union(*(r.names() for r in alerting.rules)) | {"daq.run_state", "daq.run_state_since"})
+            names = alerting.names()  # the rules' series and the anomaly families'
             window, engine = alerting.window, alerting.engine
             delivery = threading.Thread(target=alerting.delivery.run, args=(signals.wake,), name="alert-delivery", daemon=True)
             delivery.start()
@@ -143,6 +144,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             watchdog = systemd.Watchdog(stale_after=3 * interval + 60)
             if metrics:
                 metrics.engine, metrics.delivery = engine, alerting.delivery
+                metrics.set_stats("detect", [alerting.scorer.stats] if alerting.scorer is not None else [])
             systemd.notify("READY=1", f"STATUS=watching {settings.store.path} with {len(alerting.rules)} rule(s)")
             watchdog.start()
             while not signals.wake.is_set():

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from farmwatch.alerting import muting
 from farmwatch.alerting.dispatch import Dispatcher, Timers
@@ -65,6 +65,9 @@ class AlertEngine:
         self._retired = False
         self.log_feed = None
         """Optional ``f(now) -> new log records`` (``farmwatch.store.logs.LogFeed``) for ``log_count`` rules."""
+        self.before_rules: list[Callable[[float], None]] = []
+        """Called with ``now`` before the rules of each step: derived series the rules read (anomaly scores)."""
+        self._hook_errors: dict[int, str] = {}
 
     def evaluate(self, now: float | None = None) -> StepResult:
         now = self.clock.time() if now is None else now
@@ -76,6 +79,15 @@ class AlertEngine:
                 self.window.ingest_logs(self.log_feed(now))
             except Exception as exc:  # the rules still run, on the log records read so far
                 log.error("reading new log records for the alert rules failed: %s", exc)
+        for i, hook in enumerate(self.before_rules):
+            try:
+                hook(now)
+                self._hook_errors.pop(i, None)
+            except Exception as exc:  # the rules still run, on what the window holds
+                message = f"{type(exc).__name__}: {exc}"
+                if self._hook_errors.get(i) != message:
+                    self._hook_errors[i] = message
+                    log.error("%s before the rules failed: %s", getattr(hook, "__qualname__", hook), message)
         if not self._retired:
             self.tracker.retire([r.name for r in self.rules], now, changes)
             self._retired = True

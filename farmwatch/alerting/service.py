@@ -75,12 +75,14 @@ def inhibit_rules(alerting: AlertingSettings) -> list[InhibitRule]:
     return found
 
 
-def make_window(rules: list, alerting: AlertingSettings):
+def make_window(rules: list, alerting: AlertingSettings, *, extra: set[str] = frozenset(), min_horizon: float = 0.0):
+    """The window of what ``rules`` read; ``extra`` names (globs) and ``min_horizon`` for other
+    readers of the window (the anomaly scorer's family series and windows)."""
     from farmwatch.alerting.window import Window
 
     names = set().union(*(r.names() for r in rules)) if rules else set()
-    names |= {"daq.run_state", "daq.run_state_since"}
-    horizon = max([r.lookback() for r in rules] + [0.0]) + HORIZON_MARGIN
+    names |= {"daq.run_state", "daq.run_state_since"} | set(extra)
+    horizon = max([r.lookback() for r in rules] + [0.0, min_horizon]) + HORIZON_MARGIN
     from fnmatch import fnmatchcase
 
     exact = {n for n in names if not any(c in n for c in "*?[")}
@@ -126,6 +128,13 @@ class Alerting:
     engine: AlertEngine
     delivery: Any
     db: AlertDB
+    scorer: Any = None
+    """``farmwatch.detect.service.Scorer`` when ``[detect]`` has families, else None."""
+
+    def names(self) -> list[str]:
+        """Series names (globs) the window holds: ``watch`` loads these from the store."""
+        names = set().union(*(r.names() for r in self.rules)) | {"daq.run_state", "daq.run_state_since"}
+        return sorted(names | (self.scorer.names() if self.scorer else set()))
 
 
 def build(settings: Settings, store, *, clock: Clock | None = None, notifiers: dict[str, Any] | None = None,
@@ -136,7 +145,13 @@ def build(settings: Settings, store, *, clock: Clock | None = None, notifiers: d
     alerting = settings.alerting
     clock = clock or RealClock()
     rules = load_rule_set(alerting) if alerting.enabled else []
-    window = make_window(rules, alerting)
+    scorer = None
+    if settings.detect is not None and settings.detect.families:  # else nothing is imported or done
+        from farmwatch.detect.service import Scorer
+
+        scorer = Scorer(settings.detect, store)
+    window = make_window(rules, alerting, extra=scorer.names() if scorer else set(),
+                         min_horizon=scorer.horizon() if scorer else 0.0)
     if notifiers is None:
         problems: list[str] = []
         notifiers = {}
@@ -157,6 +172,11 @@ def build(settings: Settings, store, *, clock: Clock | None = None, notifiers: d
 
     if wants_logs(rules) and hasattr(store, "transaction"):
         engine.log_feed = LogFeed(store, window.horizon)  # run and watch alike: what the store holds
+    # `run` feeds the window from the runner and nothing else forgot old samples: keep it to its horizon.
+    engine.before_rules.append(window.prune)
+    if scorer:
+        scorer.window = window
+        engine.before_rules.append(scorer.step)  # the scores of this step are what the rules read
     max_chars = min([c.max_chars for c in alerting.notify.values()] + [5000])
     delivery = Delivery(db, notifiers, clock=clock, link_template=alerting.link, max_chars=max_chars)
-    return Alerting(rules, window, engine, delivery, db)
+    return Alerting(rules, window, engine, delivery, db, scorer)

@@ -96,7 +96,9 @@ def entity_frames(store: Any, fam: FamilySettings, since: float | None, until: f
         keys = df["labels"].map(lambda lbls: ",".join(f"{k}={lbls.get(k, '')}" for k in fam.entity))
         for (entity, name), rows in df.groupby([keys, df["name"]], sort=True):
             s = pd.Series(rows["value"].to_numpy(dtype=np.float64), index=pd.DatetimeIndex(rows["ts"]))
-            parts.setdefault(entity, {})[metric_name(name)] = s.groupby(level=0).last()
+            # Several series of one entity and metric (a node's worker processes): their mean per
+            # timestamp, not whichever series happens to come last.
+            parts.setdefault(entity, {})[metric_name(name)] = s.groupby(level=0).mean()
     return {entity: pd.DataFrame(cols).sort_index() for entity, cols in parts.items()}
 
 
