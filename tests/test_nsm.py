@@ -314,16 +314,16 @@ def test_discovery_with_nsmvlistget(standin, tools):
     assert c.up[("HLT02", "*")] == 1.0 and c.of(node="HLT02", var="nworkers") == [3.0]
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_cycle_deadline_bounds_a_slow_nsm_host(standin, tools, caplog):
-    """A slow NSM host (every call takes 1 s) and 12 variables with concurrency 2 would take ~6 s;
-    the cycle ends at cycle_timeout (2.5 s) instead: what was read is stored, the calls running at the
+    """A slow NSM host (every call takes 2 s) and 8 variables with concurrency 2 would take ~8 s;
+    the cycle ends at cycle_timeout (5 s) instead: what was read is stored, the calls running at the
     deadline are killed, the rest is never started; those variables are up = 0 and counted in
-    nsm.late, and one line is logged when this starts and one when it ends. (Two rounds of calls fit
-    in the deadline even when a loaded host needs a second to start the stand-in's Python.)"""
+    nsm.late, and one line is logged when this starts and one when it ends. (Generous times: a
+    loaded CI host may need most of a second to start the stand-in's Python.)"""
     caplog.set_level(logging.INFO, logger="farmwatch.sources.nsm")
-    standin.write(delay=1.0, nodes={"HLT01": {f"v{j}": j for j in range(12)}})
-    src = tools([{"node": "HLT01", "var": "v{0..11}"}], concurrency=2, interval="5s", timeout="3s", cycle_timeout="2.5s")
+    standin.write(delay=2.0, nodes={"HLT01": {f"v{j}": j for j in range(8)}})
+    src = tools([{"node": "HLT01", "var": "v{0..7}"}], concurrency=2, interval="10s", timeout="4s", cycle_timeout="5s")
     c = Collected()
     late_expected = 0
     for _ in range(2):
@@ -331,19 +331,19 @@ def test_cycle_deadline_bounds_a_slow_nsm_host(standin, tools, caplog):
         batches = src.poll()
         took = time.monotonic() - start
         c.add(batches)
-        assert took < 2.5 + 0.5, took  # the deadline, plus killing and reaping
+        assert took < 5 + 0.5, took  # the deadline, plus killing and reaping
         read = [v for (node, v), up in c.up.items() if up == 1.0]
-        assert 1 <= len(read) <= 4, c.up  # two at a time, 1 s each plus the start-up
-        late_expected += 12 - len(read)
+        assert 1 <= len(read) <= 4, c.up  # two at a time, 2 s each plus the start-up
+        late_expected += 8 - len(read)
         assert [v for b in batches for k, v in zip(b.keys, b.values) if k[0] == "nsm.late"] == [late_expected]
-    assert all(c.of(node="HLT01", var=v) for v in read) and len(c.up) == 12
+    assert all(c.of(node="HLT01", var=v) for v in read) and len(c.up) == 8
     assert not [line for line in os.popen("ps -eo args").read().splitlines() if "nsm_standin" in line]  # groups killed
     started = {x[2] for x in standin.calls()}
-    assert len(started) < 12  # variables after the deadline were never started
+    assert len(started) < 8  # variables after the deadline were never started
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "not done by the cycle deadline (2.5s)" in warnings[0], warnings  # once, not per cycle
+    assert len(warnings) == 1 and "not done by the cycle deadline (5s)" in warnings[0], warnings  # once, not per cycle
     standin.write(delay=0)
-    for _ in range(5):  # 12 fast calls, two at a time, fit in the deadline (a loaded host may need a retry)
+    for _ in range(3):  # 8 fast calls, two at a time, fit in the deadline (a very loaded host may need a retry)
         c.add(src.poll())
         if set(c.up.values()) == {1.0}:
             break
