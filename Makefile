@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_nsmvget.py --cycles 2
 	$(PY) benchmarks/bench_rules.py
 	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_detect_quality.py --quick   # -> detect_quality_quick.json; the README table is a full run (4-9 min)
 	$(PY) benchmarks/bench_detect_scoring.py   # anomaly scoring step for the farm, RSS with 50,000 series, stream_scores
 	$(PY) benchmarks/bench_zabbix.py   # a real Zabbix (scripts/zabbix_testenv.py, as root) or FARMWATCH_TEST_ZABBIX_URL
 	$(PY) benchmarks/bench_logs.py --size 1GB

@@ -127,6 +127,14 @@ def build_reply(app: App, now: float, mode: str = "normal", size: int = 0) -> by
 # -------------------------------------------------------------------------------- server
 
 
+class Schedule(Protocol):
+    """Something that changes a unit over time (a slow fault, the load): ``apply(unit, t)`` runs
+    at the start of every traffic step, inside the step, so it may only set state directly
+    (``SimUnit.set_speed``, ``SimUnit.input_rate``), never call methods that advance the traffic."""
+
+    def apply(self, unit: SimUnit, t: float) -> None: ...
+
+
 class _Owner(Protocol):
     def answer(self, key: str, mode: str, size: int) -> bytes | None: ...
     def signal(self, key: str, mtype: bytes) -> None: ...
@@ -435,6 +443,7 @@ class SimUnit:
         self._op_id = f"{out_host}_{self._rng.randrange(2_000, 60_000)}"
         self._op_inbox = 0
         self._op_signals: list[bytes] = []
+        self._schedules: list[Schedule] = []
 
         self._apps: dict[str, App] = {}
         self._endpoints: dict[str, Endpoint] = {}
@@ -539,6 +548,23 @@ class SimUnit:
         with self._at_now():
             for w in self._workers[node]:
                 w.rate = self._full_rate[w.identity] * factor
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        """Let ``schedule`` change the unit at every traffic step from now on (time-varying faults
+        and load, see ``farmwatch.sim.faults``): a fault that develops over 20 minutes develops
+        in 1-second steps however rarely the unit is polled."""
+        with self._at_now():
+            self._schedules.append(schedule)
+
+    def set_speed(self, node: str, factor: float) -> None:
+        """Set the worker processes of ``node`` to ``factor`` of their normal processing speed
+        without advancing the traffic first (for schedules, which run inside a traffic step;
+        from outside use ``slow_node``). ``factor = 0``: they hang, holding their events."""
+        if not factor >= 0:
+            raise ValueError(f"set_speed factor must be >= 0, not {factor!r}")
+        self._key(PROXY, node)  # checks the node
+        for w in self._workers[node]:
+            w.rate = self._full_rate[w.identity] * factor
 
     def stall_output(self, on: bool = True) -> None:
         """The basf2 output process between collector and final collector hangs: it takes no more
@@ -737,6 +763,8 @@ class SimUnit:
         worth of fresh events is in flight, as with events that are still being processed.
         """
         dt = t1 - t0
+        for schedule in self._schedules:
+            schedule.apply(self, t0)
         apps = self._apps
         col = apps["collector"]
         self._route("finalcollector", apps["finalcollector"].pump())
