@@ -22,6 +22,12 @@ else the shared machine runs), median over ``--runs``:
 
 Writes ``benchmarks/results/logs.json`` and prints a table. The log file goes to ``--dir``
 (default ``benchmarks/results``: the project's disk) and is deleted afterwards.
+
+CPU seconds on a shared machine move by tens of percent between runs; to compare two versions of
+the code, count instructions instead (deterministic): run the farmwatch phase on the first 5,000
+and the first 10,000 lines of the generated file under ``valgrind --tool=cachegrind
+--cache-sim=no`` (``OPENBLAS_NUM_THREADS=1``: numpy's idle threads add noise) and divide the
+difference of the two ``I refs`` by 5,000 (README, Performance, gives the numbers).
 """
 
 from __future__ import annotations

@@ -35,7 +35,10 @@ class Parsed(NamedTuple):
     host: str | None
 
 
-_parsed = tuple.__new__  # Parsed(...) without the NamedTuple's Python-level __new__ (hot path)
+Result = tuple[float | None, str, str, "dict[str, Any] | None", "str | None"]
+"""What the format parsers return: a ``Parsed``'s values as a plain tuple."""
+
+_parsed = tuple.__new__  # Parsed(...) without the NamedTuple's Python-level __new__
 
 _LEVELS = {
     "debug": "debug", "trace": "debug", "info": "info", "information": "info", "notice": "notice",
@@ -57,6 +60,9 @@ _BASF2 = re.compile(
     r"\[(?:B2)?(DEBUG|INFO|RESULT|WARNING|WARN|ERROR|FATAL)(?::(\d+))?\] ?"
     r"(?:\((-?\d+)\) )?"
 )
+# The usual line, "<header> message  { module: M }", in one match: the header atomic, so with the
+# same choices as _BASF2.match; other lines take _BASF2 and _basf2_location (same result, slower).
+_BASF2_MODULE = re.compile(r"(?>" + _BASF2.pattern + r")(.*)  \{ module: (\S+) \}\s*\Z")
 _LOCATION = re.compile(r"(?:module: (\S+))?\s*(?:package: (\S+))?\s*(?:function: (.+?))?\s*(?:@(\S+?):(\d+))?$")
 # "2026-11-30 14:00:01,123 ERROR name: message" (Python logging and most C++ loggers)
 _TS_LEVEL = re.compile(r"\[?" + _ISO + r"\]?\s+\[?([A-Za-z]{4,11})\]?:?\s+(.*)$")
@@ -82,6 +88,8 @@ _JSON_ROLES = {key: role for role, keys in enumerate((_JSON_TIME, _JSON_LEVEL, _
                                                       ("process.pid", "pid"))) for key in keys}
 _ECS_PREFIXES = ("labels.", "log.", "process.", "event.", "error.", "trace.")
 _SD_ESCAPE = re.compile(r"\\([\"\\\]])")
+_FRACTIONS: dict[str, float] = {}  # "250" → 0.25: fractions of a second as written, shared by all parsers
+_LABEL_NAMES: dict[str, str] = {}  # JSON key → field name ("worker" → "labels.worker")
 
 
 def level_name(text: str) -> str:
@@ -95,6 +103,9 @@ class LineParser:
 
     ``year_of`` gives the year for RFC 3164 times, which have none: the caller's clock year, or
     the year before when that would put the line more than a day into the future.
+
+    ``parse`` gives a ``Parsed``; the log-file source's loop calls ``first.get(line[:1], other)``
+    itself and takes the plain tuple (the same five values: a named tuple costs a call per line).
     """
 
     def __init__(self, fmt: str = "auto", tz: tzinfo | None = None, now: Callable[[], float] | None = None) -> None:
@@ -105,10 +116,24 @@ class LineParser:
         self._now = now
         self._seconds: dict[tuple[str, str | None], float] = {}
         self._bsd: dict[str, float] = {}
-        self.parse: Callable[[str], Parsed] = {
-            "auto": self._auto, "basf2": self._basf2_or_raw, "syslog": self._syslog_or_raw,
-            "json": self._json, "raw": _raw,
-        }[fmt]
+        self._stamp: str | None = None  # the last second parsed, and its epoch: consecutive lines share it
+        self._zone: str | None = None
+        self._base = 0.0
+        self.first: dict[str, Callable[[str], Result]]
+        """Parser by the line's first character (``auto``); any other line goes to ``other``."""
+        self.other: Callable[[str], Result]
+        if fmt == "auto":
+            self.first = {"[": self._bracketed, "{": self._json, "<": self._syslog_or_raw, "\x1b": self._coloured,
+                          **dict.fromkeys("0123456789", self._numeric),
+                          **dict.fromkeys({m[0] for m in _MONTHS}, self._month)}
+            self.other = _raw
+        else:
+            self.first = {}
+            self.other = {"basf2": self._basf2_or_raw, "syslog": self._syslog_or_raw, "json": self._json, "raw": _raw}[fmt]
+
+    def parse(self, line: str) -> Parsed:
+        """``line`` (without its newline) as a ``Parsed``."""
+        return _parsed(Parsed, self.first.get(line[:1], self.other)(line))
 
     # -- record boundaries ------------------------------------------------------------------------
     def starts_record(self, line: str) -> bool:
@@ -127,30 +152,31 @@ class LineParser:
             return not line.startswith("Traceback (most recent call last)") and not line.startswith("The above exception")
         return not (c == "D" and line.startswith("During handling of the above exception"))
 
-    # -- dispatch ---------------------------------------------------------------------------------
-    def _auto(self, line: str) -> Parsed:
-        c = line[:1]
-        if c == "[":
-            return self._basf2(line) or self._ts_level(line) or _raw(line)
-        if c == "{":
-            return self._json(line)
-        if c == "<":
-            return self._syslog(line) or _raw(line)
-        if "0" <= c <= "9":
-            return self._basf2(line) or self._ts_level(line) or self._iso_syslog(line) or _raw(line)
-        if "A" <= c <= "Z" and line[:3] in _MONTHS:
+    # -- dispatch (auto) --------------------------------------------------------------------------
+    def _bracketed(self, line: str) -> Result:
+        return self._basf2(line) or self._ts_level(line) or _raw(line)
+
+    def _numeric(self, line: str) -> Result:
+        return self._basf2(line) or self._ts_level(line) or self._iso_syslog(line) or _raw(line)
+
+    def _month(self, line: str) -> Result:
+        if line[:3] in _MONTHS:
             return self._bsd_syslog(line) or _raw(line)
-        if c == "\x1b":
-            return self._auto(_ANSI.sub("", line))
         return _raw(line)
 
-    def _basf2_or_raw(self, line: str) -> Parsed:
+    def _coloured(self, line: str) -> Result:
+        clean = _ANSI.sub("", line)
+        if clean == line:  # an escape that is no colour code: nothing to take off
+            return _raw(line)
+        return self.first.get(clean[:1], self.other)(clean)
+
+    def _basf2_or_raw(self, line: str) -> Result:
         return self._basf2(_ANSI.sub("", line) if "\x1b" in line else line) or _raw(line)
 
-    def _syslog_or_raw(self, line: str) -> Parsed:
+    def _syslog_or_raw(self, line: str) -> Result:
         return self._syslog(line) or _raw(line)
 
-    def _syslog(self, line: str) -> Parsed | None:
+    def _syslog(self, line: str) -> Result | None:
         if line.startswith("<") and ">1 " in line[:8]:
             return self._rfc5424(line)
         if line[:1].isdigit():
@@ -158,46 +184,41 @@ class LineParser:
         return self._bsd_syslog(line)
 
     # -- formats ----------------------------------------------------------------------------------
-    def _basf2(self, line: str) -> Parsed | None:
-        m = _BASF2.match(line)
-        if m is None:
-            return None
-        stamp, frac, zone, uptime, level, debug, proc = m.groups()
-        ts = self._iso_time(stamp, frac, zone) if stamp else None
-        message = line[m.end():].rstrip()
-        fields: dict[str, Any] = {}
-        location = None
-        if message.endswith(" }"):
-            cut = message.rfind("  { ")
-            if cut >= 0:
-                location = message[cut + 4:-2]
-                message = message[:cut]
-        if location is not None and location.startswith("module: ") and " " not in location[8:]:
-            fields["log.logger"] = location[8:]  # the usual case, without the regex
-        elif location:
-            loc = _LOCATION.match(location)
-            if loc is not None:
-                module, package, function, file, lineno = loc.groups()
-                if module:
-                    fields["log.logger"] = module
-                if package:
-                    fields["labels.basf2_package"] = package
-                if function:
-                    fields["log.origin.function"] = function
-                if file:
-                    fields["log.origin.file.name"] = file
-                    fields["log.origin.file.line"] = int(lineno)
+    def _basf2(self, line: str) -> Result | None:
+        m = _BASF2_MODULE.match(line) if line[-1:] == "}" else None
+        if m is not None:
+            stamp, frac, zone, uptime, level, debug, proc, message, logger = m.groups()
+            fields: dict[str, Any] | None = {"log.logger": logger}
+        else:
+            m = _BASF2.match(line)
+            if m is None:
+                return None
+            stamp, frac, zone, uptime, level, debug, proc = m.groups()
+            message, fields = _basf2_location(line[m.end():].rstrip())
+        if stamp is None:
+            ts = None
+        else:  # _iso_time, inlined: this is most lines of an HLT log
+            if stamp == self._stamp and zone == self._zone:
+                ts = self._base
             else:
-                message = f"{message}  {{ {location} }}"
-        if debug:
-            fields["labels.debug_level"] = debug
-        if proc:
-            fields["labels.basf2_process"] = proc
-        if uptime:
-            fields["labels.basf2_uptime"] = uptime
-        return _parsed(Parsed, (ts, _BASF2_LEVELS[level], message, fields or None, None))
+                ts = self._second(stamp, zone)
+                if ts is None:
+                    return None
+            if frac:
+                fraction = _FRACTIONS.get(frac)
+                ts += _fraction(frac) if fraction is None else fraction
+        if debug or proc or uptime:
+            if fields is None:
+                fields = {}
+            if debug:
+                fields["labels.debug_level"] = debug
+            if proc:
+                fields["labels.basf2_process"] = proc
+            if uptime:
+                fields["labels.basf2_uptime"] = uptime
+        return ts, _BASF2_LEVELS[level], message, fields, None
 
-    def _ts_level(self, line: str) -> Parsed | None:
+    def _ts_level(self, line: str) -> Result | None:
         m = _TS_LEVEL.match(line)
         if m is None:
             return None
@@ -205,9 +226,12 @@ class LineParser:
         norm = _LEVELS.get(level.lower())
         if norm is None:
             return None
-        return _parsed(Parsed, (self._iso_time(stamp, frac, zone), norm, message, None, None))
+        ts = self._iso_time(stamp, frac, zone)
+        if ts is None:
+            return None
+        return ts, norm, message, None, None
 
-    def _rfc5424(self, line: str) -> Parsed | None:
+    def _rfc5424(self, line: str) -> Result | None:
         m = _RFC5424.match(line)
         if m is None:
             return None
@@ -234,10 +258,13 @@ class LineParser:
             tm = _ISO_RE.fullmatch(stamp)
             if tm is not None:
                 ts = self._iso_time(*tm.groups())
-        message = (message or "").removeprefix("\ufeff")
-        return _parsed(Parsed, (ts, _SYSLOG_SEVERITY[severity], message, fields, None if host == "-" else host))
+        if message is None:
+            message = ""
+        elif message[:1] == "\ufeff":
+            message = message[1:]
+        return ts, _SYSLOG_SEVERITY[severity], message, fields, None if host == "-" else host
 
-    def _bsd_syslog(self, line: str) -> Parsed | None:
+    def _bsd_syslog(self, line: str) -> Result | None:
         m = _RFC3164.match(line)
         if m is None:
             return None
@@ -251,26 +278,29 @@ class LineParser:
             fields["log.syslog.facility.code"] = facility
             fields["log.syslog.severity.code"] = severity
             level = _SYSLOG_SEVERITY[severity]
-        return _parsed(Parsed, (self._bsd_time(month, day, clock), level, message, fields, host))
+        return self._bsd_time(month, day, clock), level, message, fields, host
 
-    def _iso_syslog(self, line: str) -> Parsed | None:
+    def _iso_syslog(self, line: str) -> Result | None:
         m = _ISO_SYSLOG.match(line)
         if m is None:
             return None
         stamp, frac, zone, host, tag, pid, message = m.groups()
+        ts = self._iso_time(stamp, frac, zone)
+        if ts is None:
+            return None
         fields: dict[str, Any] = {"process.name": tag}
         if pid:
             fields["process.pid"] = int(pid)
-        return _parsed(Parsed, (self._iso_time(stamp, frac, zone), "", message, fields, host))
+        return ts, "", message, fields, host
 
-    def _json(self, line: str) -> Parsed:
+    def _json(self, line: str) -> Result:
         try:
             doc = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            return _parsed(Parsed, (None, "", line, {"error.message": f"not valid JSON: {exc}"}, None))
-        if not isinstance(doc, dict):
-            return _parsed(Parsed, (None, "", line, {"error.message": f"a JSON {type(doc).__name__}, not an object"}, None))
-        if any(type(v) is dict for v in doc.values()):
+            return None, "", line, {"error.message": f"not valid JSON: {exc}"}, None
+        if type(doc) is not dict:
+            return None, "", line, {"error.message": f"a JSON {type(doc).__name__}, not an object"}, None
+        if dict in map(type, doc.values()):
             doc = _flatten(doc)
         ts = None
         level = ""
@@ -287,7 +317,7 @@ class LineParser:
                             continue
                 elif role == 1:
                     if not level and isinstance(value, str):
-                        level = level_name(value)
+                        level = _LEVELS.get(value) or level_name(value)
                         continue
                 elif role == 2:
                     if message is None and value is not None:
@@ -304,34 +334,57 @@ class LineParser:
                 elif type(value) is int and "process.pid" not in fields:
                     fields["process.pid"] = value
                     continue
-            name = key if key.startswith(_ECS_PREFIXES) else "labels." + key
+            name = _LABEL_NAMES.get(key)
+            if name is None:
+                name = key if key.startswith(_ECS_PREFIXES) else "labels." + key
+                if len(_LABEL_NAMES) < 4096:
+                    _LABEL_NAMES[key] = name
             fields[name] = value if value is None or isinstance(value, (str, int, float, bool)) else orjson.dumps(value).decode()
         if message is None:
             message = line
-        return _parsed(Parsed, (ts, level, message, fields or None, host))
+        return ts, level, message, fields or None, host
 
     # -- time -------------------------------------------------------------------------------------
-    def _iso_time(self, stamp: str, frac: str | None, zone: str | None) -> float:
-        """Epoch seconds of an ISO-like time; the whole seconds are cached per (text, zone)."""
+    def _iso_time(self, stamp: str, frac: str | None, zone: str | None) -> float | None:
+        """Epoch seconds of an ISO-like time (None: no such date); whole seconds are cached per (text, zone)."""
+        if stamp == self._stamp and zone == self._zone:
+            base = self._base
+        else:
+            base = self._second(stamp, zone)
+            if base is None:
+                return None
+        if frac:
+            fraction = _FRACTIONS.get(frac)
+            return base + (_fraction(frac) if fraction is None else fraction)
+        return base
+
+    def _second(self, stamp: str, zone: str | None) -> float | None:
+        """Epoch seconds of ``YYYY-MM-DD?HH:MM:SS`` in ``zone``, remembered as the last second parsed.
+
+        None when the digits are no time (month 13, hour 24, offset +25:00): such a line is not
+        taken for a timestamped line of that format (and ends up kept whole, as raw).
+        """
         key = (stamp, zone)
         base = self._seconds.get(key)
         if base is None:
-            dt = datetime(int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10]),
-                          int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19]))
-            if zone is None:
-                dt = dt.replace(tzinfo=self.tz) if self.tz is not None else dt.astimezone()
-            elif zone == "Z":
-                dt = dt.replace(tzinfo=timezone.utc)
-            else:
-                sign = -1 if zone[0] == "-" else 1
-                minutes = int(zone[1:3]) * 60 + int(zone[-2:])
-                dt = dt.replace(tzinfo=timezone(sign * timedelta(minutes=minutes)))
-            base = dt.timestamp()
+            try:
+                dt = datetime(int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10]),
+                              int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19]))
+                if zone is None:
+                    dt = dt.replace(tzinfo=self.tz) if self.tz is not None else dt.astimezone()
+                elif zone == "Z":
+                    dt = dt.replace(tzinfo=timezone.utc)
+                else:
+                    sign = -1 if zone[0] == "-" else 1
+                    minutes = int(zone[1:3]) * 60 + int(zone[-2:])
+                    dt = dt.replace(tzinfo=timezone(sign * timedelta(minutes=minutes)))
+                base = dt.timestamp()
+            except (ValueError, OverflowError):
+                return None
             if len(self._seconds) > 65536:
                 self._seconds.clear()
             self._seconds[key] = base
-        if frac:
-            return base + int(frac) / _SCALE[len(frac)]
+        self._stamp, self._zone, self._base = stamp, zone, base
         return base
 
     def _bsd_time(self, month: str, day: str, clock: str) -> float | None:
@@ -370,8 +423,49 @@ class LineParser:
         return None
 
 
-def _raw(line: str) -> Parsed:
-    return _parsed(Parsed, (None, "", line, None, None))
+def _raw(line: str) -> Result:
+    return None, "", line, None, None
+
+
+def _fraction(digits: str) -> float:
+    value = int(digits) / _SCALE[len(digits)]
+    if len(_FRACTIONS) >= 65536:
+        _FRACTIONS.clear()
+    _FRACTIONS[digits] = value
+    return value
+
+
+def _basf2_location(message: str) -> tuple[str, dict[str, Any] | None]:
+    """``message  { module: M package: P function: F @file:line }`` → (message, fields)."""
+    if message.endswith(" }"):
+        cut = message.rfind("  { ")
+        if cut >= 0:
+            location = message[cut + 4:-2]
+            message = message[:cut]
+            if location.startswith("module: ") and " " not in location[8:]:
+                return message, {"log.logger": location[8:]}
+            if location:
+                loc = _LOCATION.match(location)
+                if loc is not None:
+                    return message, _location(loc)
+                return f"{message}  {{ {location} }}", None
+    return message, None
+
+
+def _location(loc: re.Match[str]) -> dict[str, Any] | None:
+    """Fields of a basf2 location other than a lone module (``module: M package: P function: F @file:line``)."""
+    module, package, function, file, lineno = loc.groups()
+    fields: dict[str, Any] = {}
+    if module:
+        fields["log.logger"] = module
+    if package:
+        fields["labels.basf2_package"] = package
+    if function:
+        fields["log.origin.function"] = function
+    if file:
+        fields["log.origin.file.name"] = file
+        fields["log.origin.file.line"] = int(lineno)
+    return fields or None
 
 
 def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:

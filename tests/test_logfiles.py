@@ -338,6 +338,21 @@ def test_unknown_lines_stay_one_record_each_and_bad_bytes_are_replaced(env):
     src.close()
 
 
+def test_a_line_with_an_impossible_time_does_not_stop_the_file(env):
+    """Hour 24 or 30 February is no time: the line is kept as it is, and the lines after it ship
+    (once such a line raised from poll(), and the same bytes were re-read every cycle)."""
+    tmp, clock, store, writer = env
+    src = source([str(tmp / "app.log")], clock)
+    runner = Runner([src], store, clock=clock)
+    with open(tmp / "app.log", "a") as f:
+        f.write("2026-11-30 24:00:01 [INFO] impossible hour\n2026-02-30 10:00:00 [INFO] impossible day\n[ERROR] after them\n")
+    settle(runner, clock)
+    messages = sorted(r.message for r in stored(store))
+    assert len(messages) == 3 and "after them" in messages[0] + messages[1] + messages[2]
+    assert any("impossible hour" in m for m in messages) and any("impossible day" in m for m in messages)
+    src.close()
+
+
 def test_bounded_reads_work_off_a_backlog_over_several_cycles(env):
     tmp, clock, store, writer = env
     writer.write(400)

@@ -116,10 +116,17 @@ def test_malformed_json_is_kept_raw_with_the_reason(line):
 @pytest.mark.parametrize("line", [
     "plain text without anything", "[notalevel] hello", "2026-13-45 99:99:99 garbage",
     "Nov 99 xx:yy:zz nothing", "<999>broken", "\x00\x01 binary", "Traceback (most recent call last):",
+    "2026-11-30 24:00:01 [INFO] x", "2026-02-30 10:00:00 [INFO] x",  # not real times (once a ValueError from poll)
 ])
 def test_unknown_lines_are_kept_whole(parse, line):
     p = parse(line)
     assert p.message == line.replace("\x1b", "") and p.level == "" and p.ts is None
+
+
+def test_an_escape_that_is_no_colour_code_is_kept_raw(parse):
+    """Once a RecursionError in auto mode."""
+    p = parse("\x1bX hi")
+    assert p.message == "\x1bX hi" and p.level == "" and p.ts is None
 
 
 def test_fixed_formats_fall_back_to_raw():

@@ -445,8 +445,8 @@ class LogFilesSource(Source):
         self._now = self.clock.time()
         final = self._deleted(f)  # nobody can write to it any more: nothing to wait for
         quiet = now - f.last_growth
-        lines = data.split(b"\n")
-        tail = lines.pop()  # after the last newline: a partial line (or b"")
+        last = data.rfind(b"\n")
+        tail = data[last + 1:]  # after the last newline: a partial line (or b"")
         n_before = len(out)
         # The records built here all stay alive until they are stored and cannot form reference
         # cycles; the cyclic GC would traverse the growing batch again and again while it is
@@ -455,7 +455,7 @@ class LogFilesSource(Source):
         if collecting:
             gc.disable()
         try:
-            pending = self._assemble(f, lines, start, out)
+            pending = self._assemble(f, data, start, out) if last >= 0 else None
         finally:
             if collecting:
                 gc.enable()
@@ -492,18 +492,34 @@ class LogFilesSource(Source):
         except OSError:
             return True
 
-    def _assemble(self, f: _File, lines: list[bytes], pos: int, out: list[LogRecord]) -> _Pending | None:
-        """Complete lines into records (the hot loop: ``_line`` inlined, attributes in locals)."""
-        limit, max_more = self._limit, self._max_more
-        parse, starts_record, emit = self.parser.parse, self.parser.starts_record, self._emit
+    def _assemble(self, f: _File, data: bytes, pos: int, out: list[LogRecord]) -> _Pending | None:
+        """The complete lines of ``data`` (what precedes its last newline) into records.
+
+        The hot loop of log shipping: a chunk of ASCII text (the usual log) is decoded and split
+        in one go (character and byte offsets are then the same), the parser is picked by the
+        line's first character, a record of one line (most of them) is built right here rather
+        than in ``_emit``, and everything the loop reads is in a local.
+        """
+        limit, max_more, keep = self._limit, self._max_more, self._keep
+        if data.isascii():
+            lines = data.decode("ascii").split("\n")
+            sizes = map(len, lines)
+        else:  # byte offsets from the undecoded lines; over-long lines cut before decoding
+            raw_lines = data.split(b"\n")
+            sizes = map(len, raw_lines)
+            lines = [(raw if len(raw) <= limit else raw[:limit]).decode("utf-8", "replace") for raw in raw_lines]
+        lines.pop()  # after the last newline: the tail, not a line yet
+        cr = b"\r" in data
+        first, other, starts_record = self.parser.first, self.parser.other, self.parser.starts_record
+        emit, append, record = self._emit, out.append, _record
+        path, key, base, host, service, now = f.path, f.key, f.base or _NO_FIELDS, f.host, f.service, self._now
         pending: _Pending | None = None
-        for raw in lines:
-            end = pos + len(raw) + 1
-            if len(raw) > limit:
+        for text, n in zip(lines, sizes):
+            end = pos + n + 1
+            if n > limit:
                 self.stats.long_lines += 1
-                raw = raw[:limit]
-            text = raw.decode("utf-8", "replace")
-            if text[-1:] == "\r":
+                text = text[:limit]
+            if cr and text[-1:] == "\r":
                 text = text[:-1]
             c = text[:1]
             if pending is not None:
@@ -522,12 +538,20 @@ class LogFilesSource(Source):
                             pending[4] = True
                         pos = end
                         continue
-                emit(f, pending, out)
+                if pending[5] is None:  # _emit of a one-line record
+                    ts, level, message, extra, line_host = pending[3]
+                    fields = {"log.file.path": path, "log.offset": pending[0], "log.file.fingerprint": key,
+                              **base, **(extra or _NO_FIELDS)}
+                    if keep:
+                        fields["event.original"] = pending[1]
+                    append(record(now if ts is None else ts, line_host or host, service, level, message, fields))
+                else:
+                    emit(f, pending, out)
                 pending = None
-            if not c or text.isspace():
+            if not c or (c in _SPACES and text.isspace()):
                 pos = end
                 continue
-            parsed = parse(text)
+            parsed = first.get(c, other)(text)
             traceback = c == "T" and text.startswith(_TRACEBACK)
             pending = [pos, text, traceback or parsed[1] != "" or parsed[0] is not None, parsed, traceback, None, end]
             pos = end
@@ -556,9 +580,9 @@ class LogFilesSource(Source):
         return new
 
     def _start(self, f: _File, text: str, pos: int) -> _Pending:
-        parsed = self.parser.parse(text)
+        parsed = self.parser.first.get(text[:1], self.parser.other)(text)
         traceback = text.startswith(_TRACEBACK)
-        return [pos, text, bool(parsed.level) or parsed.ts is not None or traceback, parsed, traceback, None, 0]
+        return [pos, text, parsed[1] != "" or parsed[0] is not None or traceback, parsed, traceback, None, 0]
 
     def _emit(self, f: _File, p: _Pending, out: list[LogRecord]) -> None:
         ts, level, message, extra, host = p[3]
@@ -603,27 +627,39 @@ class LogFilesSource(Source):
             self._files.clear()
 
 
-def _record_factory() -> Any:
-    """``LogRecord(...)`` without the frozen dataclass ``__init__`` (one ``object.__setattr__``
-    per field): the slots' descriptors set directly, 2-3x faster, the same object."""
-    new = object.__new__
-    setters = [getattr(LogRecord, name).__set__ for name in ("ts", "host", "service", "level", "message", "fields")]
-    set_ts, set_host, set_service, set_level, set_message, set_fields = setters
+class _Draft:
+    """A LogRecord under construction: the same slots, but writable.
 
-    def make(ts: float, host: str, service: str, level: str, message: str, fields: dict[str, Any]) -> LogRecord:
-        r = new(LogRecord)
-        set_ts(r, ts)
-        set_host(r, host)
-        set_service(r, service)
-        set_level(r, level)
-        set_message(r, message)
-        set_fields(r, fields)
-        return r
+    ``LogRecord(...)`` (a frozen dataclass) sets each field through ``object.__setattr__``; a
+    draft's fields are plain slot stores, and assigning ``__class__`` (allowed between classes of
+    the same layout) then makes it the LogRecord it would have been: the same type, fields,
+    equality and hash. Measured (valgrind, instructions per record): ``LogRecord(...)`` 11.6 k,
+    the slot descriptors' ``__set__`` one by one 6.4 k, this 2.8 k.
+    """
 
-    return make
+    __slots__ = LogRecord.__slots__
 
 
-_record = _record_factory()
+def _record(ts: float, host: str, service: str, level: str, message: str, fields: dict[str, Any]) -> LogRecord:
+    r = _new(_Draft)
+    r.ts = ts
+    r.host = host
+    r.service = service
+    r.level = level
+    r.message = message
+    r.fields = fields
+    r.__class__ = LogRecord  # type: ignore[assignment]
+    return r  # type: ignore[return-value]
+
+
+_new = object.__new__
+if _record(1.0, "h", "s", "info", "m", {}) != LogRecord(1.0, "h", "s", "info", "m", {}):
+    raise ImportError("farmwatch.sources.logfiles: _record no longer builds a LogRecord equal to LogRecord(...); "
+                      "update it to LogRecord's fields")
+_NO_FIELDS: dict[str, Any] = {}
+_SPACES = frozenset("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+"""Every character for which ``str.isspace()`` holds: only a line starting with one can be blank."""
 _TRACEBACK = "Traceback (most recent call last)"
 
 
