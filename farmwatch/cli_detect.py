@@ -63,6 +63,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.config}: detect.families: no family {', '.join(unknown) or '(none configured)'} (have: {have})",
               file=sys.stderr)
         return EXIT_CONFIG
+    compute = None
+    if args.dask_scheduler:
+        from farmwatch.detect.dask import dask_compute
+
+        try:
+            compute = dask_compute(args.dask_scheduler)
+        except RuntimeError as exc:
+            print(f"farmwatch train: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        log.info("extracting features on the Dask cluster at %s (tsfresh's ClusterDaskDistributor)", args.dask_scheduler)
     store = SQLiteStore(settings.store.path, readonly=True)
     failed = 0
     try:
@@ -72,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 fam = detect.families[name]
                 task = bar.add_task(f"training {name}", total=None)
                 try:
-                    model = train_from_store(store, name, fam, since, until,
+                    model = train_from_store(store, name, fam, since, until, compute=compute,
                                              progress=lambda _entity, t=task: bar.advance(t))
                 except ValueError as exc:
                     log.error("%s", exc)
@@ -134,6 +144,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--from", dest="since", required=True, help="start: a duration ago (7d) or an ISO time")
     t.add_argument("--to", dest="until", default="now", help="end: a duration ago, an ISO time or now (default)")
     t.add_argument("--family", action="append", help="only this family (repeatable)")
+    t.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="extract the features on this Dask cluster (tcp://host:8786) through tsfresh's distributor; "
+                        "same values as locally (needs farmwatch[dask])")
     t.set_defaults(func=cmd_train)
 
     m = sub.add_parser("models", help="list the saved anomaly models, or show one")

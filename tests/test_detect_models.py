@@ -256,3 +256,61 @@ def test_train_command_reports_config_problems_in_one_line_each(tmp_path, capsys
     config.write_text('[detect.families.worker]\nseries = ["x"]\nentity = ["host"]\n')
     assert main(["train", "-c", str(config), "--from", "1d", "--family", "nodes"]) == 2
     assert "no family nodes (have: worker)" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_train_on_a_dask_cluster_gives_the_same_model(tmp_path, capsys):
+    """`farmwatch train --dask-scheduler ADDRESS` extracts the features on a real Dask cluster with
+    tsfresh's ClusterDaskDistributor: the features equal the local ones, and so does the model."""
+    from distributed import LocalCluster
+
+    from farmwatch.cli import main
+    from farmwatch.detect import features as F
+    from farmwatch.detect.dask import dask_compute
+    from farmwatch.model import Batch, labels
+    from farmwatch.store import SQLiteStore
+
+    frames = node_frames(n_nodes=3, n=120, seed=5)
+    t0 = frames["hltwk01"].index[0].timestamp()
+    with SQLiteStore(tmp_path / "farmwatch.db") as store:
+        batches = []
+        for i in range(120):
+            b = Batch(t0 + 10 * i)
+            for host, frame in frames.items():
+                b.add(("hlt.worker.event_rate", labels(unit="hlt01", host=host)), float(frame.iloc[i, 0]))
+            batches.append(b)
+        store.write(batches)
+    features = list(F.DEFAULT_FEATURES[:8])
+    body = f"""
+[store]
+path = "farmwatch.db"
+
+[detect]
+models = "{{models}}"
+[detect.families.worker]
+series = ["hlt.worker.*"]
+entity = ["host"]
+window = 12
+step = 4
+freq = "10s"
+features = {json.dumps(features)}
+"""
+    start, end = frames["hltwk01"].index[0].isoformat(), frames["hltwk01"].index[-1].isoformat()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        windows = F.windows_of(frames["hltwk01"].iloc[:, 0].to_numpy(), 12, 4)
+        np.testing.assert_allclose(dask_compute(cluster.scheduler_address)(windows, features), F.compute(windows, features),
+                                   rtol=1e-9, atol=1e-12, equal_nan=True)
+        for name, extra in (("local", []), ("dask", ["--dask-scheduler", cluster.scheduler_address])):
+            config = tmp_path / f"{name}.toml"
+            config.write_text(body.replace("{models}", f"models-{name}"))
+            assert main(["train", "-c", str(config), "--from", start, "--to", end, *extra]) == 0
+    capsys.readouterr()
+    local = load(tmp_path / "models-local" / "worker")
+    remote = load(tmp_path / "models-dask" / "worker")
+    for m in (local, remote):
+        assert m.features == tuple(features) or list(m.features) == features
+    probe = {host: frame.iloc[-40:] for host, frame in frames.items()}
+    from farmwatch.detect import score_family
+    a = sorted((e.entity, round(e.score, 9)) for e in score_family(local, probe, freq="10s"))
+    b = sorted((e.entity, round(e.score, 9)) for e in score_family(remote, probe, freq="10s"))
+    assert a == b and len(a) == 3

@@ -40,12 +40,14 @@ def train_family(
     random_state: int = 0,
     exclude: Callable[[pd.Index], np.ndarray] | None = None,
     progress: Callable[[str], None] | None = None,
+    compute: Callable[[np.ndarray, Sequence[str]], np.ndarray] | None = None,
 ) -> FamilyModel:
     """One model for all ``frames`` (entity → normal history), calibrated, with peers when ≥ 3 entities.
 
     ``exclude(index)`` returns, per time of an entity's (gridded) frame, whether it is usable;
     windows containing an unusable time are not learned from. ``progress(entity)`` is called after
-    each entity's features are computed.
+    each entity's features are computed. ``compute`` replaces ``features.compute`` (a Dask cluster
+    for long histories: ``farmwatch.detect.dask.dask_compute``).
     """
     metrics = list(metrics or sorted({c for f in frames.values() for c in f.columns}))
     rows, times, entities = [], [], []
@@ -55,7 +57,7 @@ def train_family(
         frame = _grid(frame, freq)
         if len(frame) < window:
             continue
-        X = entity_features(filled(frame, metrics), window, step, features)
+        X = entity_features(filled(frame, metrics), window, step, features, compute=compute)
         ends = frame.index[window - 1::step][: len(X)]
         if exclude is not None:
             bad = (~np.asarray(exclude(frame.index), bool)).astype(np.int64)

@@ -13,7 +13,7 @@ first known value when training).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,8 +56,11 @@ def entity_features(
     step: int = 1,
     features: Sequence[str] = feats.DEFAULT_FEATURES,
     pad: bool = False,
+    compute: Callable[[np.ndarray, Sequence[str]], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Feature vectors (n_windows, n_metrics * n_features) of gap-free ``values`` (n_times, n_metrics).
+
+    ``compute`` replaces ``features.compute`` (e.g. ``detect.dask.dask_compute`` for a cluster).
 
     Row i belongs to the window ending at time index ``window - 1 + i * step``; with ``pad`` the
     series is first extended backwards with copies of its first row so that every time index gets a
@@ -73,7 +76,7 @@ def entity_features(
         return np.empty((0, m * len(features)))
     per_metric = [feats.windows_of(np.ascontiguousarray(values[:, j]), window, step) for j in range(m)]
     nw = per_metric[0].shape[0]
-    out = feats.compute(np.concatenate(per_metric, axis=0), features)  # (m * nw, f)
+    out = (compute or feats.compute)(np.concatenate(per_metric, axis=0), features)  # (m * nw, f)
     out = out.reshape(m, nw, len(features)).transpose(1, 0, 2).reshape(nw, m * len(features))
     out[~np.isfinite(out)] = np.nan
     return out

@@ -143,7 +143,7 @@ def _epoch(index: pd.DatetimeIndex) -> np.ndarray:
 
 
 def train_from_store(store: Any, name: str, fam: FamilySettings, since: float | None, until: float | None,
-                     progress: Callable[[str], None] | None = None) -> Any:
+                     progress: Callable[[str], None] | None = None, compute: Callable | None = None) -> Any:
     """Train family ``name`` on the store's normal history between ``since`` and ``until``."""
     from farmwatch.detect.family import train_family
 
@@ -154,5 +154,5 @@ def train_from_store(store: Any, name: str, fam: FamilySettings, since: float | 
     return train_family(frames, family=name, window=fam.window, step=fam.step, features=fam.features,
                         metrics=sorted({metric_name(s) for f in frames.values() for s in f.columns}),
                         freq=fam.freq, kind=fam.kind, target_false_alarm=fam.target_false_alarm,
-                        exclude=lambda index: usable_mask(index, periods), progress=progress)
+                        exclude=lambda index: usable_mask(index, periods), progress=progress, compute=compute)
 
