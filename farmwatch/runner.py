@@ -111,6 +111,9 @@ class Runner:
         meta.add(("farmwatch.source.cycle_duration", lb), took)
         meta.add(("farmwatch.source.samples", lb), float(n))
         meta.add(("farmwatch.source.overruns", lb), float(self.overruns[source.name]))
+        # In every cycle's batches (not only the writer's), so that the alert window, fed by the
+        # listeners, sees drops too: that is when the store is failing.
+        meta.add(("farmwatch.dropped_samples", ()), float(self.dropped))
         batches.append(meta)
         for listener in self.listeners:
             try:
@@ -168,7 +171,6 @@ class Runner:
             batches = [b for _, bs, _ in pending for b in bs]
             stats = Batch(self.clock.time())
             stats.add(("farmwatch.written_samples", ()), float(self.written))
-            stats.add(("farmwatch.dropped_samples", ()), float(self.dropped))
             stats.add(("farmwatch.queue_depth", ()), float(self._queue.qsize()))
             stats.add(("farmwatch.written_logs", ()), float(self.written_logs))
             stats.add(("farmwatch.refused_log_batches", ()), float(self.refused_log_batches))
