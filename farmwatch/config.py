@@ -66,6 +66,8 @@ class InhibitSettings(Section):
     """Matchers selecting the alerts that are muted."""
     equal: list[str] = Field(default_factory=list)
     """Labels whose values must be equal in source and target (e.g. `unit`)."""
+    hold: Duration = Field(default=0.0, ge=0)
+    """Keep the targets muted this long after the source resolved (consequences that outlast their cause)."""
 
     @field_validator("source", "target")
     @classmethod

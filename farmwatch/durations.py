@@ -27,6 +27,8 @@ def parse_duration(text: str) -> float:
 
 def format_duration(seconds: float) -> str:
     """The shortest readable form, for messages (``90`` → ``1m30s``)."""
+    if seconds == 0:
+        return "0s"
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     out, rest = [], int(round(seconds))

@@ -238,6 +238,26 @@ def test_a_down_unit_inhibits_the_alerts_of_its_apps(tmp_path: Path) -> None:
     assert muted.inhibited_by == "HltUnitDown (unit=hlt05)"
 
 
+def test_an_inhibit_hold_keeps_consequences_muted_after_the_cause_resolved(tmp_path: Path) -> None:
+    """A consequence that outlasts its cause (an anomaly score over a window that still holds the
+    stall) stays muted for ``hold`` after the source resolved, then notifies if it still fires."""
+    stalled, odd = SetRule("HltInputStalled"), SetRule("AnomalyScoreHigh")
+    inhibit = InhibitRule.parse(["alertname=HltInputStalled"], ["alertname=AnomalyScoreHigh"], ["unit"], hold=120)
+    farm = Farm(tmp_path / "farm.db", [stalled, odd], Timers(group_wait=10), [inhibit])
+    stalled.on[unit("hlt02")] = 0
+    odd.on[unit("hlt02")] = 1
+    farm.run(30)
+    stalled.on.clear()  # the stall ends; the anomaly lingers
+    farm.run(100)
+    assert [n.group_key for n in farm.sent] == ["alertname=HltInputStalled,unit=hlt02"] * 2  # firing, resolved
+    muted = next(a for a in farm.engine.tracker.alerts.values() if a.rule == "AnomalyScoreHigh")
+    assert muted.state == AlertState.FIRING and muted.inhibited_by == "HltInputStalled (unit=hlt02)"
+    farm.run(40)  # hold over: still firing, so now it is news
+    assert muted.inhibited_by is None and farm.sent[-1].group_key == "alertname=AnomalyScoreHigh,unit=hlt02"
+    with pytest.raises(ValueError, match="hold"):
+        InhibitRule.parse(["a=b"], ["c=d"], hold=-1)
+
+
 def test_restart_neither_resends_nor_forgets(stalled) -> None:
     rule, farm = stalled
     rule.on[unit("hlt01")] = 0
@@ -296,3 +316,23 @@ def test_a_resolved_alert_stays_listed_when_its_condition_briefly_holds_again(st
     (alert,) = farm.db.alerts()
     assert alert.state == AlertState.RESOLVED and alert.ends_at == T0 + 45
     assert [row["event"] for row in farm.db.history()] == ["pending", "firing", "resolved", "pending", "cancelled"]
+
+
+def test_an_incident_whose_alert_is_pending_again_still_says_it_resolved(tmp_path: Path) -> None:
+    """Notified, resolved, then pending again before group_interval let the resolution out: the
+    message must say RESOLVED with that alert (the new pending episode is not news yet), never
+    an empty "0 alerts" message."""
+    rule = SetRule("AnomalyScoreHigh", for_=60, severity="warning")
+    farm = Farm(tmp_path / "farm.db", [rule], Timers(group_wait=10, group_interval=30, repeat_interval=3600))
+    rule.on[unit("hlt02", host="hltwk06")] = 0.995
+    farm.run(75)
+    assert [(n.status, len(n.firing)) for n in farm.sent] == [("firing", 1)]
+    rule.on.clear()
+    farm.step()          # resolved …
+    rule.on[unit("hlt02", host="hltwk06")] = 0.995
+    farm.run(40)         # … and pending again when group_interval lets the change out
+    last = farm.sent[-1]
+    assert len(farm.sent) == 2 and last.status == "resolved"
+    assert [a.labels for a in last.resolved] == [unit("hlt02", host="hltwk06")] and not last.firing
+    farm.run(60)         # held for `for` again: a new incident
+    assert farm.sent[-1].status == "firing" and farm.sent[-1].seq == 1

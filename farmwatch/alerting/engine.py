@@ -105,7 +105,7 @@ class AlertEngine:
         for event, alert in muting.apply(self.tracker.alerts.values(), silences, self.inhibits, acks, now):
             changes.record(now, event, alert)
         self.tracker.forget_old(now, changes)
-        decision = self.dispatcher.step(self.tracker.alerts, now)
+        decision = self.dispatcher.step(self.tracker.notifiable(), now)
         if self.persist:
             self.db.save_alerts(changes.changed.values(), changes.events, changes.forgotten, now)
             self.db.save_groups(decision.changed, decision.removed, decision.outbox, now)

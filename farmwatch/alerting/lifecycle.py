@@ -62,6 +62,16 @@ class Tracker:
     def active(self) -> list[Alert]:
         return [a for a in self.alerts.values() if a.state != AlertState.RESOLVED]
 
+    def notifiable(self) -> dict[str, Alert]:
+        """The alerts as notifications must see them: a resolved alert whose condition holds again
+        is pending (not news yet), so its group still gets to say that it resolved."""
+        out = dict(self.alerts)
+        for fp, previous in self._replaced.items():
+            current = out.get(fp)
+            if current is not None and current.state == AlertState.PENDING:
+                out[fp] = previous
+        return out
+
     def update(self, rule: RuleLike, actives: Iterable, now: float, changes: Changes) -> None:
         """Apply one evaluation of ``rule``: ``actives`` are the elements whose condition holds."""
         seen: set[str] = set()

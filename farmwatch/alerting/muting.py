@@ -4,7 +4,9 @@
   expires; they stay listed and in history.
 - **Inhibition** (Alertmanager's ``inhibit_rules``): while a *source* alert fires, *target* alerts
   with the same values of the ``equal`` labels are muted — a unit whose monitor endpoints are all
-  down need not also report every stalled app and dead worker of that unit.
+  down need not also report every stalled app and dead worker of that unit. ``hold`` keeps them
+  muted that long after the source resolved: consequences that outlast their cause (an anomaly
+  score computed over a window that still holds the stall) are not news either.
 - An **acknowledgement** (``farmwatch ack``) keeps an alert notifying changes but stops reminders.
 """
 
@@ -20,15 +22,27 @@ from farmwatch.store.matchers import Matcher, parse_matchers
 
 @dataclass(frozen=True)
 class InhibitRule:
-    """While an alert matching ``source`` fires, mute alerts matching ``target`` that share ``equal``."""
+    """While an alert matching ``source`` fires (and ``hold`` seconds after it resolved), mute
+    alerts matching ``target`` that share ``equal``."""
 
     source: tuple[Matcher, ...]
     target: tuple[Matcher, ...]
     equal: tuple[str, ...] = ()
+    hold: float = 0.0
 
     @classmethod
-    def parse(cls, source: Iterable[str], target: Iterable[str], equal: Iterable[str] = ()) -> InhibitRule:
-        return cls(tuple(parse_matchers(list(source))), tuple(parse_matchers(list(target))), tuple(equal))
+    def parse(cls, source: Iterable[str], target: Iterable[str], equal: Iterable[str] = (),
+              hold: float = 0.0) -> InhibitRule:
+        if not hold >= 0:
+            raise ValueError(f"hold must be >= 0 seconds, not {hold!r}")
+        return cls(tuple(parse_matchers(list(source))), tuple(parse_matchers(list(target))), tuple(equal), float(hold))
+
+    def holds(self, alert: Alert, now: float) -> bool:
+        """``alert`` (matching ``source``) mutes targets now: firing, or resolved within ``hold``."""
+        if alert.state == AlertState.FIRING:
+            return True
+        return (self.hold > 0 and alert.state == AlertState.RESOLVED and alert.ends_at is not None
+                and now - alert.ends_at < self.hold)
 
 
 def _all(matchers: Iterable[Matcher], found: Mapping[str, str]) -> bool:
@@ -46,12 +60,14 @@ def apply(alerts: Iterable[Alert], silences: Iterable[Silence], inhibits: Iterab
     The result lists (event, alert) for history: ``silenced``, ``inhibited``, ``acked``,
     ``unmuted``. Resolved alerts keep the marks they had when they resolved.
     """
+    alerts = list(alerts)
     active = [a for a in alerts if a.state != AlertState.RESOLVED]
-    labelled = {a.fingerprint: label_map(a) for a in active}
-    silences = [s for s in silences if s.active(now)]
     inhibits = list(inhibits)
-    sources = [(rule, a) for rule in inhibits for a in active
-               if a.state == AlertState.FIRING and _all(rule.source, labelled[a.fingerprint])]
+    held = [a for a in alerts if a.state == AlertState.RESOLVED] if any(r.hold for r in inhibits) else []
+    labelled = {a.fingerprint: label_map(a) for a in active + held}
+    silences = [s for s in silences if s.active(now)]
+    sources = [(rule, a) for rule in inhibits for a in active + held
+               if rule.holds(a, now) and _all(rule.source, labelled[a.fingerprint])]
     changes: list[tuple[str, Alert]] = []
     for alert in active:
         found = labelled[alert.fingerprint]

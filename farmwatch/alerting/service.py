@@ -21,6 +21,7 @@ from farmwatch.alerting.muting import InhibitRule
 from farmwatch.alerting.state import AlertDB
 from farmwatch.clock import Clock, RealClock
 from farmwatch.config import AlertingSettings, ConfigError, NotifierSettings, Settings
+from farmwatch.durations import parse_duration
 
 log = logging.getLogger("farmwatch.alerting")
 
@@ -60,16 +61,18 @@ def file_inhibits(paths: list[Path]) -> list[InhibitRule]:
             continue  # the rule loader reports unreadable files
         for i, t in enumerate(tables):
             try:
-                found.append(InhibitRule.parse(t["source"], t["target"], t.get("equal", ())))
+                found.append(InhibitRule.parse(t["source"], t["target"], t.get("equal", ()),
+                                               parse_duration(t.get("hold", "0s"))))
             except (KeyError, TypeError, ValueError) as exc:
-                problems.append(f"{f}: inhibit[{i}]: {exc} (expected source = [matchers], target = [matchers], equal = [labels])")
+                problems.append(f"{f}: inhibit[{i}]: {exc} (expected source = [matchers], target = [matchers], "
+                                f"equal = [labels], hold = duration)")
     if problems:
         raise ConfigError(problems)
     return found
 
 
 def inhibit_rules(alerting: AlertingSettings) -> list[InhibitRule]:
-    found = [InhibitRule.parse(i.source, i.target, i.equal) for i in alerting.inhibit]
+    found = [InhibitRule.parse(i.source, i.target, i.equal, i.hold) for i in alerting.inhibit]
     if alerting.rule_file_inhibits:
         found += file_inhibits(rule_paths(alerting))
     return found
