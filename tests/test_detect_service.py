@@ -136,6 +136,38 @@ def test_the_scorer_builds_the_same_features_as_training(farm):
                                                     *{n for r in alerting.rules for n in r.names()}}
 
 
+def test_scoring_pauses_while_the_run_is_not_running_and_until_a_window_of_the_new_run(farm):
+    """Models learn RUNNING only: a run stop must not look like every node failing at once. While the
+    window knows a run state other than RUNNING nothing is scored, nor until a whole family window
+    (30 × 4 s) of the new run has passed; the pauses are counted. Without a run state (a site
+    without run control) scoring goes on, as the other tests show."""
+    from farmwatch.model import Batch, labels
+
+    alerting = build(farm.settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
+    scorer, window = alerting.scorer, alerting.window
+    assert {"daq.run_state", "daq.run_state_since"} <= scorer.names()
+    now = START + HISTORY - POLL
+    window.load(farm.store, now - window.horizon, now, alerting.names())
+    assert scorer.step(now), "a window without a run state is scored"
+
+    node = labels(node="RUNCONTROL")
+
+    def state(value: str, since: float, at: float) -> None:
+        window.ingest([Batch(at, [("daq.run_state", node), ("daq.run_state_since", node)], [value, since])])
+
+    state("READY", now - 10, now)
+    ended = scorer.step(now)  # the pause begins: every score series gets NaN (no alert lives on stale scores)
+    assert {dict(k[1])["host"] for b in ended for k in b.keys} == set(farm.unit.nodes)
+    assert all(math.isnan(v) for b in ended for v in b.values) and scorer.stats()["worker_paused_steps"] == 1
+    state("RUNNING", now - 60, now)  # started a minute ago: the 2-minute windows still hold the stop
+    assert scorer.step(now) == [] and scorer.stats()["worker_paused_steps"] == 2
+    assert scorer.stats()["worker_entities_scored"] == 0
+    state("RUNNING", now - 125, now)
+    scored = scorer.step(now)
+    assert {dict(k[1])["host"] for b in scored for k in b.keys} == set(farm.unit.nodes)
+    assert scorer.stats()["worker_paused_steps"] == 2
+
+
 def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(farm):
     alerting = build(farm.settings, farm.store, clock=farm.clock, notifiers={})
     assert "AnomalyScoreHigh" in {r.name for r in alerting.rules}

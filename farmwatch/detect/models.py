@@ -245,7 +245,11 @@ class FamilyModel:
             peer = self.peer_calibrator(np.max(np.abs(pz), axis=1))
         total = model if peer is None else combine(model, peer)
         zn = self.z(X)
-        peer_median = np.nanmedian(X, axis=0) if pz is not None else None
+        peer_median = None
+        if pz is not None:
+            with warnings.catch_warnings():  # a feature NaN for every peer (constant windows): NaN, no warning
+                warnings.simplefilter("ignore", RuntimeWarning)
+                peer_median = np.nanmedian(X, axis=0)
         out = []
         for i, entity in enumerate(entities):
             out.append(Explanation(

@@ -29,6 +29,13 @@ Written per entity and step, into the window (the rules of this step see them) a
 Entities whose newest point is older than ``STALE_BINS`` grid points are not scored (a silent
 node is the ``absent``/``down`` rules' business, not an anomaly of its rate), nor those with
 less than a window of history; both are counted in ``stats()``.
+
+Models learn RUNNING only (training leaves other run states out), so while the window knows the
+run state (``daq.run_state`` of the run-control node) and it is not RUNNING, and until a whole
+family window of the new run has passed, a family is not scored (``<family>_paused_steps``): a run
+stop would otherwise look like every node failing at once. Its score series get NaN when the pause
+begins, so the last scores neither keep an alert firing nor let a pending one fire. Without a known run state (a site
+without run control, or its IOC down) scoring goes on.
 """
 
 from __future__ import annotations
@@ -37,7 +44,6 @@ import logging
 import math
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -49,13 +55,14 @@ from farmwatch.detect import features as feats
 from farmwatch.detect.family import _metric_medians
 from farmwatch.detect.models import Explanation, FamilyModel
 from farmwatch.detect.persist import IncompatibleModel, load, paths
-from farmwatch.detect.training import DetectSettings, FamilySettings
+from farmwatch.detect.training import RUN_STATE, DetectSettings, FamilySettings
 from farmwatch.model import Batch, Labels
 
 log = logging.getLogger("farmwatch.detect")
 
 SCORE = "anomaly.score"
 EXPLANATION = "anomaly.explanation"
+RUNNING = "RUNNING"
 EXPLAIN_ABOVE = 0.9
 """Score from which an entity's explanation label may change and its text is written (the
 ``anomaly`` rule kind's default threshold)."""
@@ -89,6 +96,9 @@ class Family:
     unknown_metrics: set[str] = field(default_factory=set)
     last_scored: int = 0
     last_anomalous: int = 0
+    paused_steps: int = 0
+    live: list = field(default_factory=list)
+    """The score series written at the last scored step (they get NaN when scoring pauses)."""
     skipped_stale: int = 0
     skipped_short: int = 0
 
@@ -137,7 +147,8 @@ class Scorer:
 
     def names(self) -> set[str]:
         """Series names (globs) the window must keep for the loaded families."""
-        return {s for f in self.families for s in f.settings.series}
+        return {s for f in self.families for s in f.settings.series} | ({RUN_STATE, f"{RUN_STATE}_since"}
+                                                                         if self.families else set())
 
     def horizon(self) -> float:
         """Seconds of history the window must hold: the longest family window plus two grid points."""
@@ -158,7 +169,17 @@ class Scorer:
             return []
         started = time.perf_counter()
         out: list[Batch] = []
+        with self.window.lock:
+            state, since = self.window.run_state(now)
         for family in self.families:
+            if state is not None and (state != RUNNING or (
+                    since is not None and now - since < family.freq * (family.model.window + 1))):
+                family.paused_steps += 1
+                family.last_scored = 0
+                if family.live:  # the last scores must not keep (or make) alerts while nothing is scored
+                    out.append(Batch(now, list(family.live), [math.nan] * len(family.live)))
+                    family.live = []
+                continue
             try:
                 out += self._score(family, now)
             except Exception as exc:  # one family's problem must not stop the others or the rules
@@ -214,9 +235,7 @@ class Scorer:
         X = X.reshape(len(keep), n_metrics * len(model.features))
         X[~np.isfinite(X)] = np.nan
         names = [_entity_text(family.settings.entity, sel.entities[i]) for i in keep.tolist()]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a feature NaN for every peer (constant windows)
-            explanations = model.score_entities(X, names, top=5)
+        explanations = model.score_entities(X, names, top=5)
         return self._samples(family, [sel.entities[i] for i in keep.tolist()], explanations, now)
 
     def _select(self, family: Family) -> _Selection:
@@ -265,6 +284,7 @@ class Scorer:
                 texts.add((EXPLANATION, _labels(base, None)), explanation_text(e))
             batch.add((SCORE, _labels(base, current)), float(np.clip(e.score, 0.0, 1.0)))
         family.last_anomalous = anomalous
+        family.live = [k for k, v in zip(batch.keys, batch.values) if not math.isnan(v)]
         return [b for b in (batch, texts) if len(b)]
 
     # -- self-metrics -----------------------------------------------------------------------------
@@ -281,6 +301,7 @@ class Scorer:
             out[f"{name}_entities_anomalous"] = float(f.last_anomalous)
             out[f"{name}_entities_stale"] = float(f.skipped_stale)
             out[f"{name}_entities_short"] = float(f.skipped_short)
+            out[f"{name}_paused_steps"] = float(f.paused_steps)
         return out
 
 
