@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulated HLT units and their logs under run control, collected, alerted on, with injected faults")
     d.add_argument("--speed", type=float, default=10.0,
-                   help="simulated seconds per real second (default 10: 14 simulated minutes in ~1.5 min; 0: as fast as possible)")
+                   help="simulated seconds per real second after the fast-forwarded start (default 10: 22 simulated minutes in ~2 min; 0: as fast as possible)")
     d.add_argument("--out", default="demo-out", help="folder for the store, config, logs and report (default demo-out)")
     d.set_defaults(func=cmd_demo)
 

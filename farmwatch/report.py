@@ -1,4 +1,5 @@
-"""A self-contained HTML report of a store: rates with alert markers, worker nodes, log errors, alert timeline.
+"""A self-contained HTML report of a store: rates with alert markers, worker nodes, anomaly scores, log errors,
+alert timeline.
 
 Written by ``farmwatch demo`` next to its store, so that what happened can be looked at (and
 shared) without a notebook server: one file, plots embedded as PNG, every text from the store
@@ -77,6 +78,15 @@ def write_report(store: SQLiteStore, path: Path, *, title: str = "farmwatch repo
             fa.plot(nodes[cols].rename(columns=lambda c: c.split(",")[1]), run_state=run_state, alerts=slow, ax=ax,
                     title=f"{unit}: events/s the distributor sends each worker node")
         parts += ["<h2>Worker nodes</h2>", _png(fig)]
+
+    scores = fa.frame(store, "anomaly.score", by="entity")
+    if not scores.empty:
+        fig, ax = plt.subplots(figsize=(12, 3.4))
+        odd = episodes[episodes["rule"] == "AnomalyScoreHigh"] if len(episodes) else None
+        fa.plot(scores, run_state=run_state, alerts=odd, ax=ax,
+                title="anomaly score per worker node (family model; red: AnomalyScoreHigh firing; grey: not RUNNING)")
+        ax.axhline(0.99, color="red", lw=0.8, ls="--")
+        parts += ["<h2>Anomaly scores</h2>", _png(fig)]
 
     parts += _logs_section(store, episodes, run_state)
 

@@ -3,9 +3,6 @@ they never rot: a failing cell is a failing test (its error is in the message)."
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -15,14 +12,12 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(900)  # the first one waits for the demo run
 
 
 @pytest.fixture(scope="module")
-def demo_store(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    done = subprocess.run([sys.executable, "-m", "farmwatch", "demo", "--speed", "0", "--out", str(out)],
-                          capture_output=True, text=True, timeout=240)
+def demo_store(demo_run) -> Path:
+    out, done = demo_run
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return out / "farmwatch.db"
 

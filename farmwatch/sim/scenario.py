@@ -197,7 +197,8 @@ class NodeLogs:
     SERVICE = "hltworker"
 
     def __init__(self, units: Sequence[SimUnit], folder: Path, store: SQLiteStore, clock: SimClock, *,
-                 rate: float, interval: float, seed: int = 1) -> None:
+                 rate: float, interval: float, seed: int = 1,
+                 listeners: Sequence[Callable[[str, list[Batch]], None]] = ()) -> None:
         self.folder = Path(folder)
         self.rate = float(rate)
         self.writers: dict[str, HltLogWriter] = {}
@@ -214,8 +215,11 @@ class NodeLogs:
             "format": "basf2", "timezone": "UTC",
             "path_pattern": r"/(?P<unit>[^/]+)/(?P<host>[^/]+)/(?P<service>[^/.]+)\.log"})
         self.source = LogFilesSource("logs", self.config, clock=clock)
-        self.runner = Runner([self.source], store, clock=clock)
+        # The listeners (the scenario's window) get the runner's own series of every cycle, as in
+        # ``farmwatch run``: farmwatch.source.cycle_duration{source="logs"} is the dead-man's switch.
+        self.runner = Runner([self.source], store, clock=clock, listeners=listeners)
         self.store = LogStore(store)
+        self.hung = False
 
     def error_burst(self, node: str, rate: float) -> None:
         """``node`` writes ``rate`` ERROR records (each with its traceback) per second on top of
@@ -247,9 +251,15 @@ class NodeLogs:
             if n:
                 self.writers[node].write_errors(n)
 
+    def hang(self, on: bool = True) -> None:
+        """Fault: the log collector hangs (no cycle at all) while the nodes keep writing; when it
+        resumes it reads on from its stored offsets."""
+        self.hung = on
+
     def collect(self) -> int:
-        """One cycle of the logfiles source, stored (records, offsets, its counters); samples written."""
-        return self.runner.run_once()
+        """One cycle of the logfiles source, stored (records, offsets, its counters); samples
+        written (0 while ``hang`` is on)."""
+        return 0 if self.hung else self.runner.run_once()
 
     @property
     def written(self) -> int:
@@ -287,12 +297,13 @@ class Scenario:
                  store: SQLiteStore | None = None, notifiers: dict | None = None,
                  listeners: Sequence[Callable[[str, list[Batch]], None]] = (),
                  clock: SimClock | None = None, units: int = 1, logs: bool | str | Path = False,
-                 log_rate: float = 0.5, episodes: bool = True) -> None:
+                 log_rate: float = 0.5, episodes: bool = True, extra_series: Iterable[str] = ()) -> None:
         """``units`` units named from ``unit`` on (``nodes`` worker nodes each, node names distinct
         across units); ``logs``: write and collect the nodes' logs (``True``: in a temporary
         folder, or the folder given), ``log_rate`` records per second and node. ``episodes=False``
         leaves the rules to the alert engine alone (half the evaluation time) when only its
-        history and the chat matter, as in the demo."""
+        history and the chat matter, as in the demo. ``extra_series``: globs of series the window
+        keeps besides the rules' (an anomaly family's, before its ``Scorer`` is attached)."""
         self.rules = list(load_rules([ALERTS]) if rules is None else rules)
         self.interval = float(interval)
         self.clock = clock or SimClock(START)
@@ -310,7 +321,7 @@ class Scenario:
                                            "endpoints": self.endpoints})
         self.hlt = HltZmqSource("hlt", cfg, clock=self.clock)
         self.run_state = IocRunState(self.rc, ioc, self.clock) if ioc is not None else ControllerRunState(self.rc)
-        globs = set().union(*(r.names() for r in self.rules)) if self.rules else set()
+        globs = (set().union(*(r.names() for r in self.rules)) if self.rules else set()) | set(extra_series)
         horizon = max([r.lookback() for r in self.rules] + [60.0]) + 10 * self.interval
         self.window = Window(horizon, run_state_node=RUN_CONTROL,
                              wants=lambda name: any(fnmatch.fnmatchcase(name, g) for g in globs))
@@ -337,7 +348,7 @@ class Scenario:
                     self._tmp = tempfile.TemporaryDirectory(prefix="farmwatch-scenario-")
                 logs = Path(self._tmp.name) / "logs"
             self.logs = NodeLogs(self.units, Path(logs), store, self.clock, rate=log_rate, interval=self.interval,
-                                 seed=seed)
+                                 seed=seed, listeners=[self.window])
             self.log_feed = LogFeed(store, horizon)
         if chat:
             self.chat = ChatServer(self.clock).start()
@@ -357,6 +368,14 @@ class Scenario:
 
     def unit_named(self, name: str) -> SimUnit:
         return next(u for u in self.units if u.name == name)
+
+    def attach_scorer(self, scorer) -> None:
+        """Score anomaly families at every evaluation, before the rules (``farmwatch run``'s
+        ``AlertEngine.before_rules``); its series must be in the window (``extra_series``)."""
+        if self.engine is None:
+            raise RuntimeError("this scenario has no alert engine: create it with chat=True")
+        scorer.window = self.window
+        self.engine.before_rules.append(scorer.step)
 
     def error_burst(self, node: str, rate: float) -> None:
         """Fault: ``node``'s log gets ``rate`` ERROR records (tracebacks) per second; 0 ends it."""
