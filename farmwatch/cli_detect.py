@@ -17,7 +17,7 @@ from typing import Any
 
 
 from farmwatch.cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, setup_logging
-from farmwatch.config import ConfigError, Settings
+from farmwatch.config import Settings
 
 log = logging.getLogger("farmwatch")
 

@@ -71,6 +71,11 @@ class Runner:
             s.bind_store(store)
 
     # -- public --------------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        """Source cycles waiting for the store writer (``run`` mode; a full queue drops cycles)."""
+        return self._queue.qsize()
+
     def run(self, stop: threading.Event) -> None:
         """Until ``stop`` is set: poll every source each interval, write everything."""
         threads = [threading.Thread(target=self._source_loop, args=(s, stop), name=f"source-{s.name}", daemon=True) for s in self.sources]

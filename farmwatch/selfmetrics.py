@@ -87,7 +87,7 @@ class SelfMetrics:
         if self.runner is not None:
             yield _counter("farmwatch_samples_written", "Samples written to the store.", self.runner.written)
             yield _counter("farmwatch_samples_dropped", "Samples dropped because the store writer fell behind.", self.runner.dropped)
-            yield _gauge("farmwatch_store_queue_depth", "Source cycles waiting for the store writer.", self.runner._queue.qsize())
+            yield _gauge("farmwatch_store_queue_depth", "Source cycles waiting for the store writer.", self.runner.queue_depth)
         if self.engine is not None:
             st = self.engine.stats
             yield _counter("farmwatch_rule_evaluations", "Rule evaluation passes.", st.evaluations)

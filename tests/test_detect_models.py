@@ -206,7 +206,7 @@ def test_train_command_learns_only_normal_periods_from_the_store_and_lists_the_m
     AlertDB(store).save_alerts([alert], [(t0 + 3000, "firing", alert), (t0 + 3200, "resolved", alert)])
     store.close()
     config = tmp_path / "farmwatch.toml"
-    config.write_text(f"""
+    config.write_text("""
 [store]
 path = "farmwatch.db"
 

@@ -10,7 +10,6 @@ from farmwatch.alerting.rules import load_rules
 from farmwatch.alerting.window import Window
 from farmwatch.clock import SimClock
 from farmwatch.config import parse
-from farmwatch.model import Batch
 from farmwatch.runner import Runner
 from farmwatch.sim import SimUnit
 from farmwatch.sim.scenario import ALERTS

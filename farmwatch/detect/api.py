@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from farmwatch.detect import features as feats
 from farmwatch.detect.frames import column_names, entity_features, filled
 from farmwatch.detect.models import train
 from farmwatch.detect.scoring import Calibrator, combine, halfnormal_score, negligible, robust_center_scale

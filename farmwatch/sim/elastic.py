@@ -257,7 +257,7 @@ class ElasticSim:
             if template is not None and "data_stream" in template:
                 if op != "create":
                     raise ApiFailure(400, "illegal_argument_exception",
-                                     f"only write ops with an op_type of create are allowed in data streams")
+                                     "only write ops with an op_type of create are allowed in data streams")
                 day = datetime.now(timezone.utc).strftime("%Y.%m.%d")
                 backing = f".ds-{name}-{day}-000001"
                 self.indices[backing] = _Index(backing, self._paths(template), data_stream=name)
