@@ -295,6 +295,32 @@ def test_a_deleted_file_is_read_to_its_end_then_closed_and_forgotten(env):
     src.close()
 
 
+def test_the_offset_of_a_file_renamed_away_is_forgotten_after_forget_after(env):
+    """logrotate renames app.log to app.log.old, which no pattern matches: it is read to its end,
+    closed after close_inactive, and its offset leaves the store after forget_after (rotations must
+    not pile up offsets for months). The live file's offset stays, however long it is quiet."""
+    tmp, clock, store, writer = env
+    src = source([str(tmp / "app.log")], clock, close_inactive="5m", forget_after="1d")
+    runner = Runner([src], store, clock=clock)
+    writer.write(10)
+    settle(runner, clock)
+    old_key = next(iter(store.cursors("hltlogs")))
+    writer.rotate("rename")  # → app.log.1: not matched by the pattern
+    writer.write(5)
+    settle(runner, clock)
+    clock.advance(400)
+    cycle(runner, clock, 2)
+    assert len(src._files) == 1 and len(store.cursors("hltlogs")) == 2  # closed, offset still kept
+    clock.advance(86400)
+    cycle(runner, clock, 2)
+    cursors = store.cursors("hltlogs")
+    assert old_key not in cursors and len(cursors) == 1 and src.forgotten_offsets == 1
+    assert_exactly_once(store, writer)
+    counters = {k[0]: v for b in src.poll() if not isinstance(b, LogBatch) for k, v in zip(b.keys, b.values)}
+    assert counters["logfiles.forgotten_offsets"] == 1
+    src.close()
+
+
 def test_partial_last_line_waits_for_its_newline_or_the_timeout(env):
     tmp, clock, store, writer = env
     src = source([str(tmp / "app.log")], clock, partial_wait="5s", multiline_wait="1s")

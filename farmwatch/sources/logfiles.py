@@ -32,6 +32,7 @@ import gc
 import glob
 import hashlib
 import logging
+import math
 import os
 import re
 import socket
@@ -44,6 +45,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import ByteSize, Field, field_validator
 
 from farmwatch.config import Duration
+from farmwatch.durations import format_duration
 from farmwatch.logparse import LineParser, zone
 from farmwatch.model import Batch, LogRecord, labels as make_labels
 from farmwatch.sources.base import Source, SourceConfig
@@ -81,6 +83,10 @@ class LogFilesConfig(SourceConfig):
     partial_wait: Duration = Field(default=10.0, ge=0)
     close_inactive: Duration = Field(default=300.0, gt=0)
     """A file no pattern matches any more (renamed away) is closed after this long without growing."""
+    forget_after: Duration = Field(default=7 * 86400.0, gt=0)
+    """The stored offset of a file that is not open (renamed away and closed, or gone) is forgotten after this long
+    without reading from it, so rotations do not pile up offsets for ever. Should such a file match again it is
+    read from the start; its records keep their ids, so the stores do not take them twice."""
     fingerprint_bytes: int = Field(default=1024, ge=16)
     keep_original: bool = True
     """Keep the raw line(s) as ``event.original``."""
@@ -179,6 +185,8 @@ class LogFilesSource(Source):
         self._max_more = config.max_record_lines - 1
         self._keep = config.keep_original
         self._now = 0.0  # the read time: the timestamp of lines that carry none
+        self._pruned = -math.inf  # when stored offsets were last checked for forgetting
+        self.forgotten_offsets = 0
 
     # -- wiring -----------------------------------------------------------------------------------
     def bind_store(self, store: Any) -> None:
@@ -216,11 +224,14 @@ class LogFilesSource(Source):
                     cursors[f.key] = f.cursor(end, skip, now)
                     inflight[f.key] = (f, end, skip, n)
                     budget -= end - f.offset
+            self._forget_offsets(now)
             drop = sorted(self._drop)
             out: list[Batch | LogBatch] = []
             if records or cursors or drop:
                 self._inflight = inflight
                 out.append(LogBatch(self.name, records, cursors, drop, ack=self._ack, nack=self._nack))
+            else:
+                self._close_finished()  # nothing to acknowledge: quiet finished files close now, not at the next ack
             out.append(self._counters())
             return out
 
@@ -269,6 +280,25 @@ class LogFilesSource(Source):
                     self._copies[(int(value.get("fp_len", 0)), str(value.get("fp")))] = int(value.get("offset", 0))
                     self._drop.add(key)
             self._stored = {}
+
+    def _forget_offsets(self, now: float) -> None:
+        """At most hourly: the stored offsets of files not open and not read for ``forget_after``
+        go (with the next batch, like the offsets of deleted files)."""
+        if self._store is None or now - self._pruned < min(3600.0, self.config.forget_after):
+            return
+        self._pruned = now
+        open_ = {f.key for f in self._files.values()}
+        for key, value in self._store.cursors(self.name).items():
+            try:
+                old = now - float(value.get("seen", now)) >= self.config.forget_after
+            except (TypeError, ValueError):
+                old = True
+            if old and key not in open_ and key not in self._drop:
+                self._drop.add(key)
+                self.forgotten_offsets += 1
+                log.info("log source %s: forgetting the offset of %s (not read for %s)", self.name,
+                         value.get("path", key) if isinstance(value, dict) else key,
+                         format_duration(self.config.forget_after))
 
     def _glob(self) -> list[str]:
         found: list[str] = []
@@ -613,7 +643,8 @@ class LogFilesSource(Source):
         for name, value in (("logfiles.files", len(self._files)), ("logfiles.records", s.records),
                             ("logfiles.bytes", s.bytes), ("logfiles.lag_bytes", lag),
                             ("logfiles.truncations", s.truncations), ("logfiles.long_lines", s.long_lines),
-                            ("logfiles.read_errors", s.read_errors), ("logfiles.refused_batches", s.refused)):
+                            ("logfiles.read_errors", s.read_errors), ("logfiles.refused_batches", s.refused),
+                            ("logfiles.forgotten_offsets", self.forgotten_offsets)):
             b.add((name, lb), float(value))
         return b
 
