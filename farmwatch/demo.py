@@ -85,14 +85,14 @@ class Fault:
 
 
 class _Decline:
-    """hltwk06 loses speed linearly to 45 % in 3 minutes: it can no longer keep up with its share
+    """hltwk06 loses speed linearly to 42 % in 3 minutes: it can no longer keep up with its share
     of the events (its rate falls by a fifth to a third with the load), but never to half its
     peers' (HltWorkerNodeSlow's threshold): only the detector can see it."""
 
     fault: slow.SlowFault | None = None
 
     def start(self, s: Scenario) -> None:
-        self.fault = slow.make("decline", s.unit_named("hlt02"), "hltwk06", s.now, 3600.0, ramp=180.0, floor=0.45)
+        self.fault = slow.make("decline", s.unit_named("hlt02"), "hltwk06", s.now, 3600.0, ramp=180.0, floor=0.42)
 
     def end(self, s: Scenario) -> None:
         assert self.fault is not None
@@ -112,7 +112,7 @@ def _plan() -> tuple[list[Fault], list[tuple[float, str, Callable[[Scenario], ob
     faults = [
         Fault(430, "hlt03: a worker process dies on hltwk09", "HltWorkersDied", {"unit": "hlt03"},
               lambda s: u(s, "hlt03").kill_workers("hltwk09", 1)),
-        Fault(450, "hlt02: hltwk06 slows down gradually to 45 % speed in 3 min — no rule threshold is crossed",
+        Fault(450, "hlt02: hltwk06 slows down gradually to 42 % speed in 3 min — no rule threshold is crossed",
               "AnomalyScoreHigh", {"host": "hltwk06", "unit": "hlt02"}, decline.start, 1040, decline.end),
         Fault(480, "hltwk10 (hlt03): a worker loops on an exception, 20 tracebacks/s in its log",
               "HltLogErrorBurst", {"host": "hltwk10"},
@@ -185,7 +185,7 @@ def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
                       logs=logs, episodes=False, extra_series=family_series) as s:
             cfg.write_text(_config(s))
             for unit in s.units:  # the luminosity: the same slow swing and noise for every unit
-                unit.add_schedule(slow.Load(base=90.0, swing=0.1, period=300.0, noise=0.02, tau=30.0, seed=7))
+                unit.add_schedule(slow.Load(base=90.0, swing=0.1, period=300.0, noise=0.02, tau=30.0, seed=7, t0=s.now))
             start = s.now
             names = ", ".join(u.name for u in s.units)
             console.print(f"[bold]farmwatch demo[/bold]: simulated units {names} ({len(s.endpoints)} monitor "

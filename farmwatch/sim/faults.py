@@ -117,6 +117,8 @@ class Load:
     noise: float = 0.04
     tau: float = 120.0
     seed: int = 0
+    t0: float = 0.0
+    """The time the swing is counted from (epoch seconds): the same start gives the same load."""
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -129,7 +131,7 @@ class Load:
             a = math.exp(-(t - self._t) / self.tau)
             self._x = a * self._x + math.sqrt(1 - a * a) * self._rng.gauss(0.0, self.noise)
         self._t = t
-        level = 1.0 + self.swing * math.sin(2 * math.pi * t / self.period + self._phase) + self._x
+        level = 1.0 + self.swing * math.sin(2 * math.pi * (t - self.t0) / self.period + self._phase) + self._x
         unit.input_rate = self.base * max(0.05, level)
 
 
