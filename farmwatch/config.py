@@ -166,6 +166,8 @@ class AlertingSettings(Section):
     """Remind about a firing, unacknowledged incident this often."""
     keep_resolved: Duration = Field(default=86400.0, gt=0)
     """Resolved alerts stay listed by `farmwatch alerts` this long (history is kept regardless)."""
+    forget_series_after: Duration = Field(default=86400.0, gt=0)
+    """A series with no sample for this long is forgotten by the rules (its `absent`/`down` alert resolves); at least the rules' lookback."""
     link: str | None = None
     """Link template shown in every message, e.g. `https://grafana/d/hlt?var-unit={unit}`."""
     inhibit: list[InhibitSettings] = Field(default_factory=list)

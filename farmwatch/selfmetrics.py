@@ -97,6 +97,13 @@ class SelfMetrics:
             alerts.add_metric(["firing"], st.firing)
             alerts.add_metric(["pending"], st.pending)
             yield alerts
+            window = getattr(self.engine, "window", None)
+            if window is not None:
+                yield _gauge("farmwatch_window_series", "Series the alerting window keeps.", window.series_count)
+                yield _counter("farmwatch_window_forgotten_series", "Series forgotten (no sample for forget_series_after).",
+                               window.forgotten_series)
+                yield _counter("farmwatch_window_compactions", "Compactions of the alerting window (ids reclaimed).",
+                               window.compactions)
         if self.delivery is not None:
             ds = self.delivery.stats
             yield _counter("farmwatch_notifications_delivered", "Chat messages posted or updated.", ds.delivered)

@@ -232,6 +232,7 @@ def test_self_metrics_endpoint_is_scraped_and_status_reads_it(tmp_path):
             assert m["farmwatch_source_cycles_total"][0][1] >= 1 and m["farmwatch_samples_dropped_total"][0][1] == 0
             assert m["farmwatch_process_resident_memory_bytes"][0][1] > 0
             assert m["farmwatch_rule_errors_total"][0][1] == 0 and m["farmwatch_alerts"]
+            assert m["farmwatch_window_series"][0][1] > 0 and m["farmwatch_window_forgotten_series_total"][0][1] == 0
             status = subprocess.run([sys.executable, "-m", "farmwatch", "status", "-c", str(config)], cwd=tmp_path,
                                     capture_output=True, text=True, timeout=30)
             assert status.returncode == 0, status.stdout + status.stderr

@@ -94,7 +94,8 @@ def make_window(rules: list, alerting: AlertingSettings, *, extra: set[str] = fr
     def wants(name: str) -> bool:
         return name in exact or any(fnmatchcase(name, g) for g in globs)
 
-    return Window(horizon, run_state_node=alerting.run_state_node, wants=wants)
+    return Window(horizon, run_state_node=alerting.run_state_node, wants=wants,
+                  forget_after=max(alerting.forget_series_after, horizon))
 
 
 def _secret(env: str | None, file: Path | None, what: str) -> str | None:

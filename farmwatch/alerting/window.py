@@ -13,21 +13,32 @@ Layout, chosen for speed:
   Reducing 6,400 per-peer rates over five minutes therefore touches ~40 blocks with one numpy call
   each instead of 6,400 Python-level slices;
 * selections (name glob + label matchers) are cached and extended incrementally as new series
-  appear (ids only grow), and the block plan of a selection is cached until blocks change;
+  appear (ids only grow between compactions), and the block plan of a selection is cached until blocks change;
 * string states (``daq.run_state``, ``socket_state``) keep their changes, which is all a state
   needs, and the run state of the DAQ is answered at any time within the horizon (backtests).
 
 Only series that some rule reads are kept (``wants(name)``, answered once per name); the rest of a
-farm cycle costs one dict lookup per sample. The window is not thread-safe by itself: ingest takes
-``lock``, and an engine that evaluates in another thread holds ``lock`` for a pass over the rules.
+farm cycle costs one dict lookup per sample.
+
+A service runs for months while label values churn (worker pids, replaced nodes, anomaly
+explanations), so series whose newest sample is older than ``forget_after`` are *forgotten* at
+``prune``, as Prometheus drops stale series: at once they leave every selection and lose their
+newest value and states (an ``absent`` alert about them resolves); their ids are reclaimed later,
+in one *compaction* that renumbers all ids, when enough are dead for it to pay (at most once per
+horizon). Keys of series no rule reads churn too and are cleared then, or beyond a limit.
+
+The window is not thread-safe by itself: ingest takes ``lock``, and an engine that evaluates in
+another thread holds ``lock`` for a pass over the rules (``prune`` takes it too).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 import re
 import threading
+import time
 import warnings
 from collections import deque
 from typing import Callable, Iterable
@@ -44,6 +55,13 @@ FUNCTIONS = ("last", "avg", "min", "max", "delta", "rate", "increase")
 
 _GLOB = re.compile(r"[*?\[]")
 _NO_IDS = np.empty(0, dtype=np.int64)
+COMPACT_MIN_DEAD = 1000
+"""Compact when at least this many forgotten ids wait (or ``COMPACT_MIN_SHARE`` of all ids)."""
+COMPACT_MIN_SHARE = 0.1
+UNWANTED_KEYS_LIMIT = 100_000
+"""Keys of unwanted series (``-1`` ids) beyond this (and beyond the kept ids) are cleared at ``prune``."""
+
+log = logging.getLogger(__name__)
 
 
 class _Block:
@@ -144,10 +162,15 @@ class Window:
     """In-memory recent samples, states and log records for rule evaluation (see the module doc)."""
 
     def __init__(self, horizon: float = 900.0, *, run_state_node: str | None = None,
-                 wants: Callable[[str], bool] | None = None, max_logs: int = 100_000) -> None:
+                 wants: Callable[[str], bool] | None = None, max_logs: int = 100_000,
+                 forget_after: float = 86400.0) -> None:
         if not horizon > 0:
             raise ValueError(f"horizon must be a positive number of seconds, not {horizon!r}")
+        if not forget_after >= horizon:
+            # A forgotten series must have no history left, or its points would outlive it.
+            raise ValueError(f"forget_after ({forget_after!r} s) must be at least the horizon ({horizon!r} s)")
         self.horizon = float(horizon)
+        self.forget_after = float(forget_after)
         self.run_state_node = run_state_node
         self._wants = wants
         self.lock = threading.RLock()
@@ -174,6 +197,16 @@ class Window:
         self.newest: float | None = None
         self.samples_seen = 0
         self.samples_kept = 0
+        self._dead: set[int] = set()  # forgotten ids not yet reclaimed by a compaction
+        self._unwanted = 0  # keys in ``_ids`` with id -1
+        self._compacted_at = -math.inf
+        self._unwanted_cleared_at = -math.inf
+        self.forgotten_series = 0
+        """Series forgotten so far (no sample for ``forget_after``)."""
+        self.compactions = 0
+        """Compactions so far (ids of forgotten series reclaimed, all ids renumbered)."""
+        self.last_compaction_seconds = 0.0
+        """Duration of the newest compaction (wall-clock seconds, the lock held meanwhile)."""
 
     # ---- feeding ---------------------------------------------------------------------------
 
@@ -248,6 +281,7 @@ class Window:
                 self._wants is None or name in (RUN_STATE, RUN_STATE_SINCE) or bool(self._wants(name)))
         if not wanted:
             self._ids[key] = -1
+            self._unwanted += 1
             return
         sid = len(self.keys)
         self._ids[key] = sid
@@ -362,8 +396,9 @@ class Window:
             start = sel.checked.get(name, 0)
             if start == len(ids):
                 continue
-            labels = self.label_dicts
-            sel.ids += [i for i in ids[start:] if all(m.matches(labels[i]) for m in sel.matchers)]
+            labels, dead = self.label_dicts, self._dead
+            sel.ids += [i for i in ids[start:]
+                        if i not in dead and all(m.matches(labels[i]) for m in sel.matchers)]
             sel.checked[name] = len(ids)
             added = True
         if added:
@@ -601,10 +636,114 @@ class Window:
                     del history[:keep]
             while self._logs and self._logs[0].ts < cutoff:
                 self._logs.popleft()
+            self._forget(now)
+            if self._dead and now - self._compacted_at >= self.horizon and (
+                    len(self._dead) >= COMPACT_MIN_DEAD or len(self._dead) >= COMPACT_MIN_SHARE * len(self.keys)):
+                self._compact(now)
+            elif (self._unwanted > max(UNWANTED_KEYS_LIMIT, len(self.keys))
+                  and now - self._unwanted_cleared_at >= self.horizon):
+                self._clear_unwanted(now)
+
+    def _forget(self, now: float) -> None:
+        """Make series with no sample since ``now - forget_after`` invisible, as if never seen.
+
+        Their ids stay taken (tombstones in ``keys`` and ``_by_name``) until a compaction, so
+        nothing cached has to be renumbered now: only the selections that held them shrink.
+        """
+        n = len(self.keys)
+        last = self._last_ts[:n]
+        stale = np.flatnonzero((last < now - self.forget_after) & (last > -math.inf))
+        # All their points are older than the horizon, so prune() above emptied their blocks;
+        # a series that still has history (cannot happen while forget_after >= horizon) stays.
+        gone = [sid for sid in stale.tolist() if not self._where[sid]]
+        if not gone:
+            return
+        for sid in gone:
+            self._ids.pop(self.keys[sid], None)
+            self._states.pop(sid, None)
+        self._last_ts[gone] = -math.inf
+        self._last_val[gone] = math.nan
+        self._dead.update(gone)
+        self.forgotten_series += len(gone)
+        gone_ids = np.array(gone, dtype=np.int64)
+        for sel in self._selections.values():
+            if len(sel.array) and np.isin(sel.array, gone_ids, assume_unique=True).any():
+                sel.ids = [i for i in sel.ids if i not in self._dead]
+                sel.array = np.array(sel.ids, dtype=np.int64)  # a new object: callers' caches by identity expire
+                sel.plan = None
+        self._groups.clear()
+        self._data_version += 1
+
+    def compact(self, now: float) -> int:
+        """Reclaim the ids of the series forgotten so far now, paying or not (``prune`` compacts
+        by itself when it pays); returns how many. ``now`` starts the next once-per-horizon wait."""
+        with self.lock:
+            reclaimed = len(self._dead)
+            if reclaimed:
+                self._compact(now)
+            return reclaimed
+
+    def _compact(self, now: float) -> None:
+        """Reclaim the ids of forgotten series: renumber the live ones 0..n-1 (order kept, so
+        selections stay sorted) and remap everything that holds an id."""
+        started = time.perf_counter()
+        for sel in self._selections.values():
+            self._refresh(sel)  # every selection has checked every id: only the remapped ids remain to keep
+        n = len(self.keys)
+        alive = np.ones(n, dtype=bool)
+        alive[list(self._dead)] = False
+        old_ids = np.flatnonzero(alive)
+        new_id = np.full(n, -1, dtype=np.int64)
+        new_id[old_ids] = np.arange(len(old_ids))
+        keep = old_ids.tolist()
+        self.keys = [self.keys[i] for i in keep]
+        self.label_dicts = [self.label_dicts[i] for i in keep]
+        self._where = [self._where[i] for i in keep]
+        self._ids = dict(zip(self.keys, range(len(self.keys))))  # unwanted (-1) keys go too: re-learnt on sight
+        self._unwanted = 0
+        capacity = max(1024, len(self._last_ts))
+        while capacity // 2 >= max(1024, 2 * len(keep)):
+            capacity //= 2
+        last_ts, last_val = np.full(capacity, -math.inf), np.full(capacity, math.nan)
+        last_ts[:len(keep)], last_val[:len(keep)] = self._last_ts[old_ids], self._last_val[old_ids]
+        self._last_ts, self._last_val = last_ts, last_val
+        # Names stay listed even when all their series are gone: selections index ``_name_list``.
+        self._by_name = {name: [i for i in new_id[ids].tolist() if i >= 0] for name, ids in self._by_name.items()}
+        self._states = {int(new_id[sid]): history for sid, history in self._states.items()}
+        blocks = {}
+        for block in self._blocks.values():
+            block.ids = new_id[block.ids]
+            blocks[block.ids.tobytes()] = block
+        self._blocks = blocks
+        for sel in self._selections.values():
+            remapped = new_id[sel.array]
+            sel.ids = remapped[remapped >= 0].tolist()
+            sel.array = np.array(sel.ids, dtype=np.int64)
+            sel.checked = {name: len(self._by_name[name]) for name in sel.checked}
+            sel.plan = None
+            sel.memo.clear()
+        self._groups.clear()
+        self._blocks_version += 1
+        self._data_version += 1
+        reclaimed = len(self._dead)
+        self._dead = set()
+        self._compacted_at = self._unwanted_cleared_at = now
+        self.compactions += 1
+        self.last_compaction_seconds = time.perf_counter() - started
+        log.info("alerting window: reclaimed the ids of %d forgotten series (%d kept) in %.3f s",
+                 reclaimed, len(keep), self.last_compaction_seconds)
+
+    def _clear_unwanted(self, now: float) -> None:
+        """Drop the keys of series no rule reads (they churn too); ids do not change."""
+        dead = self._dead
+        self._ids = {key: sid for sid, key in enumerate(self.keys) if sid not in dead}
+        self._unwanted = 0
+        self._unwanted_cleared_at = now
 
     @property
     def series_count(self) -> int:
-        return len(self.keys)
+        """Series kept (forgotten ones not counted, even before their ids are reclaimed)."""
+        return len(self.keys) - len(self._dead)
 
     def labels_of(self, sid: int) -> Labels:
         return self.keys[sid][1]
