@@ -2,7 +2,7 @@
 
 Issue 4's operator-facing promise, measured end to end on a simulated clock: a simulated HLT unit
 (3 worker nodes × 4 workers, 100 Hz, real ZeroMQ monitor sockets) polled every 2 s by the real
-``hlt_zmq`` source, the 14 shipped rules (alerts/hlt.toml) in the real ``AlertEngine`` (lifecycle,
+``hlt_zmq`` source, the shipped rules (alerts/*.toml) in the real ``AlertEngine`` (lifecycle,
 inhibition, grouping, outbox in SQLite), delivered over HTTP to the Rocket.Chat stand-in
 (``farmwatch.sim.scenario.Scenario``). The run state comes from the simulated run control
 directly, except in the clean hour and for ``RunStateUnknown``, where it goes through a real IOC
@@ -17,11 +17,14 @@ and the real ``nsm`` source, as deployed.
    incident until it resolved, or for faults that do not end by themselves, until the cascade
    had time to show. The issue's bound is ``for`` + 2 poll intervals (+ the rule's ``grace`` when
    measured from a run start, + the time a fault takes to be visible at all, as in the tests);
-   the first chat message comes ``group_wait`` later by design. Both are reported. Shipped rules
-   no simulator fault can fire (farmwatch's own health, alerts/farmwatch.toml) are listed as not
+   the first chat message comes ``group_wait`` later by design. Both are reported. The log rule
+   and farmwatch's dead-man's switch run with the nodes' application logs written and tailed
+   (``Scenario(logs=True)``: an error burst; the log collector hanging). Shipped rules no
+   simulator fault here can fire (FarmwatchDroppingSamples: a store that cannot keep up;
+   AnomalyScoreHigh: needs a trained model, measured by ``farmwatch demo``) are listed as not
    measured.
-2. **Clean hour.** 60 simulated minutes, 4 run stop/start cycles (RUNNING → STOPPING → READY →
-   STARTING → RUNNING), no fault: chat messages (must be 0; any are listed with their rule), and
+2. **Clean hour.** 60 simulated minutes with application logs (the usual odd ERROR), 4 run
+   stop/start cycles (RUNNING → STOPPING → READY → STARTING → RUNNING), no fault: chat messages (must be 0; any are listed with their rule), and
    the closest any rule came (pending episodes).
 3. **Baselines, same run, same data.** Each scenario also feeds a second and third alerting
    pipeline (own engine, store and chat server) from the *same* window at the *same* evaluation
@@ -71,7 +74,7 @@ INTERVAL = 2.0
 WARMUP = 60.0
 ROOM = "hlt-alerts"
 SHIPPED = Timers()  # farmwatch's defaults ([alerting] in the config): group_wait 10 s, group_interval 1 min
-EVERY_LABEL = ("alertname", "system", "unit", "app", "node", "host", "pid", "var", "source")
+EVERY_LABEL = ("alertname", "system", "unit", "app", "node", "host", "pid", "var", "source", "service")
 UNGROUPED = dataclasses.replace(SHIPPED, group_by=EVERY_LABEL, group_wait=0.0)
 SETTLE_LIMIT = 15 * 60.0
 """Simulated seconds an incident may take to resolve after its fault is cleared (or runs out)."""
@@ -93,6 +96,8 @@ class Fault:
     then: Callable[[Scenario], float] | None = None
     """After the fault: more steps; returns the reference time delays are measured from."""
     needs_ioc: bool = False
+    needs_logs: bool = False
+    """The unit's worker nodes write application logs, tailed by the real logfiles source (``Scenario(logs=True)``)."""
 
 
 def _dqm_run_restart(s: Scenario) -> float:
@@ -142,6 +147,12 @@ FAULTS = [
           then=_dqm_run_restart),
     # The nsm source notices a dead IOC after its missing_after (2 s).
     Fault("RunStateUnknown", "run-state IOC killed", lambda s: s.rc.ioc.kill(), _ioc_back, slack=2.0, needs_ioc=True),
+    # 100 ERROR records at 20/s take 5 s to exist.
+    Fault("HltLogErrorBurst", "a worker loops on an exception: 20 tracebacks/s in hltwk02's log",
+          lambda s: s.error_burst("hltwk02", 20.0), lambda s: s.error_burst("hltwk02", 0), slack=5.0, needs_logs=True),
+    # The dead-man's switch: a source without a cycle for `after` (3 min) is the fault becoming visible.
+    Fault("FarmwatchSourceSilent", "farmwatch's log collector hangs (the node keeps writing)",
+          lambda s: s.logs.hang(True), lambda s: s.logs.hang(False), slack=180.0, needs_logs=True),
 ]
 
 
@@ -251,7 +262,8 @@ def run_fault(fault: Fault, rep: int, reps: int, rules: list[Rule], ioc: SimIOC 
     names = {r.name for r in rules}
     rule = next(r for r in rules if r.name == fault.rule)
     seed, warmup, phase = rep + 1, WARMUP + 10 * rep, round(INTERVAL * rep / reps, 3)
-    with Scenario(rules, interval=INTERVAL, seed=seed, timers=SHIPPED, ioc=ioc if fault.needs_ioc else None) as s:
+    with Scenario(rules, interval=INTERVAL, seed=seed, timers=SHIPPED, ioc=ioc if fault.needs_ioc else None,
+                  logs=fault.needs_logs) as s:
         missed = MissedPolls(s)
         shadow = Shadow(s, ungrouped(rules), UNGROUPED)
         try:
@@ -335,7 +347,7 @@ def clean_hour(rules: list[Rule], ioc: SimIOC) -> dict:
     names = {r.name for r in rules}
     # No endpoint is dead here, so a generous poll deadline costs nothing and keeps a loaded
     # machine from missing polls (the fault runs keep the tests' 0.2 s: dead endpoints pay it).
-    with Scenario(rules, interval=INTERVAL, seed=7, timers=SHIPPED, ioc=ioc, timeout=CLEAN_TIMEOUT) as s:
+    with Scenario(rules, interval=INTERVAL, seed=7, timers=SHIPPED, ioc=ioc, timeout=CLEAN_TIMEOUT, logs=True) as s:
         missed = MissedPolls(s)
         shadows = {"ungrouped": Shadow(s, ungrouped(rules), UNGROUPED), "naive": Shadow(s, naive(rules), SHIPPED)}
         try:

@@ -16,7 +16,7 @@ a node losing power before a run stop. At the end a table says, for every inject
 alert it raised, how long that took, how many chat messages it made and when it resolved, and
 every log line written is checked to be stored once — the demo proves the whole chain, not just a
 screen. The only shipped rule it does not provoke is ``FarmwatchDroppingSamples`` (it needs a
-store that cannot keep up; tests/test_selfmetrics.py drives it against a locked store).
+store that cannot keep up; tests/test_selfwatch_rules.py drives it against a locked store).
 """
 
 from __future__ import annotations

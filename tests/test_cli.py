@@ -112,7 +112,7 @@ def test_demo_runs_the_scenario_and_every_fault_reaches_chat(demo_run):
     out_dir, out = demo_run
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
-    # Every shipped rule but FarmwatchDroppingSamples (a store that cannot keep up: test_selfmetrics)
+    # Every shipped rule but FarmwatchDroppingSamples (a store that cannot keep up: test_selfwatch_rules)
     shipped = {r.name for r in load_rules([ALERTS])}
     assert shipped - set(DEMO_FAULTS) == {"FarmwatchDroppingSamples"}
     for rule in DEMO_FAULTS:
