@@ -63,7 +63,9 @@ def apply(alerts: Iterable[Alert], silences: Iterable[Silence], inhibits: Iterab
     alerts = list(alerts)
     active = [a for a in alerts if a.state != AlertState.RESOLVED]
     inhibits = list(inhibits)
-    held = [a for a in alerts if a.state == AlertState.RESOLVED] if any(r.hold for r in inhibits) else []
+    longest = max((r.hold for r in inhibits), default=0.0)
+    held = [a for a in alerts if a.state == AlertState.RESOLVED and a.ends_at is not None
+            and now - a.ends_at < longest]
     labelled = {a.fingerprint: label_map(a) for a in active + held}
     silences = [s for s in silences if s.active(now)]
     sources = [(rule, a) for rule in inhibits for a in active + held
