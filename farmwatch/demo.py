@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -78,10 +78,6 @@ class Fault:
     clear: Callable[[Scenario], object] | None = None
     injected: float | None = None
     cleared: float | None = None
-    fired: float | None = None
-    resolved: float | None = None
-    posted: float | None = None
-    messages: set[str] = field(default_factory=set)
 
 
 class _Decline:
