@@ -65,8 +65,7 @@ from bench_store_ingest import machine  # noqa: E402
 
 from farmwatch.clock import SimClock  # noqa: E402
 from farmwatch.detect import train_family  # noqa: E402
-from farmwatch.detect.frames import entity_features, filled  # noqa: E402
-from farmwatch.detect.scoring import combine  # noqa: E402
+from farmwatch.detect.family import score_history  # noqa: E402
 from farmwatch.sim import faults  # noqa: E402
 from farmwatch.sim.unit import SimUnit  # noqa: E402
 
@@ -137,21 +136,11 @@ def farmwatch_scores(runs: list[UnitRun], alpha: float) -> tuple[dict, float, di
         rows += int(model.trained.get("n_samples", 0))
         threshold = model.threshold
         t = time.perf_counter()
-        nodes = list(r.test)
-        X = []
-        for n in nodes:
-            ctx = pd.concat([r.train[n].iloc[-(WINDOW - 1):], r.test[n]])
-            X.append(entity_features(filled(ctx, model.metrics), WINDOW, 1, model.features))
-        cube = np.stack(X, axis=1)  # (time, node, feature)
-        T = cube.shape[0]
-        own = model.score(cube.reshape(T * len(nodes), -1)).reshape(T, len(nodes))
-        peer = np.empty_like(own)
-        for i in range(T):  # what FamilyModel.score_entities does at each time, without explanations
-            pz = model.peer_z(cube[i])
-            peer[i] = model.peer_calibrator(np.max(np.abs(pz), axis=1))
-        total = combine(own, peer)
-        for j, n in enumerate(nodes):
-            out[(r.name, n)] = total[:, j]
+        # The windows of the first test points reach back into the training history.
+        context = {n: pd.concat([r.train[n].iloc[-(WINDOW - 1):], r.test[n]]) for n in r.test}
+        scores = score_history(model, context)  # what score_entities gives at each time
+        for n in scores.columns:
+            out[(r.name, n)] = scores[n].to_numpy()
         score_s += time.perf_counter() - t
     return out, threshold, {"train_s": train_s, "score_s": score_s, "train_rows": rows,
                             "features": len(model.columns), "families": len(runs)}

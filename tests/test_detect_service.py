@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from farmwatch.alerting.service import build
@@ -298,3 +299,20 @@ def test_the_explanation_label_is_sticky_and_a_change_ends_the_old_series(farm):
     assert set(step(0.97, ["b", "a"])) == {(SCORE, "a"), (EXPLANATION, None)}   # still among the top 3
     out = step(0.999, ["b", "c", "d"])
     assert math.isnan(out[(SCORE, "a")]) and out[(SCORE, "b")] == 0.999
+
+
+def test_score_from_store_gives_at_every_time_what_the_family_scores_then(farm):
+    """The notebook/backtest helper: the family's scores over a time range, one column per entity;
+    each row is what ``score_entities`` gives for the windows ending then (here: the last one)."""
+    from farmwatch.detect.training import score_from_store
+
+    fam = farm.settings.detect.families["worker"]
+    end = START + HISTORY - POLL
+    history = score_from_store(farm.store, fam, farm.model, end - 120, end)
+    assert sorted(history.columns) == sorted(f"unit=hlt01,host={n}" for n in farm.unit.nodes)
+    assert len(history) == 30 and (history.index.to_series().diff().dropna() == pd.Timedelta("4s")).all()
+    assert history.notna().all().all() and ((history >= 0) & (history <= 1)).all().all()
+    frames = entity_frames(farm.store, fam, end - 40 * 4.0, end)
+    names, X = latest_features(farm.model, frames, fam.freq)
+    for name, e in zip(names, farm.model.score_entities(X, names)):
+        assert history[name].iloc[-1] == pytest.approx(e.score, abs=1e-9), name

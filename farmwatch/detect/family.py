@@ -15,7 +15,8 @@ import pandas as pd
 
 from farmwatch.detect import features as feats
 from farmwatch.detect.frames import column_names, entity_features, filled
-from farmwatch.detect.models import Explanation, FamilyModel, train
+from farmwatch.detect.models import MIN_PEERS, Explanation, FamilyModel, train
+from farmwatch.detect.scoring import combine
 
 
 def _grid(frame: pd.DataFrame, freq: str | None) -> pd.DataFrame:
@@ -106,6 +107,46 @@ def score_family(model: FamilyModel, frames: Mapping[str, pd.DataFrame], freq: s
         return []
     out = model.score_entities(X, names, top=top)
     return sorted(out, key=lambda e: -e.score)
+
+
+def score_history(model: FamilyModel, frames: Mapping[str, pd.DataFrame], freq: str | None = None,
+                  since: Any = None) -> pd.DataFrame:
+    """The family's scores over time: one column per entity, one row per time a whole window ends
+    (from ``since`` on, when given: the frames should then start a window earlier), each value what
+    ``FamilyModel.score_entities`` gives at that time (model and peers combined).
+
+    For notebooks and evaluations ("what did the model think during this incident?"): the entities
+    are put on one time grid (``freq``; without it, the union of their indexes), gaps filled
+    causally as in training; an entity without data before a time gets the training medians there.
+    """
+    grids = {str(e): _grid(f, freq) for e, f in frames.items()}
+    grids = {e: f for e, f in grids.items() if len(f)}
+    if not grids:
+        return pd.DataFrame()
+    index = grids[next(iter(grids))].index
+    for f in grids.values():
+        index = index.union(f.index)
+    if len(index) < model.window:
+        return pd.DataFrame(index=index[:0])
+    fill = dict(zip(model.metrics, _metric_medians(model)))
+    names = list(grids)
+    cube = np.stack([entity_features(filled(grids[e].reindex(index), model.metrics, fill), model.window, 1,
+                                     model.features) for e in names], axis=1)  # (time, entity, feature)
+    T, n = cube.shape[:2]
+    X = cube.reshape(T * n, -1)
+    X[~np.isfinite(X)] = np.nan
+    total = model.score(X).reshape(T, n)
+    if model.peer_calibrator is not None and n >= MIN_PEERS:
+        peer = np.empty_like(total)
+        for i in range(T):
+            pz = model.peer_z(cube[i])
+            peer[i] = model.peer_calibrator(np.max(np.abs(pz), axis=1))
+        total = combine(total, peer)
+    out = pd.DataFrame(total, index=index[model.window - 1:], columns=names)
+    if since is not None:
+        start = pd.Timestamp(since, unit="s", tz="UTC") if isinstance(since, (int, float)) else pd.Timestamp(since)
+        out = out[out.index >= start]
+    return out
 
 
 def _metric_medians(model: FamilyModel) -> list[float]:

@@ -156,3 +156,12 @@ def train_from_store(store: Any, name: str, fam: FamilySettings, since: float | 
                         freq=fam.freq, kind=fam.kind, target_false_alarm=fam.target_false_alarm,
                         exclude=lambda index: usable_mask(index, periods), progress=progress, compute=compute)
 
+
+def score_from_store(store: Any, fam: FamilySettings, model: Any, since: float, until: float | None = None) -> pd.DataFrame:
+    """``family.score_history`` of the store's series of family ``fam`` between ``since`` and
+    ``until`` (epoch seconds): the scores the service would have written, one column per entity
+    (``unit=hlt02,host=hltwk06``), for notebooks and backtests of a model."""
+    from farmwatch.detect.family import score_history
+
+    lead = pd.Timedelta(fam.freq).total_seconds() * (model.window + 1)
+    return score_history(model, entity_frames(store, fam, since - lead, until), fam.freq, since=since)
