@@ -167,8 +167,9 @@ def align(frames: Mapping[str, pd.DataFrame | pd.Series], freq: str = "10s", lim
 
 def context(store: SQLiteStore, alert: Mapping[str, Any], before: str = "10m", after: str = "5m") -> dict[str, Any]:
     """What an expert looks at around one alert (a row of ``alerts()``): the unit's input and output
-    rates, its worker nodes' rates, the run state, the other alerts of that time, and the warnings
-    and errors its host (or unit) logged (``logs``)."""
+    rates, its worker nodes' rates and anomaly scores (``anomaly``: empty without a trained model),
+    the run state, the other alerts of that time, and the warnings and errors its host (or unit)
+    logged (``logs``)."""
     start = alert["pending"] if pd.notna(alert["pending"]) else alert["firing"]
     end = alert["resolved"] if pd.notna(alert["resolved"]) else start
     since, until = start.timestamp() - parse_duration(before), end.timestamp() + parse_duration(after)
@@ -179,6 +180,8 @@ def context(store: SQLiteStore, alert: Mapping[str, Any], before: str = "10m", a
         "output": frame(store, "hlt.output.sent_events:rate", {**unit, "app": "finalcollector", "host": ""}, since=since, until=until, by="unit"),
         "nodes": frame(store, "hlt.output.sent_events:rate", [*(f"unit={u}" for u in unit.values()), "app=distributor", "host!="],
                        since=since, until=until, by="host"),
+        "anomaly": frame(store, "anomaly.score", [f"unit={u}" for u in unit.values()], since=since, until=until,
+                         by="host"),
         "run_state": states(store, since=since - 86400, until=until),
         "alerts": (a := alerts(store))[(a["pending"].fillna(a["firing"]) <= pd.Timestamp(until, unit="s", tz="UTC"))
                                        & (a["resolved"].isna() | (a["resolved"] >= pd.Timestamp(since, unit="s", tz="UTC")))],
