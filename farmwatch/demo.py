@@ -261,13 +261,15 @@ def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
 
 def _train(console: Console, live: Live | None, s: Scenario, cfg: Path, store: SQLiteStore, start: float,
            t: float) -> None:
-    """``farmwatch train`` on the quiet start, then score every step as ``farmwatch run`` does."""
+    """``farmwatch train`` on the quiet start, then score every step as ``farmwatch run`` does; the
+    families are the ``[detect]`` section of the config the demo wrote (what ``farmwatch models``
+    and ``farmwatch run -c`` on it see)."""
+    from farmwatch.config import load
     from farmwatch.detect import save
     from farmwatch.detect.service import Scorer
-    from farmwatch.detect.training import DetectSettings, train_from_store
+    from farmwatch.detect.training import train_from_store
 
-    detect = DetectSettings.model_validate({"models": str(cfg.parent / "models"),
-                                            "families": families([u.name for u in s.units])})
+    detect = load(cfg).detect
     began = time.perf_counter()
     for name, fam in detect.families.items():
         save(train_from_store(store, name, fam, start, s.now), detect.models / name)

@@ -65,6 +65,8 @@ class Tracker:
     def notifiable(self) -> dict[str, Alert]:
         """The alerts as notifications must see them: a resolved alert whose condition holds again
         is pending (not news yet), so its group still gets to say that it resolved."""
+        if not self._replaced:
+            return self.alerts  # the usual case: no copy each evaluation
         out = dict(self.alerts)
         for fp, previous in self._replaced.items():
             current = out.get(fp)
