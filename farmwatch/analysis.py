@@ -190,7 +190,45 @@ def context(store: SQLiteStore, alert: Mapping[str, Any], before: str = "10m", a
     if "host" in lbls:
         out["host"] = frame(store, "zabbix.*", {"host": lbls["host"]}, since=since, until=until, by="item")
     out["logs"] = _context_logs(store, lbls, since, until)
+    out["patterns"] = log_patterns(store, since=since, until=until, host=lbls.get("host"),
+                                   unit=lbls.get("unit") if "host" not in lbls else None)
     return out
+
+
+def log_templates(messages: list[str]) -> list[str]:
+    """One template per message (variable parts as ``<*>``), in input order, by the miner the log
+    pipeline uses: every message is learnt first, then each gets its settled template."""
+    from farmwatch.logtemplates import log_templates as mine
+
+    return mine(messages)
+
+
+def log_patterns(store: SQLiteStore, *, since: Any = None, until: Any = None, host: str | None = None,
+                 level: str | Iterable[str] | None = None, unit: str | None = None, new: bool = False,
+                 limit: int = 50) -> pd.DataFrame:
+    """The message templates of the stored records in a time range, most frequent first: count,
+    first and last seen (UTC), hosts, levels, an example line, and ``new`` (first seen in the
+    range) — ``farmwatch logs patterns`` as a DataFrame. ``unit`` keeps templates of that unit's
+    hosts (the records' ``labels.unit``)."""
+    from farmwatch.logtemplates import TemplateStore
+
+    now = newest(store)
+    lo, hi = _epoch(since, now), _epoch(until, now)
+    levels = [level] if isinstance(level, str) else list(level or ())
+    hosts = None
+    if unit is not None:
+        with store.transaction("hosts of a unit") as conn:
+            hosts = {h for (h,) in conn.execute("SELECT DISTINCT host FROM logs WHERE ts >= ? AND ts <= ? AND "
+                                                "json_extract(fields, '$.\"labels.unit\"') = ?",
+                                                (-math.inf if lo is None else lo, math.inf if hi is None else hi, unit))}
+    rows = TemplateStore(store).patterns(since=lo, until=hi, host=host, level=levels, new=new, limit=10 * limit if hosts else limit)
+    if hosts is not None:
+        rows = [r for r in rows if hosts & set(r["hosts"])][:limit]
+    df = pd.DataFrame(rows, columns=["id", "template", "count", "first", "last", "hosts", "levels", "first_seen", "example"])
+    for col in ("first", "last", "first_seen"):
+        df[col] = pd.to_datetime(df[col].astype(float), unit="s", utc=True)
+    df["new"] = df["first_seen"] >= (pd.Timestamp(lo, unit="s", tz="UTC") if lo is not None else df["first_seen"].min())
+    return df
 
 
 def _context_logs(store: SQLiteStore, lbls: Mapping[str, str], since: float, until: float,
@@ -278,4 +316,5 @@ def _column(lbls: Mapping[str, str], keys: list[str], name: str) -> str:
     return ",".join(p for p in parts if p) or name
 
 
-__all__ = ["align", "alerts", "context", "frame", "log_counts", "newest", "open_store", "plot", "states", "timeline"]
+__all__ = ["align", "alerts", "context", "frame", "log_counts", "log_patterns", "log_templates", "newest", "open_store",
+           "plot", "states", "timeline"]

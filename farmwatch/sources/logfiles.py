@@ -47,6 +47,7 @@ from pydantic import ByteSize, Field, field_validator
 from farmwatch.config import Duration
 from farmwatch.durations import format_duration
 from farmwatch.logparse import LineParser, zone
+from farmwatch.logtemplates.records import RecordTemplates
 from farmwatch.model import Batch, LogRecord, labels as make_labels
 from farmwatch.sources.base import Source, SourceConfig
 from farmwatch.store.logs import LogBatch
@@ -90,6 +91,9 @@ class LogFilesConfig(SourceConfig):
     fingerprint_bytes: int = Field(default=1024, ge=16)
     keep_original: bool = True
     """Keep the raw line(s) as ``event.original``."""
+    templates: bool = True
+    """Give every record its message template (``log.template.id``, ``log.template.text``) and write
+    ``log.template.count`` per template and host each cycle (docs/log-templates.md)."""
 
     @field_validator("path_pattern")
     @classmethod
@@ -187,11 +191,15 @@ class LogFilesSource(Source):
         self._now = 0.0  # the read time: the timestamp of lines that carry none
         self._pruned = -math.inf  # when stored offsets were last checked for forgetting
         self.forgotten_offsets = 0
+        self.templates = RecordTemplates() if config.templates else None
 
     # -- wiring -----------------------------------------------------------------------------------
     def bind_store(self, store: Any) -> None:
-        """Where the offsets are kept (the runner passes its SQLite store before the first poll)."""
+        """Where the offsets are kept (the runner passes its SQLite store before the first poll),
+        and the log templates its collectors share."""
         self._store = store
+        if self.templates is not None:
+            self.templates.bind(store)
 
     def _load_cursors(self) -> None:
         stored: dict[tuple[int, int], tuple[str, dict[str, Any]]] = {}
@@ -227,6 +235,9 @@ class LogFilesSource(Source):
             self._forget_offsets(now)
             drop = sorted(self._drop)
             out: list[Batch | LogBatch] = []
+            if self.templates is not None:  # before anything is handed on: every sink gets the templates
+                lbls = tuple(sorted(self.config.labels.items()))
+                out.append(self.templates.annotate(records, now, lbls) if records else self.templates.counts(now, lbls))
             if records or cursors or drop:
                 self._inflight = inflight
                 out.append(LogBatch(self.name, records, cursors, drop, ack=self._ack, nack=self._nack))

@@ -423,6 +423,10 @@ def component_templates(prefix: str) -> dict[str, dict[str, Any]]:
                         "logger": {"type": "keyword"},
                         "offset": {"type": "long"},
                         "file": {"properties": {"path": {"type": "keyword"}, "fingerprint": {"type": "keyword"}}},
+                        # farmwatch's message template (docs/log-templates.md): the id to aggregate on,
+                        # the text to read (a keyword for terms aggregations, and searchable words)
+                        "template": {"properties": {"id": {"type": "keyword"}, "text": {
+                            "type": "keyword", "ignore_above": 2048, "fields": {"words": {"type": "text"}}}}},
                         "origin": {"properties": {"function": {"type": "keyword"}, "file": {"properties": {
                             "name": {"type": "keyword"}, "line": {"type": "long"}}}}},
                     }},

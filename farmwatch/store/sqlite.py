@@ -170,6 +170,38 @@ MIGRATIONS: list[str] = [
         VALUES ('delete', old.id, old.message, old.level, old.host, old.service);
     END;
     """,
+    # 5: log templates (farmwatch.logtemplates): the miners' clusters, shared by every collector
+    # of the file (version: a change counter for syncing), the templates with when they were first
+    # and last seen (kept up to date by a trigger on logs; resumed/idle: the last return after an
+    # hour or more without the template), and the record's template id as an indexed column.
+    """
+    CREATE TABLE log_template_clusters(
+        id TEXT PRIMARY KEY,
+        bucket TEXT NOT NULL,
+        words TEXT NOT NULL,
+        version INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX log_template_clusters_version ON log_template_clusters(version);
+    CREATE TABLE log_templates(
+        id TEXT PRIMARY KEY,
+        template TEXT NOT NULL,
+        cluster TEXT NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        resumed REAL NOT NULL,
+        idle REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
+    CREATE INDEX log_templates_cluster ON log_templates(cluster);
+    ALTER TABLE logs ADD COLUMN template_id TEXT
+        GENERATED ALWAYS AS (json_extract(fields, '$."log.template.id"')) VIRTUAL;
+    CREATE INDEX logs_template ON logs(template_id, ts);
+    CREATE TRIGGER logs_template_seen AFTER INSERT ON logs WHEN new.template_id IS NOT NULL BEGIN
+        UPDATE log_templates SET
+            resumed = CASE WHEN new.ts - last_seen >= 3600 THEN new.ts ELSE resumed END,
+            idle = CASE WHEN new.ts - last_seen >= 3600 THEN new.ts - last_seen ELSE idle END,
+            first_seen = min(first_seen, new.ts),
+            last_seen = max(last_seen, new.ts)
+        WHERE id = new.template_id;
+    END;
+    """,
 ]
 """Schema steps: ``MIGRATIONS[i]`` is an SQL script taking a file from ``user_version`` i to i + 1.
 

@@ -1,0 +1,112 @@
+"""Templates on log records as a source hands them on, and their counts as series.
+
+Each record gets ``log.template.id`` and ``log.template.text`` in its fields (so both stores get
+them: the ECS document in Elasticsearch, the ``fields`` of the embedded store, whose ``template_id``
+column is derived from it). Each cycle also yields ``log.template.count{template, host, service,
+level, unit}``: how many records of that template the cycle read, and 0 for a template that had
+records within ``idle`` but none now, so a rate is a continuous series while it matters and a
+template that went quiet stops costing samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from farmwatch.logtemplates.miner import TemplateMiner
+from farmwatch.logtemplates.store import TemplateStore
+from farmwatch.model import Batch, LogRecord
+
+__all__ = ["COUNT", "ID_FIELD", "TEXT_FIELD", "RecordTemplates"]
+
+log = logging.getLogger(__name__)
+
+ID_FIELD = "log.template.id"
+TEXT_FIELD = "log.template.text"
+COUNT = "log.template.count"
+IDLE = 600.0
+
+_Key = tuple[str, str, str, str, str]
+"""(template id, host, service, level, unit)."""
+
+
+class RecordTemplates:
+    """The miner of one log source, bound to the store its collectors share (when there is one)."""
+
+    def __init__(self, miner: TemplateMiner | None = None, *, idle: float = IDLE) -> None:
+        self.miner = miner or TemplateMiner()
+        self.idle = idle
+        self.templates: TemplateStore | None = None
+        self._active: dict[_Key, float] = {}
+        self._failed = False
+        self.sync_failures = 0
+
+    def bind(self, store: Any) -> None:
+        """Share clusters through ``store`` (a ``SQLiteStore``); load what it knows."""
+        if not hasattr(store, "transaction"):
+            return
+        self.templates = TemplateStore(store)
+        self.templates.load(self.miner)
+
+    def annotate(self, records: Sequence[LogRecord], now: float, labels: tuple[tuple[str, str], ...] = ()) -> Batch:
+        """Template fields into every record (in place), new templates to the store, and the
+        cycle's ``log.template.count`` samples (``labels``: the source's own, added to each)."""
+        if self.templates is not None:
+            self._pull()  # what the other collectors of the store learnt, before mining
+        template_of = self.miner.template_of
+        new = self.miner.new
+        counts: dict[_Key, int] = {}
+        first: dict[str, float] = {}
+        for r in records:
+            t = template_of(r.message)
+            fields = r.fields
+            fields[ID_FIELD] = t.id  # type: ignore[index]
+            fields[TEXT_FIELD] = t.text  # type: ignore[index]
+            key = (t.id, r.host, r.service, r.level, fields.get("labels.unit") or "")
+            counts[key] = counts.get(key, 0) + 1
+            if t.id in new and r.ts < first.get(t.id, float("inf")):
+                first[t.id] = r.ts
+        self._sync(first)
+        return self._series(counts, now, labels)
+
+    def counts(self, now: float, labels: tuple[tuple[str, str], ...] = ()) -> Batch:
+        """A cycle without records: the zeros of templates still active."""
+        return self._series({}, now, labels)
+
+    def _pull(self) -> None:
+        try:
+            self.templates.pull(self.miner)  # type: ignore[union-attr]
+        except Exception as exc:  # mined with what is known here; saved and merged at the next sync
+            log.debug("reading log template clusters failed: %s", exc)
+
+    def _sync(self, first: dict[str, float]) -> None:
+        if self.templates is None:
+            self.miner.take_new()
+            return
+        try:
+            self.templates.sync(self.miner, first)
+            if self._failed:
+                log.warning("log templates are saved to the store again")
+            self._failed = False
+        except Exception as exc:  # the records still go on; the templates are saved at the next cycle
+            self.sync_failures += 1
+            if not self._failed:
+                log.error("cannot save log templates to the store (retried every cycle): %s", exc)
+            self._failed = True
+
+    def _series(self, counts: dict[_Key, int], now: float, labels: tuple[tuple[str, str], ...]) -> Batch:
+        active = self._active
+        for key in counts:
+            active[key] = now
+        batch = Batch(now)
+        cutoff = now - self.idle
+        for key, seen in list(active.items()):
+            if seen < cutoff:
+                del active[key]
+                continue
+            tid, host, service, level, unit = key
+            lbls = {"template": tid, "host": host, "service": service, "level": level, **dict(labels)}
+            if unit:
+                lbls["unit"] = unit
+            batch.add((COUNT, tuple(sorted(lbls.items()))), float(counts.get(key, 0)))
+        return batch
