@@ -15,6 +15,8 @@ else the shared machine runs), median over ``--runs``:
   with ECS fields) and ``farmwatch.store.elastic.bulk_body`` (the exact body ``ElasticStore``
   sends: ``_id`` from ``doc_id``, ECS document, orjson) for every batch, then ``ack``;
 - **farmwatch, parse only**: the same without serialising (to see where the time goes);
+- **without templates**: tail + parse + serialise with ``templates = false`` (the cost of giving
+  every record its message template, ``farmwatch.logtemplates``; its target: >= 80k lines/s/core with them);
 - **naive baseline** (``--baseline-lines`` lines, as it is slow): line by line, ``json.loads`` or
   each format's regex in turn with ``datetime.strptime``, one ``Elasticsearch.index()`` call per
   line with the official client, against the protocol-level test server (``farmwatch.sim.elastic``)
@@ -147,11 +149,12 @@ def read_split_decode(path: Path) -> int:
     return n
 
 
-def farmwatch(path: Path, serialise: bool) -> tuple[int, int]:
-    """(records, NDJSON bytes) of shipping the whole file through the source."""
+def farmwatch(path: Path, serialise: bool, templates: bool = True) -> tuple[int, int]:
+    """(records, NDJSON bytes) of shipping the whole file through the source (with message
+    templates, the default, or without: the baseline of the templates' cost)."""
     clock = SimClock(T0)
     cfg = LogFilesConfig(kind="logfiles", paths=[str(path)], host="hltwk01", timezone="UTC",
-                         multiline_wait="1s")  # max_bytes: the default (8 MiB per cycle)
+                         multiline_wait="1s", templates=templates)  # max_bytes: the default (8 MiB per cycle)
     src = LogFilesSource("bench", cfg, clock=clock)
     records = nbytes = 0
     size = path.stat().st_size
@@ -277,6 +280,7 @@ def main() -> None:
         got, _ = measure("farmwatch tail + parse", lambda: farmwatch(path, serialise=False))
         assert got == records, (got, records)
         _, ndjson = measure("farmwatch tail + parse + serialise", lambda: farmwatch(path, serialise=True))
+        measure("same, without templates", lambda: farmwatch(path, serialise=True, templates=False))
 
         ready, stop = multiprocessing.Event(), multiprocessing.Event()
         port = free_port()

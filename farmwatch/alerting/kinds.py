@@ -626,3 +626,8 @@ KINDS: dict[str, type[Spec]] = {
     "threshold": Threshold, "absent": Absent, "down": Down, "change": Change, "ratio": Ratio,
     "peers": Peers, "log_count": LogCount, "anomaly": Anomaly, "python": Python,
 }
+
+# Kinds on log message templates live in their own module (it imports the ones above).
+from farmwatch.alerting.logkinds import LogNewTemplate, LogTemplateRate  # noqa: E402
+
+KINDS.update({"log_new_template": LogNewTemplate, "log_template_rate": LogTemplateRate})

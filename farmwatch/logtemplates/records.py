@@ -38,6 +38,7 @@ class RecordTemplates:
         self.idle = idle
         self.templates: TemplateStore | None = None
         self._active: dict[_Key, float] = {}
+        self._keys: dict[_Key, tuple[tuple[str, tuple[tuple[str, str], ...]], object]] = {}
         self._failed = False
         self.sync_failures = 0
 
@@ -100,13 +101,18 @@ class RecordTemplates:
             active[key] = now
         batch = Batch(now)
         cutoff = now - self.idle
+        keys = self._keys
         for key, seen in list(active.items()):
             if seen < cutoff:
                 del active[key]
+                keys.pop(key, None)
                 continue
-            tid, host, service, level, unit = key
-            lbls = {"template": tid, "host": host, "service": service, "level": level, **dict(labels)}
-            if unit:
-                lbls["unit"] = unit
-            batch.add((COUNT, tuple(sorted(lbls.items()))), float(counts.get(key, 0)))
+            series = keys.get(key)
+            if series is None or series[1] is not labels:
+                tid, host, service, level, unit = key
+                lbls = {"template": tid, "host": host, "service": service, "level": level, **dict(labels)}
+                if unit:
+                    lbls["unit"] = unit
+                series = keys[key] = ((COUNT, tuple(sorted(lbls.items()))), labels)
+            batch.add(series[0], float(counts.get(key, 0)))
         return batch

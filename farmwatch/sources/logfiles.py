@@ -192,6 +192,7 @@ class LogFilesSource(Source):
         self._pruned = -math.inf  # when stored offsets were last checked for forgetting
         self.forgotten_offsets = 0
         self.templates = RecordTemplates() if config.templates else None
+        self._template_labels = tuple(sorted(config.labels.items()))
 
     # -- wiring -----------------------------------------------------------------------------------
     def bind_store(self, store: Any) -> None:
@@ -236,7 +237,7 @@ class LogFilesSource(Source):
             drop = sorted(self._drop)
             out: list[Batch | LogBatch] = []
             if self.templates is not None:  # before anything is handed on: every sink gets the templates
-                lbls = tuple(sorted(self.config.labels.items()))
+                lbls = self._template_labels
                 out.append(self.templates.annotate(records, now, lbls) if records else self.templates.counts(now, lbls))
             if records or cursors or drop:
                 self._inflight = inflight

@@ -256,7 +256,8 @@ def _record(row: tuple) -> LogRecord:
 
 def wants_logs(rules: Iterable[Any]) -> bool:
     """Whether any rule reads log records (so an alerting service needs a feed at all)."""
-    return any(getattr(rule, "kind", None) == "log_count" for rule in rules)
+    return any(getattr(rule, "kind", None) == "log_count" or getattr(getattr(rule, "spec", None), "reads_logs", False)
+               for rule in rules)
 
 
 __all__ = ["LogBatch", "LogFeed", "LogSink", "LogStore", "StoreError", "fts_query", "wants_logs"]
