@@ -151,5 +151,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--store", choices=("auto", "sqlite", "elastic"), default="auto",
                    help="where to search (default: Elasticsearch when configured, else the embedded store)")
     s.set_defaults(func=cmd_logs_search)
+    from farmwatch.cli_patterns import add_parser as add_patterns
+
+    add_patterns(lsub)
 
 

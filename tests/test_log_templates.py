@@ -257,3 +257,38 @@ def test_template_ids_survive_kill_9_of_a_busy_collector(tmp_path: Path) -> None
     restarted = rows[-300:]
     assert {tid for _, tid in restarted} == {learnt}, restarted[:5]
     assert set().union(*after.values()) <= set().union(*before.values()) | {learnt}
+
+
+def test_logs_patterns_command_lists_templates_with_counts_hosts_and_examples(tmp_path: Path) -> None:
+    clock = SimClock(T0)
+    log = tmp_path / "worker.log"
+    log.write_text("".join(_line(T0 + i, "alice", i) for i in range(40))
+                   + "2025-11-30 10:01:00.000Z [ERROR] Segmentation violation in module HLTZMQ2Ds\n")
+    store = SQLiteStore(tmp_path / "fw.db", clock=clock)
+    src = LogFilesSource("logs", LogFilesConfig(kind="logfiles", paths=[str(log)], host="hltwk07"), clock=clock)
+    runner = Runner([src], store, clock=clock)
+    for _ in range(3):
+        runner.run_once()
+        clock.advance(11.0)
+    store.close()
+    cfg = tmp_path / "fw.toml"
+    cfg.write_text('[store]\npath = "fw.db"\n')
+
+    def run(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "farmwatch", "logs", "patterns", "-c", str(cfg), *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    text = run("--since", "2025-11-30T09:00", "--until", "2025-11-30T11:00")
+    assert "      40  session opened for user alice from <*> after <*> ms" in text
+    assert "e.g. session opened for user alice from node" in text and "hltwk07" in text
+    new = run("--since", "2025-11-30T10:00:30", "--until", "2025-11-30T11:00", "--new", "--format", "json")
+    rows = [__import__("json").loads(line) for line in new.splitlines()]
+    assert [(r["template"], r["count"], r["hosts"], r["levels"]) for r in rows] == \
+        [("Segmentation violation in module <*>", 1, ["hltwk07"], ["error"])]
+    assert rows[0]["example"] == "Segmentation violation in module HLTZMQ2Ds"
+    assert run("--since", "2025-11-30T10:00:30", "--level", "info", "--new").startswith("no records")
+    bad = subprocess.run([sys.executable, "-m", "farmwatch", "logs", "patterns", "-c", str(cfg), "--since", "yesterday-ish"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

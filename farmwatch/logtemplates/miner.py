@@ -39,7 +39,7 @@ _DIGIT = re.compile(r"\d")
 _PATH = re.compile(r"(?:[A-Za-z][\w+.-]*://|/|~/|\./)")
 _COLLAPSE = re.compile(r"<\*>(?:[\s" + _PUNCT + r"]*<\*>)+")
 _SPACES = re.compile(r"\s+")
-_ZEROS = bytes.maketrans(b"0123456789", b"0000000000")
+ZEROS = bytes.maketrans(b"0123456789", b"0000000000")
 MAX_CHARS = 2000
 """Messages are mined on their first this many characters (and a multi-line one on its first and
 last line: a Python traceback's exception is its last line)."""
@@ -131,7 +131,7 @@ class TemplateMiner:
     def template_of(self, message: str) -> Template:
         """Learn from ``message`` and return its template (cached by the digit-blind message)."""
         text = mined_text(message) if ("\n" in message or len(message) > MAX_CHARS) else message
-        key = text.encode("utf-8", "surrogatepass").translate(_ZEROS)
+        key = text.encode("utf-8", "surrogatepass").translate(ZEROS)
         hit = self._cache.get(key)
         if hit is not None:
             return hit[0]

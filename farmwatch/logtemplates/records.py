@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from farmwatch.logtemplates.miner import TemplateMiner
+from farmwatch.logtemplates.miner import MAX_CHARS, ZEROS, TemplateMiner
 from farmwatch.logtemplates.store import TemplateStore
 from farmwatch.model import Batch, LogRecord
 
@@ -56,10 +56,14 @@ class RecordTemplates:
             self._pull()  # what the other collectors of the store learnt, before mining
         template_of = self.miner.template_of
         new = self.miner.new
+        cache, zeros = self.miner._cache, ZEROS  # the miner's cache, looked up here: most records hit it
         counts: dict[_Key, int] = {}
         first: dict[str, float] = {}
         for r in records:
-            t = template_of(r.message)
+            message = r.message
+            hit = None if "\n" in message or len(message) > MAX_CHARS else \
+                cache.get(message.encode("utf-8", "surrogatepass").translate(zeros))
+            t = hit[0] if hit is not None else template_of(message)
             fields = r.fields
             fields[ID_FIELD] = t.id  # type: ignore[index]
             fields[TEXT_FIELD] = t.text  # type: ignore[index]
