@@ -74,7 +74,7 @@ INTERVAL = 2.0
 WARMUP = 60.0
 ROOM = "hlt-alerts"
 SHIPPED = Timers()  # farmwatch's defaults ([alerting] in the config): group_wait 10 s, group_interval 1 min
-EVERY_LABEL = ("alertname", "system", "unit", "app", "node", "host", "pid", "var", "source", "service")
+EVERY_LABEL = ("alertname", "system", "unit", "app", "node", "host", "pid", "var", "source", "service", "template")
 UNGROUPED = dataclasses.replace(SHIPPED, group_by=EVERY_LABEL, group_wait=0.0)
 SETTLE_LIMIT = 15 * 60.0
 """Simulated seconds an incident may take to resolve after its fault is cleared (or runs out)."""

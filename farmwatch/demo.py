@@ -9,10 +9,12 @@ it, delivering to a Rocket.Chat stand-in over HTTP. Simulated time runs faster t
 worker nodes is trained on them from the store (``farmwatch train``'s path) and scores every step
 from then on. Then faults of every kind the shipped rules and the detector cover are injected in
 turn, in different units: dying workers, a node losing speed too slowly for any threshold (the
-detector's case), an error burst in a node's log, events lost, a mute monitor socket, a restarted
-application, a throttled node, the log collector hanging (farmwatch's dead-man's switch), an input
-stall, back-pressure, a hung output process, the run-state IOC dying, DQM histograms stopping and
-a node losing power before a run stop. At the end a table says, for every injected fault, which
+detector's case), an error burst in a node's log, a known warning repeating (the detector on the
+rate of its log template), events lost, a mute monitor socket, a restarted application, a throttled
+node, the log collector hanging (farmwatch's dead-man's switch), an input stall, back-pressure, a
+hung output process, an exception no rule names (a new log template: the alert shows the template
+and an example line), the run-state IOC dying, DQM histograms stopping and a node losing power
+before a run stop. At the end a table says, for every injected fault, which
 alert it raised, how long that took, how many chat messages it made and when it resolved, and
 every log line written is checked to be stored once — the demo proves the whole chain, not just a
 screen. The only shipped rule it does not provoke is ``FarmwatchDroppingSamples`` (it needs a
@@ -114,6 +116,9 @@ def _plan() -> tuple[list[Fault], list[tuple[float, str, Callable[[Scenario], ob
               lambda s: s.error_burst("hltwk10", 20.0), 540, lambda s: s.error_burst("hltwk10", 0)),
         Fault(520, "hlt03: the output process loses 10 % of the events", "HltEventsLost", {"unit": "hlt03"},
               lambda s: s.unit_named("hlt03").drop_output(0.1), 590, lambda s: s.unit_named("hlt03").drop_output(0.0)),
+        Fault(540, "hltwk05 (hlt02): a known warning (ready queue below N slots) twice a second instead of a few a minute",
+              "LogPatternRateAnomalous", {"host": "hltwk05"}, lambda s: s.stuck("hltwk05", 2.0), 640,
+              lambda s: s.stuck("hltwk05", 0)),
         Fault(560, "hlt01: the collector's monitor socket stops answering", "HltMonitorEndpointDown", {"unit": "hlt01"},
               lambda s: s.unit_named("hlt01").set_reply("collector", "mute"), 620,
               lambda s: s.unit_named("hlt01").set_reply("collector", "normal")),
@@ -133,6 +138,8 @@ def _plan() -> tuple[list[Fault], list[tuple[float, str, Callable[[Scenario], ob
               lambda s: s.unit_named("hlt01").back_pressure(True), 860, lambda s: s.unit_named("hlt01").back_pressure(False)),
         Fault(820, "hlt03: the output process hangs", "HltFinalCollectorNotReceiving", {"unit": "hlt03"},
               lambda s: s.unit_named("hlt03").stall_output(True), 890, lambda s: s.unit_named("hlt03").stall_output(False)),
+        Fault(905, "hltwk07 (hlt02): an exception no rule names (a KeyError in the DQM module), a FATAL every 20 s",
+              "LogNewErrorPattern", {"host": "hltwk07"}, lambda s: s.new_exception("hltwk07", 20.0)),
         Fault(930, "the run-state IOC dies (nsm2cad bridge)", "RunStateUnknown", {"node": RUN_CONTROL},
               lambda s: s.rc.ioc.kill(), 990, _ioc_back),
         Fault(1010, "hlt03: the DQM module stops sending histograms on every node", "HltHistogramsNotMerged",
@@ -231,6 +238,7 @@ def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
             s.logs.collect()  # the last record of each file, now that its file has been quiet long enough
             wall = time.monotonic() - wall0
             ok, rows = _report(console, s, faults, start)
+            ok = _new_patterns(console, s) and ok
             run_state, _ = s.window.run_state()
             console.print(f"Run state from the IOC (B2_nsm:get:{RUN_CONTROL}:rcstate → daq.run_state): "
                           f"{run_state or '[red]never read[/red]'}")
@@ -255,7 +263,8 @@ def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
                   f"       farmwatch query -c {cfg} hlt.input.dead_workers --label app=collector --label host=\n"
                   f"       farmwatch query -c {cfg} anomaly.explanation --label host=hltwk06 --since 30m\n"
                   f"       farmwatch models show -c {cfg} workers_hlt02\n"
-                  f"       farmwatch logs search -c {cfg} 'event skipped' --host hltwk10 --since 1h --limit 3")
+                  f"       farmwatch logs search -c {cfg} 'event skipped' --host hltwk10 --since 1h --limit 3\n"
+                  f"       farmwatch logs patterns -c {cfg} --since 30m --level error,fatal --new")
     return 0 if ok and depth == 0 else 1
 
 
@@ -382,6 +391,18 @@ def _report(console: Console, s: Scenario, faults: list[Fault], start: float) ->
     if others:
         console.print(f"Also fired (cascades of the faults above, grouped or inhibited in chat): {', '.join(others)}")
     return ok, rows
+
+
+def _new_patterns(console: Console, s: Scenario) -> bool:
+    """The new kinds of error the log templates found, with template and example: the injected
+    exception must be exactly one alert, and say what it is."""
+    found = [a for a in s.engine.tracker.alerts.values() if a.rule == "LogNewErrorPattern"]
+    for a in sorted(found, key=lambda a: a.active_since):
+        where = dict(a.labels)
+        console.print(Text(f"New kind of error on {where.get('host')} ({where.get('unit', '-')}): "
+                           f"template “{a.values.get('template')}”, e.g. “{a.values.get('example')}”"))
+    ours = [a for a in found if dict(a.labels).get("host") == "hltwk07"]
+    return len(ours) == 1 and bool(ours[0].values.get("template")) and bool(ours[0].values.get("example"))
 
 
 def _mmss(seconds: float) -> str:

@@ -104,7 +104,8 @@ def test_top_once_shows_the_unit(config):
 DEMO_FAULTS = ("HltWorkersDied", "AnomalyScoreHigh", "HltLogErrorBurst", "HltEventsLost", "HltMonitorEndpointDown",
                "HltWorkersUnregistered", "HltAppRestarted", "HltWorkerNodeSlow", "FarmwatchSourceSilent",
                "HltInputStalled", "HltReadyQueueDrained", "HltFinalCollectorNotReceiving", "RunStateUnknown",
-               "HltHistogramsNotMerged", "HltProxyHistogramsNotMerged", "HltProxyHistoServerDown", "HltRunStopIncomplete")
+               "HltHistogramsNotMerged", "HltProxyHistogramsNotMerged", "HltProxyHistoServerDown", "HltRunStopIncomplete",
+               "LogPatternRateAnomalous", "LogNewErrorPattern")
 
 
 @pytest.mark.timeout(900)  # ~2 min of CPU (shared with the notebook tests); a loaded machine takes a few times that

@@ -128,7 +128,7 @@ def test_records_carry_their_template_in_both_stores_and_counts_become_series(tm
         src = LogFilesSource("logs", LogFilesConfig(kind="logfiles", paths=[str(log)], host="hltwk07",
                                                     labels={"site": "kek"}), clock=clock)
         runner = Runner([src], store, clock=clock, log_sinks=[sink])
-        for _ in range(3):
+        for _ in range(5):  # the counts of a 10 s bucket are written 10 s after its end
             runner.run_once()
             clock.advance(11.0)
         docs = list(es.documents("farmwatch-logs*").values())
@@ -292,3 +292,21 @@ def test_logs_patterns_command_lists_templates_with_counts_hosts_and_examples(tm
     bad = subprocess.run([sys.executable, "-m", "farmwatch", "logs", "patterns", "-c", str(cfg), "--since", "yesterday-ish"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_counts_go_by_the_records_time_so_catching_up_after_a_pause_makes_no_spike() -> None:
+    from farmwatch.logtemplates import RecordTemplates
+    from farmwatch.model import LogRecord
+
+    rt = RecordTemplates()
+    assert rt.counts(T0) == []
+    # a collector that hung for 4 minutes reads them in one cycle: 2 records per 10 s
+    records = [LogRecord(T0 + 5 * i, "hltwk07", "worker", "error", f"No event from tcp://hltin01:{5000 + i} for 3 s", {})
+               for i in range(48)]
+    batches = rt.annotate(records, T0 + 245.0)
+    values = [v for b in batches for v in b.values]
+    assert len(batches) == 23 and set(values) == {2.0}  # buckets ending T0+10 … T0+230, 2 records each
+    assert [b.ts for b in batches] == [T0 + 10 * (i + 1) for i in range(23)]
+    later = rt.counts(T0 + 300.0)  # the last bucket with records, then zeros while the template is active
+    assert [v for b in later for v in b.values] == [2.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert dict(later[0].keys[0][1])["host"] == "hltwk07"

@@ -6,10 +6,11 @@ kind of message whose rate the detector finds anomalous.
   idle spell) is the ``log_templates`` table, kept by the store itself as records are written; a
   template that only generalises known ones inherits their history. Without a store (a bare
   window) the window's own records are the history.
-- ``log_template_rate``: the ``log.template.count`` series (records per collector cycle, per
-  template and host) binned onto a grid and scored by the detector
-  (``farmwatch.detect.stream_scores``: calibrated, about uniform on normal data); a series whose
-  recent bins score above ``score`` and that rose well above its usual rate holds.
+- ``log_template_rate``: the ``log.template.count`` series (records per 10 s by their time, per
+  template and host) summed into ``step`` bins, and the records within ``window`` at every bin
+  scored by the detector (``farmwatch.detect.stream_scores``: calibrated, about uniform on normal
+  data); a series whose newest score is above ``score`` and that rose well above its usual rate
+  holds.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from farmwatch.config import Duration
 from farmwatch.logtemplates import COUNT, ID_FIELD, TEXT_FIELD, TemplateInfo, TemplateStore
 from farmwatch.store.matchers import Matcher
 
-__all__ = ["LogNewTemplate", "LogTemplateRate"]
+__all__ = ["LogNewTemplate", "LogTemplateRate", "bind_store"]
 
 _RECORD_FIELDS = frozenset({"host", "service", "level"})
+MIN_PAST = 30
+"""Bins of past a series needs before its rate is judged (``farmwatch.detect.api.WARMUP_MIN`` points)."""
 _BY = re.compile(r"host|service|level|labels\.[A-Za-z_][\w.-]*")
 
 
@@ -156,11 +159,13 @@ class LogTemplateRate(Spec):
 
     - ``match``: matchers on the labels of ``log.template.count`` (``template``, ``host``,
       ``service``, ``level``, ``unit``), e.g. ``["level=~error|critical|fatal"]``;
-    - ``history``: how much of each series the detector learns from (default ``1h``);
+    - ``history``: how much of each series the detector learns from (default ``1h``); a series
+      with less than 30 ``step`` of past is not judged (no usual rate yet);
     - ``step``: the bins the counts are summed into (default ``30s``);
     - ``window``: the recent part checked (default ``2m``);
-    - ``score``: the detector's calibrated score a recent bin must reach (default 0.999: about one
-      normal bin in a thousand);
+    - ``score``: the detector's calibrated score the newest ``window`` must reach (default 0.999:
+      about one normal step in a thousand; the detector scores the records within ``window`` at
+      every ``step``, a rolling sum, since a few records per bin are too discrete for it);
     - ``min_count``: records within ``window`` (default 20);
     - ``rise``: and at least this many times the series' median count per ``window`` (default 3).
     Labels: those of the series. Named values: ``{count}``, ``{usual}`` (the median per window),
@@ -200,11 +205,12 @@ class LogTemplateRate(Spec):
             recent = float(values[ts > now - self.window].sum())
             if recent < self.min_count:
                 continue
-            if ts[0] > now - self.history / 2:  # a series this young has no usual rate to compare with
+            if ts[0] > now - MIN_PAST * self.step:  # too young to have a usual rate (the detector's least warmup)
                 counts["short_history"] += 1
                 continue
             bins = np.minimum(((ts - start) // self.step).astype(int), n_bins - 1)
-            per_bin = np.bincount(bins, weights=values, minlength=n_bins)
+            # from the series' first sample on: before it the collector had not met the template
+            per_bin = np.bincount(bins, weights=values, minlength=n_bins)[bins[0]:]
             past = per_bin[:-recent_bins]
             usual = float(np.median(past)) * recent_bins
             if recent < self.rise * max(usual, 1.0):
@@ -213,8 +219,12 @@ class LogTemplateRate(Spec):
             key = (sid, float(ts[-1]))
             score = self._cache.get(key)
             if score is None:
-                grid = start + self.step * np.arange(n_bins)
-                score = float(np.max(stream_scores(grid, per_bin)[-recent_bins:]))
+                # The detector sees the records within `window` at every step (a rolling sum): a
+                # count series of a few records per bin is too discrete for its robust spreads.
+                total = np.cumsum(np.r_[0.0, per_bin])
+                rolling = total[1:] - total[np.maximum(0, np.arange(1, len(total)) - recent_bins)]
+                grid = start + self.step * np.arange(bins[0], n_bins)
+                score = float(np.max(stream_scores(grid, rolling)[-2:]))
                 counts["scored"] += 1
             cache[key] = score
             if score >= self.score:
@@ -227,3 +237,11 @@ class LogTemplateRate(Spec):
 
     def names(self) -> set[str]:
         return {COUNT}
+
+
+def bind_store(rules: list[Any], store: Any) -> None:
+    """Give the rules whose kind reads more than the window (template histories) the store."""
+    for rule in rules:
+        bind = getattr(getattr(rule, "spec", None), "bind_store", None)
+        if bind is not None and store is not None:
+            bind(store)

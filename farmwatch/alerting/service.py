@@ -174,10 +174,9 @@ def build(settings: Settings, store, *, clock: Clock | None = None, notifiers: d
                          context=HostContext(store) if hasattr(store, "series") else None)
     from farmwatch.store.logs import LogFeed, wants_logs
 
-    for rule in rules:  # kinds that read more than the window (log template histories)
-        bind = getattr(rule.spec, "bind_store", None)
-        if bind is not None:
-            bind(store)
+    from farmwatch.alerting.logkinds import bind_store
+
+    bind_store(rules, store)  # kinds that read more than the window (log template histories)
     if wants_logs(rules) and hasattr(store, "transaction"):
         engine.log_feed = LogFeed(store, window.horizon)  # run and watch alike: what the store holds
     # `run` feeds the window from the runner and nothing else forgot old samples: keep it to its horizon.

@@ -2,10 +2,13 @@
 
 Each record gets ``log.template.id`` and ``log.template.text`` in its fields (so both stores get
 them: the ECS document in Elasticsearch, the ``fields`` of the embedded store, whose ``template_id``
-column is derived from it). Each cycle also yields ``log.template.count{template, host, service,
-level, unit}``: how many records of that template the cycle read, and 0 for a template that had
-records within ``idle`` but none now, so a rate is a continuous series while it matters and a
-template that went quiet stops costing samples.
+column is derived from it). The records are also counted by their own time in buckets of ``step``
+(10 s): ``log.template.count{template, host, service, level, unit}`` at each bucket's end, written
+once the bucket is complete, 0 for a template that had records within ``idle`` but none in that
+bucket. So a rate is a continuous series while it matters, a template that went quiet stops
+costing samples, and a collector catching up after a pause does not make a spike: the records of
+the pause fall into their own buckets. A record older than the buckets already written (or from
+the future) is counted in the current one.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 ID_FIELD = "log.template.id"
 TEXT_FIELD = "log.template.text"
 COUNT = "log.template.count"
+STEP = 10.0
 IDLE = 600.0
 
 _Key = tuple[str, str, str, str, str]
@@ -33,9 +37,16 @@ _Key = tuple[str, str, str, str, str]
 class RecordTemplates:
     """The miner of one log source, bound to the store its collectors share (when there is one)."""
 
-    def __init__(self, miner: TemplateMiner | None = None, *, idle: float = IDLE) -> None:
+    def __init__(self, miner: TemplateMiner | None = None, *, step: float = STEP, idle: float = IDLE) -> None:
         self.miner = miner or TemplateMiner()
+        self.step = step
+        self.lag = step
+        """A bucket is written once ``lag`` after its end (its last records may still be assembled)."""
         self.idle = idle
+        self._open: dict[int, dict[_Key, int]] = {}
+        """Counts of the buckets not yet written, by bucket number (time // step)."""
+        self._next: int | None = None
+        """The first bucket not yet written."""
         self.templates: TemplateStore | None = None
         self._active: dict[_Key, float] = {}
         self._keys: dict[_Key, tuple[tuple[str, tuple[tuple[str, str], ...]], object]] = {}
@@ -49,15 +60,22 @@ class RecordTemplates:
         self.templates = TemplateStore(store)
         self.templates.load(self.miner)
 
-    def annotate(self, records: Sequence[LogRecord], now: float, labels: tuple[tuple[str, str], ...] = ()) -> Batch:
+    def annotate(self, records: Sequence[LogRecord], now: float,
+                 labels: tuple[tuple[str, str], ...] = ()) -> list[Batch]:
         """Template fields into every record (in place), new templates to the store, and the
-        cycle's ``log.template.count`` samples (``labels``: the source's own, added to each)."""
+        ``log.template.count`` samples of the buckets now complete (``labels``: the source's own)."""
         if self.templates is not None:
             self._pull()  # what the other collectors of the store learnt, before mining
         template_of = self.miner.template_of
         new = self.miner.new
         cache, zeros = self.miner._cache, ZEROS  # the miner's cache, looked up here: most records hit it
-        counts: dict[_Key, int] = {}
+        step = self.step
+        if self._next is None:
+            self._next = int(now // step)
+        lo, hi = self._next, int(now // step)
+        buckets = self._open
+        counts = buckets.setdefault(hi, {})
+        last_bucket, last_counts = hi, counts
         first: dict[str, float] = {}
         for r in records:
             message = r.message
@@ -67,16 +85,22 @@ class RecordTemplates:
             fields = r.fields
             fields[ID_FIELD] = t.id  # type: ignore[index]
             fields[TEXT_FIELD] = t.text  # type: ignore[index]
+            b = int(r.ts // step)
+            if b != last_bucket:  # by the record's time; a late one (bucket already written) or a future one: now
+                last_bucket = b
+                last_counts = counts if b >= hi or b < lo else buckets.setdefault(b, {})
             key = (t.id, r.host, r.service, r.level, fields.get("labels.unit") or "")
-            counts[key] = counts.get(key, 0) + 1
+            last_counts[key] = last_counts.get(key, 0) + 1
             if t.id in new and r.ts < first.get(t.id, float("inf")):
                 first[t.id] = r.ts
         self._sync(first)
-        return self._series(counts, now, labels)
+        return self._series(now, labels)
 
-    def counts(self, now: float, labels: tuple[tuple[str, str], ...] = ()) -> Batch:
-        """A cycle without records: the zeros of templates still active."""
-        return self._series({}, now, labels)
+    def counts(self, now: float, labels: tuple[tuple[str, str], ...] = ()) -> list[Batch]:
+        """A cycle without records: the samples of the buckets now complete."""
+        if self._next is None:
+            self._next = int(now // self.step)
+        return self._series(now, labels)
 
     def _pull(self) -> None:
         try:
@@ -99,24 +123,37 @@ class RecordTemplates:
                 log.error("cannot save log templates to the store (retried every cycle): %s", exc)
             self._failed = True
 
-    def _series(self, counts: dict[_Key, int], now: float, labels: tuple[tuple[str, str], ...]) -> Batch:
-        active = self._active
-        for key in counts:
-            active[key] = now
-        batch = Batch(now)
-        cutoff = now - self.idle
-        keys = self._keys
-        for key, seen in list(active.items()):
-            if seen < cutoff:
-                del active[key]
-                keys.pop(key, None)
-                continue
-            series = keys.get(key)
-            if series is None or series[1] is not labels:
-                tid, host, service, level, unit = key
-                lbls = {"template": tid, "host": host, "service": service, "level": level, **dict(labels)}
-                if unit:
-                    lbls["unit"] = unit
-                series = keys[key] = ((COUNT, tuple(sorted(lbls.items()))), labels)
-            batch.add(series[0], float(counts.get(key, 0)))
-        return batch
+    def _series(self, now: float, labels: tuple[tuple[str, str], ...]) -> list[Batch]:
+        """One batch per complete bucket (stamped with its end), each template that had records
+        within ``idle`` with its count, 0 included."""
+        step, active, keys = self.step, self._active, self._keys
+        assert self._next is not None
+        done = int((now - self.lag) // step)  # buckets before this one are complete
+        if done - self._next > self.idle / step:  # a long pause (a suspended process): active keys are idle by now
+            for b in [b for b in self._open if b < done - self.idle / step]:
+                del self._open[b]
+            self._next = max(self._next, int(done - self.idle / step))
+        out = []
+        for b in range(self._next, done):
+            counts = self._open.pop(b, {})
+            end = (b + 1) * step
+            for key in counts:
+                active[key] = end
+            batch = Batch(end)
+            for key, seen in list(active.items()):
+                if seen < end - self.idle:
+                    del active[key]
+                    keys.pop(key, None)
+                    continue
+                series = keys.get(key)
+                if series is None or series[1] is not labels:
+                    tid, host, service, level, unit = key
+                    lbls = {"template": tid, "host": host, "service": service, "level": level, **dict(labels)}
+                    if unit:
+                        lbls["unit"] = unit
+                    series = keys[key] = ((COUNT, tuple(sorted(lbls.items()))), labels)
+                batch.add(series[0], float(counts.get(key, 0)))
+            if len(batch):
+                out.append(batch)
+        self._next = max(self._next, done)
+        return out

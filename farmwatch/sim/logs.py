@@ -86,6 +86,45 @@ class HltLogWriter:
         self.written += out
         return out
 
+    def write_stuck(self, n: int = 1) -> list[Written]:
+        """``n`` WARNING records of a kind the usual log has now and then ("Ready queue below …
+        slots"): a known message repeating (a worker whose input is stuck)."""
+        out = []
+        for _ in range(n):
+            self.seq += 1
+            prefix = ""
+            if self.timestamps:
+                now = datetime.fromtimestamp(self.clock.time(), timezone.utc)
+                prefix = now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}Z "
+            text = MESSAGES[3][1].format(q=self.rng.randrange(64), s=self.rng.randrange(1, 60))
+            out.append(Written(self.seq, "warning", f"{prefix}[WARNING] {text} seq={self.seq}  {{ module: ZMQDistributor }}"))
+        self._file.write("".join(w.text + "\n" for w in out))
+        self._file.flush()
+        self.written += out
+        return out
+
+    def write_exception(self) -> Written:
+        """One FATAL record with a traceback of an exception the usual log never has (a KeyError
+        in the DQM module): a new kind of error, for the log templates to find."""
+        self.seq += 1
+        prefix = ""
+        if self.timestamps:
+            now = datetime.fromtimestamp(self.clock.time(), timezone.utc)
+            prefix = now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}Z "
+        lines = [f"{prefix}[FATAL] Unhandled exception in the DQM module, worker process stopped seq={self.seq}"
+                 "  { module: HLTDQM2ZMQ }",
+                 "Traceback (most recent call last):",
+                 '  File "/hlt/scripts/hlt_worker.py", line 131, in histograms',
+                 "    self.fill(event)",
+                 '  File "/hlt/dqm/fill.py", line 57, in fill',
+                 "    hist = self.booked[name]",
+                 f"KeyError: 'ECLTrgClusterTiming' (seq={self.seq})"]
+        w = Written(self.seq, "fatal", "\n".join(lines))
+        self._file.write(w.text + "\n")
+        self._file.flush()
+        self.written.append(w)
+        return w
+
     def write_raw(self, text: str) -> None:
         """Bytes as given (a partial line, garbage): not counted in ``written``."""
         self._file.write(text)

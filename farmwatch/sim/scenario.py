@@ -55,6 +55,7 @@ from farmwatch.model import Batch, Labels, labels as make_labels
 from farmwatch.sim import SimUnit
 from farmwatch.runner import Runner
 from farmwatch.sim.chat import ChatServer
+from farmwatch.alerting.logkinds import bind_store
 from farmwatch.sim.logs import HltLogWriter
 from farmwatch.sim.runcontrol import RunController
 from farmwatch.sources.hlt_zmq import HltZmqConfig, HltZmqSource
@@ -209,6 +210,8 @@ class NodeLogs:
                 self.writers[node] = HltLogWriter(path, clock=clock, seed=seed * 1000 + len(self.writers))
         self._carry = dict.fromkeys(self.writers, 0.0)
         self._bursts: dict[str, list[float]] = {}  # node → [errors per second, carry]
+        self._exceptions: dict[str, list[float]] = {}  # node → [seconds between, carry]
+        self._stuck: dict[str, list[float]] = {}  # node → [records per second, carry]
         self.config = LogFilesConfig.model_validate({
             "kind": "logfiles", "interval": f"{interval:g}s", "timeout": f"{min(0.5, interval / 2):g}s",
             "paths": [str(self.folder / "*" / "*" / "*.log"), str(self.folder / "*" / "*" / "*.log.[0-9]")],
@@ -231,6 +234,26 @@ class NodeLogs:
         else:
             self._bursts.pop(node, None)
 
+    def stuck(self, node: str, rate: float) -> None:
+        """``node`` writes ``rate`` per second of a known WARNING ("Ready queue below … slots")
+        on top of its usual log; 0 ends it."""
+        if node not in self.writers:
+            raise KeyError(f"no worker node {node!r} (nodes: {', '.join(self.writers)})")
+        if rate > 0:
+            self._stuck[node] = [float(rate), 0.0]
+        else:
+            self._stuck.pop(node, None)
+
+    def new_exception(self, node: str, every: float) -> None:
+        """``node`` writes a FATAL record with a traceback of an exception never seen before, every
+        ``every`` seconds on top of its usual log (0: no more)."""
+        if node not in self.writers:
+            raise KeyError(f"no worker node {node!r} (nodes: {', '.join(self.writers)})")
+        if every > 0:
+            self._exceptions[node] = [float(every), 0.0]
+        else:
+            self._exceptions.pop(node, None)
+
     def rotate(self, mode: str = "rename") -> None:
         """logrotate on every node (``rename`` or ``copytruncate``): the source must follow it."""
         for writer in self.writers.values():
@@ -250,6 +273,17 @@ class NodeLogs:
             burst[1] -= n
             if n:
                 self.writers[node].write_errors(n)
+        for node, stuck in self._stuck.items():
+            stuck[1] += stuck[0] * seconds
+            n = int(stuck[1])
+            stuck[1] -= n
+            if n:
+                self.writers[node].write_stuck(n)
+        for node, every in self._exceptions.items():
+            every[1] += seconds
+            while every[1] >= every[0]:
+                every[1] -= every[0]
+                self.writers[node].write_exception()
 
     def hang(self, on: bool = True) -> None:
         """Fault: the log collector hangs (no cycle at all) while the nodes keep writing; when it
@@ -340,6 +374,7 @@ class Scenario:
             self._tmp = tempfile.TemporaryDirectory(prefix="farmwatch-scenario-")
             store = SQLiteStore(Path(self._tmp.name) / "alerts.db", clock=self.clock)
         self.store = store
+        bind_store(self.rules, store)  # as ``farmwatch run``: template histories come from the store
         self.logs: NodeLogs | None = None
         self.log_feed: LogFeed | None = None
         if logs:
@@ -382,6 +417,19 @@ class Scenario:
         if self.logs is None:
             raise RuntimeError("this scenario writes no logs: create it with logs=True")
         self.logs.error_burst(node, rate)
+
+    def stuck(self, node: str, rate: float) -> None:
+        """Fault: ``node``'s log repeats a known WARNING ``rate`` times per second; 0 ends it."""
+        if self.logs is None:
+            raise RuntimeError("this scenario writes no logs: create it with logs=True")
+        self.logs.stuck(node, rate)
+
+    def new_exception(self, node: str, every: float) -> None:
+        """Fault: ``node``'s log gets a FATAL record with an exception never seen before every
+        ``every`` seconds (no rule names it: only the log templates can tell it is new); 0 ends it."""
+        if self.logs is None:
+            raise RuntimeError("this scenario writes no logs: create it with logs=True")
+        self.logs.new_exception(node, every)
 
     # ------------------------------------------------------------------ life cycle
     def __enter__(self) -> Scenario:

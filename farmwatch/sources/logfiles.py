@@ -238,7 +238,7 @@ class LogFilesSource(Source):
             out: list[Batch | LogBatch] = []
             if self.templates is not None:  # before anything is handed on: every sink gets the templates
                 lbls = self._template_labels
-                out.append(self.templates.annotate(records, now, lbls) if records else self.templates.counts(now, lbls))
+                out += self.templates.annotate(records, now, lbls) if records else self.templates.counts(now, lbls)
             if records or cursors or drop:
                 self._inflight = inflight
                 out.append(LogBatch(self.name, records, cursors, drop, ack=self._ack, nack=self._nack))
