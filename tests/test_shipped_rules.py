@@ -189,6 +189,7 @@ def test_every_shipped_rule_has_a_fault_test() -> None:
     tested = {f.rule for f in FAULTS} | {"HltHistogramsNotMerged", "HltProxyHistogramsNotMerged", "RunStateUnknown"}
     tested |= {"FarmwatchSourceSilent", "FarmwatchDroppingSamples"}  # tests/test_selfwatch_rules.py
     tested |= {"AnomalyScoreHigh"}  # tests/test_detect_service.py (a gradually slowing worker node)
+    tested |= {"LogNewErrorPattern", "LogPatternRateAnomalous"}  # tests/test_log_template_rules.py, the demo
     assert tested == RULE_NAMES
 
 

@@ -488,6 +488,14 @@ class Peers(Selector):
 _RECORD_FIELDS = frozenset({"host", "service", "level"})
 
 
+def record_fields(value: tuple[str, ...]) -> tuple[str, ...]:
+    """``by`` of the kinds on log records: ``host``, ``service``, ``level`` or ``labels.<name>``."""
+    for f in value:
+        if f not in _RECORD_FIELDS and not re.fullmatch(r"labels\.[A-Za-z_][\w.-]*", f):
+            raise ValueError(f"by: {f!r} is not host, service, level or labels.<name>")
+    return value
+
+
 class LogCount(Spec):
     """``kind = "log_count"``: log records within ``window`` matching a pattern, counted.
 
@@ -522,18 +530,8 @@ class LogCount(Spec):
             raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
-    @field_validator("level", mode="before")
-    @classmethod
-    def _levels(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("by")
-    @classmethod
-    def _by(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for f in value:
-            if f not in ("host", "service", "level") and not re.fullmatch(r"labels\.[A-Za-z_][\w.-]*", f):
-                raise ValueError(f"by: {f!r} is not host, service, level or labels.<name>")
-        return value
+    _levels = field_validator("level", mode="before")(lambda cls, v: [v] if isinstance(v, str) else v)
+    _by = field_validator("by")(lambda cls, v: record_fields(v))
 
     def model_post_init(self, context: Any) -> None:
         self._regex = re.compile(self.pattern)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from farmwatch.alerting.kinds import Active, Spec, _matchers
+from farmwatch.alerting.kinds import _RECORD_FIELDS, Active, Spec, _matchers, record_fields
 from farmwatch.alerting.window import Window
 from farmwatch.config import Duration
 from farmwatch.logtemplates import COUNT, ID_FIELD, TEXT_FIELD, TemplateInfo, TemplateStore
@@ -33,10 +33,8 @@ from farmwatch.store.matchers import Matcher
 
 __all__ = ["LogNewTemplate", "LogTemplateRate", "bind_store"]
 
-_RECORD_FIELDS = frozenset({"host", "service", "level"})
 MIN_PAST = 30
 """Bins of past a series needs before its rate is judged (``farmwatch.detect.api.WARMUP_MIN`` points)."""
-_BY = re.compile(r"host|service|level|labels\.[A-Za-z_][\w.-]*")
 
 
 class LogNewTemplate(Spec):
@@ -67,18 +65,8 @@ class LogNewTemplate(Spec):
     _templates: Any = PrivateAttr(default=None)
     _start: tuple[float, float | None] = PrivateAttr(default=(-math.inf, None))
 
-    @field_validator("level", mode="before")
-    @classmethod
-    def _levels(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("by")
-    @classmethod
-    def _by(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for f in value:
-            if not _BY.fullmatch(f):
-                raise ValueError(f"by: {f!r} is not host, service, level or labels.<name>")
-        return value
+    _levels = field_validator("level", mode="before")(lambda cls, v: [v] if isinstance(v, str) else v)
+    _by = field_validator("by")(lambda cls, v: record_fields(v))
 
     def bind_store(self, store: Any) -> None:
         """Where template histories are read (the alerting service's store)."""

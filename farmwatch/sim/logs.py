@@ -69,10 +69,7 @@ class HltLogWriter:
         out = []
         for _ in range(n):
             self.seq += 1
-            prefix = ""
-            if self.timestamps:
-                now = datetime.fromtimestamp(self.clock.time(), timezone.utc)
-                prefix = now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}Z "
+            prefix = self._prefix()
             lines = [f"{prefix}[ERROR] Exception in event processing, event skipped seq={self.seq}  {{ module: HLTZMQ2Ds }}",
                      "Traceback (most recent call last):",
                      '  File "/hlt/scripts/hlt_worker.py", line 88, in process',
@@ -92,10 +89,7 @@ class HltLogWriter:
         out = []
         for _ in range(n):
             self.seq += 1
-            prefix = ""
-            if self.timestamps:
-                now = datetime.fromtimestamp(self.clock.time(), timezone.utc)
-                prefix = now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}Z "
+            prefix = self._prefix()
             text = MESSAGES[3][1].format(q=self.rng.randrange(64), s=self.rng.randrange(1, 60))
             out.append(Written(self.seq, "warning", f"{prefix}[WARNING] {text} seq={self.seq}  {{ module: ZMQDistributor }}"))
         self._file.write("".join(w.text + "\n" for w in out))
@@ -107,10 +101,7 @@ class HltLogWriter:
         """One FATAL record with a traceback of an exception the usual log never has (a KeyError
         in the DQM module): a new kind of error, for the log templates to find."""
         self.seq += 1
-        prefix = ""
-        if self.timestamps:
-            now = datetime.fromtimestamp(self.clock.time(), timezone.utc)
-            prefix = now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}Z "
+        prefix = self._prefix()
         lines = [f"{prefix}[FATAL] Unhandled exception in the DQM module, worker process stopped seq={self.seq}"
                  "  { module: HLTDQM2ZMQ }",
                  "Traceback (most recent call last):",
@@ -152,6 +143,13 @@ class HltLogWriter:
     def close(self) -> None:
         self._file.close()
 
+    def _prefix(self) -> str:
+        """The line's absolute time as the HLT wrappers write it (or nothing)."""
+        if not self.timestamps:
+            return ""
+        now = datetime.fromtimestamp(self.clock.time(), timezone.utc)
+        return now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}Z "
+
     def _record(self) -> Written:
         self.seq += 1
         seq, rng = self.seq, self.rng
@@ -160,10 +158,7 @@ class HltLogWriter:
                                r=rng.uniform(500, 5000), s=rng.randrange(1, 60), port=5000 + rng.randrange(20),
                                w=rng.randrange(1, 13))
         module = rng.choice(MODULES)
-        prefix = ""
-        if self.timestamps:
-            now = datetime.fromtimestamp(self.clock.time(), timezone.utc)
-            prefix = now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}Z "
+        prefix = self._prefix()
         head = f"{prefix}[{level.upper()}] {text} seq={seq}"
         if seq % self.traceback_every == 0:
             level = "error"

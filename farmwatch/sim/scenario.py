@@ -414,22 +414,21 @@ class Scenario:
 
     def error_burst(self, node: str, rate: float) -> None:
         """Fault: ``node``'s log gets ``rate`` ERROR records (tracebacks) per second; 0 ends it."""
-        if self.logs is None:
-            raise RuntimeError("this scenario writes no logs: create it with logs=True")
-        self.logs.error_burst(node, rate)
+        self._node_logs().error_burst(node, rate)
 
     def stuck(self, node: str, rate: float) -> None:
         """Fault: ``node``'s log repeats a known WARNING ``rate`` times per second; 0 ends it."""
-        if self.logs is None:
-            raise RuntimeError("this scenario writes no logs: create it with logs=True")
-        self.logs.stuck(node, rate)
+        self._node_logs().stuck(node, rate)
 
     def new_exception(self, node: str, every: float) -> None:
         """Fault: ``node``'s log gets a FATAL record with an exception never seen before every
         ``every`` seconds (no rule names it: only the log templates can tell it is new); 0 ends it."""
+        self._node_logs().new_exception(node, every)
+
+    def _node_logs(self) -> NodeLogs:
         if self.logs is None:
             raise RuntimeError("this scenario writes no logs: create it with logs=True")
-        self.logs.new_exception(node, every)
+        return self.logs
 
     # ------------------------------------------------------------------ life cycle
     def __enter__(self) -> Scenario:
