@@ -310,3 +310,25 @@ def test_counts_go_by_the_records_time_so_catching_up_after_a_pause_makes_no_spi
     later = rt.counts(T0 + 300.0)  # the last bucket with records, then zeros while the template is active
     assert [v for b in later for v in b.values] == [2.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert dict(later[0].keys[0][1])["host"] == "hltwk07"
+
+
+def test_a_locked_store_delays_saving_templates_but_never_the_records(tmp_path: Path, caplog) -> None:
+    from farmwatch.logtemplates import RecordTemplates
+    from farmwatch.model import LogRecord
+
+    store = SQLiteStore(tmp_path / "fw.db", busy_timeout=0.2)
+    rt = RecordTemplates()
+    rt.bind(store)
+    blocker = sqlite3.connect(tmp_path / "fw.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    records = [LogRecord(T0, "hltwk01", "worker", "error", "disk /dev/sda1 full", {})]
+    rt.annotate(records, T0)
+    assert records[0].fields[ID_FIELD] and rt.sync_failures == 1
+    assert sum("cannot save log templates" in r.getMessage() for r in caplog.records) == 1
+    blocker.execute("ROLLBACK")
+    rt.annotate([LogRecord(T0 + 5, "hltwk01", "worker", "info", "all good", {})], T0 + 5)
+    with store.transaction("read") as conn:
+        rows = dict(conn.execute("SELECT template, first_seen FROM log_templates").fetchall())
+    assert rows == {"disk <*> full": T0, "all good": T0 + 5}  # the first one saved late, with its own time
+    blocker.close()
+    store.close()

@@ -51,6 +51,7 @@ class RecordTemplates:
         self._active: dict[_Key, float] = {}
         self._keys: dict[_Key, tuple[tuple[str, tuple[tuple[str, str], ...]], object]] = {}
         self._failed = False
+        self._first: dict[str, float] = {}
         self.sync_failures = 0
 
     def bind(self, store: Any) -> None:
@@ -58,7 +59,10 @@ class RecordTemplates:
         if not hasattr(store, "transaction"):
             return
         self.templates = TemplateStore(store)
-        self.templates.load(self.miner)
+        try:
+            self.templates.load(self.miner)
+        except Exception as exc:  # the first pull loads them (it starts from version 0)
+            log.error("cannot load log templates from the store (retried every cycle): %s", exc)
 
     def annotate(self, records: Sequence[LogRecord], now: float,
                  labels: tuple[tuple[str, str], ...] = ()) -> list[Batch]:
@@ -81,7 +85,12 @@ class RecordTemplates:
             message = r.message
             hit = None if "\n" in message or len(message) > MAX_CHARS else \
                 cache.get(message.encode("utf-8", "surrogatepass").translate(zeros))
-            t = hit[0] if hit is not None else template_of(message)
+            if hit is not None:
+                t = hit[0]
+            else:  # a new template's first record is (all but always) its earliest in the batch
+                t = template_of(message)
+                if t.id in new and r.ts < first.get(t.id, float("inf")):
+                    first[t.id] = r.ts
             fields = r.fields
             fields[ID_FIELD] = t.id  # type: ignore[index]
             fields[TEXT_FIELD] = t.text  # type: ignore[index]
@@ -91,9 +100,7 @@ class RecordTemplates:
                 last_counts = counts if b >= hi or b < lo else buckets.setdefault(b, {})
             key = (t.id, r.host, r.service, r.level, fields.get("labels.unit") or "")
             last_counts[key] = last_counts.get(key, 0) + 1
-            if t.id in new and r.ts < first.get(t.id, float("inf")):
-                first[t.id] = r.ts
-        self._sync(first)
+        self._sync(first, now)
         return self._series(now, labels)
 
     def counts(self, now: float, labels: tuple[tuple[str, str], ...] = ()) -> list[Batch]:
@@ -108,12 +115,16 @@ class RecordTemplates:
         except Exception as exc:  # mined with what is known here; saved and merged at the next sync
             log.debug("reading log template clusters failed: %s", exc)
 
-    def _sync(self, first: dict[str, float]) -> None:
+    def _sync(self, first: dict[str, float], now: float) -> None:
         if self.templates is None:
             self.miner.take_new()
             return
+        pending = self._first  # earliest records of templates not saved yet (a sync may fail)
+        for tid, ts in first.items():
+            pending[tid] = min(ts, pending.get(tid, ts))
         try:
-            self.templates.sync(self.miner, first)
+            self.templates.sync(self.miner, pending, now)
+            pending.clear()
             if self._failed:
                 log.warning("log templates are saved to the store again")
             self._failed = False

@@ -58,9 +58,10 @@ class TemplateStore:
         for cluster in miner.clusters.values():
             cluster.dirty = False
 
-    def sync(self, miner: TemplateMiner, seen: Mapping[str, float]) -> int:
+    def sync(self, miner: TemplateMiner, seen: Mapping[str, float], now: float) -> int:
         """Merge others' clusters, save ours, register new templates (``seen``: id → earliest
-        record time in this batch). Returns the number of new templates registered."""
+        record time in this batch; ``now`` for one met in an earlier batch whose sync failed).
+        Returns the number of new templates registered."""
         new = miner.take_new()
         if not new and not any(c.dirty for c in miner.clusters.values()):
             return 0
@@ -74,7 +75,7 @@ class TemplateStore:
                     "ON CONFLICT(id) DO UPDATE SET words = excluded.words, version = excluded.version",
                     [(c.id, _json(list(c.bucket)), _json(c.state()), version) for c in dirty])
                 for tid, (template, cluster, generalized) in new.items():
-                    ts = seen.get(tid, math.nan)
+                    ts = seen.get(tid, now)
                     if generalized:  # inherits the sightings of the templates it generalises
                         conn.execute(
                             "INSERT OR IGNORE INTO log_templates(id, template, cluster, first_seen, last_seen, resumed) "
@@ -89,7 +90,8 @@ class TemplateStore:
             raise
         for c in dirty:
             c.dirty = False
-        self.version = max(self.version, version)
+        if dirty:  # (a version nobody wrote must not be skipped by the next pull)
+            self.version = max(self.version, version)
         return len(new)
 
     def pull(self, miner: TemplateMiner) -> None:
