@@ -248,4 +248,12 @@ class TemplateMiner:
         end (the settled templates; ``farmwatch.analysis.log_templates``)."""
         for m in messages:
             self.template_of(m)
-        return [self.match(m) for m in messages]
+        settled: dict[bytes, Template] = {}  # as in template_of: the result depends on the digits' places only
+        out = []
+        for m in messages:
+            key = mined_text(m).encode("utf-8", "surrogatepass").translate(ZEROS)
+            t = settled.get(key)
+            if t is None:
+                t = settled[key] = self.match(m)
+            out.append(t)
+        return out

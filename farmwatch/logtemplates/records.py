@@ -14,9 +14,11 @@ the future) is counted in the current one.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from operator import attrgetter
 from typing import Any, Sequence
 
-from farmwatch.logtemplates.miner import MAX_CHARS, ZEROS, TemplateMiner
+from farmwatch.logtemplates.miner import ZEROS, TemplateMiner
 from farmwatch.logtemplates.store import TemplateStore
 from farmwatch.model import Batch, LogRecord
 
@@ -30,6 +32,7 @@ COUNT = "log.template.count"
 STEP = 10.0
 IDLE = 600.0
 
+_message = attrgetter("message")
 _Key = tuple[str, str, str, str, str]
 """(template id, host, service, level, unit)."""
 
@@ -76,30 +79,32 @@ class RecordTemplates:
         step = self.step
         if self._next is None:
             self._next = int(now // step)
-        lo, hi = self._next, int(now // step)
-        buckets = self._open
-        counts = buckets.setdefault(hi, {})
-        last_bucket, last_counts = hi, counts
         first: dict[str, float] = {}
-        for r in records:
-            message = r.message
-            hit = None if "\n" in message or len(message) > MAX_CHARS else \
-                cache.get(message.encode("utf-8", "surrogatepass").translate(zeros))
+        seen: list[tuple[float, str, str, str, str, str]] = []
+        append = seen.append
+        # The cache's keys are mined texts (at most MAX_CHARS, at most one newline): a longer
+        # message, or one of three lines or more, never hits and goes to template_of.
+        hits = map(cache.get, [m.encode("utf-8", "surrogatepass").translate(zeros) for m in map(_message, records)])
+        for r, hit in zip(records, hits):
             if hit is not None:
                 t = hit[0]
             else:  # a new template's first record is (all but always) its earliest in the batch
-                t = template_of(message)
+                t = template_of(r.message)
                 if t.id in new and r.ts < first.get(t.id, float("inf")):
                     first[t.id] = r.ts
             fields = r.fields
             fields[ID_FIELD] = t.id  # type: ignore[index]
             fields[TEXT_FIELD] = t.text  # type: ignore[index]
-            b = int(r.ts // step)
-            if b != last_bucket:  # by the record's time; a late one (bucket already written) or a future one: now
-                last_bucket = b
-                last_counts = counts if b >= hi or b < lo else buckets.setdefault(b, {})
-            key = (t.id, r.host, r.service, r.level, fields.get("labels.unit") or "")
-            last_counts[key] = last_counts.get(key, 0) + 1
+            append((r.ts // step, t.id, r.host, r.service, r.level, fields.get("labels.unit") or ""))
+        lo, hi = self._next, int(now // step)
+        buckets = self._open
+        for (b, *key), n in Counter(seen).items():  # counted in C: most records share few keys
+            b = int(b)
+            if b >= hi or b < lo:  # by the record's time; a late one (bucket already written) or a future one: now
+                b = hi
+            counts = buckets.setdefault(b, {})
+            k = tuple(key)
+            counts[k] = counts.get(k, 0) + n  # type: ignore[index]
         self._sync(first, now)
         return self._series(now, labels)
 

@@ -658,6 +658,9 @@ class LogFilesSource(Source):
                             ("logfiles.read_errors", s.read_errors), ("logfiles.refused_batches", s.refused),
                             ("logfiles.forgotten_offsets", self.forgotten_offsets)):
             b.add((name, lb), float(value))
+        if self.templates is not None:
+            b.add(("logfiles.templates", lb), float(len(self.templates.miner.known)))
+            b.add(("logfiles.template_save_failures", lb), float(self.templates.sync_failures))
         return b
 
     def close(self) -> None:
