@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_detect_scoring.py   # anomaly scoring step for the farm, RSS with 50,000 series, stream_scores
 	$(PY) benchmarks/bench_zabbix.py   # a real Zabbix (scripts/zabbix_testenv.py, as root) or FARMWATCH_TEST_ZABBIX_URL
 	$(PY) benchmarks/bench_logs.py --size 1GB
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'   # drain3, the baseline of:
+	$(PY) benchmarks/bench_log_templates.py   # log templates: accuracy on Loghub-dev vs drain3, pipeline speed with/without
 	$(PY) benchmarks/bench_alert_scenario.py
 
 docs: $(STAMP)
