@@ -84,7 +84,11 @@ class RecordTemplates:
         append = seen.append
         # The cache's keys are mined texts (at most MAX_CHARS, at most one newline): a longer
         # message, or one of three lines or more, never hits and goes to template_of.
-        hits = map(cache.get, [m.encode("utf-8", "surrogatepass").translate(zeros) for m in map(_message, records)])
+        try:  # str.encode() without arguments is the fast path; a lone surrogate needs "surrogatepass"
+            keys = [m.encode().translate(zeros) for m in map(_message, records)]
+        except UnicodeEncodeError:
+            keys = [m.encode("utf-8", "surrogatepass").translate(zeros) for m in map(_message, records)]
+        hits = map(cache.get, keys)
         for r, hit in zip(records, hits):
             if hit is not None:
                 t = hit[0]
