@@ -13,6 +13,7 @@ the future) is counted in the current one.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import Counter
 from operator import attrgetter
@@ -89,17 +90,26 @@ class RecordTemplates:
         except UnicodeEncodeError:
             keys = [m.encode("utf-8", "surrogatepass").translate(zeros) for m in map(_message, records)]
         hits = map(cache.get, keys)
-        for r, hit in zip(records, hits):
-            if hit is not None:
-                t = hit[0]
-            else:  # a new template's first record is (all but always) its earliest in the batch
-                t = template_of(r.message)
-                if t.id in new and r.ts < first.get(t.id, float("inf")):
-                    first[t.id] = r.ts
-            fields = r.fields
-            fields[ID_FIELD] = t.id  # type: ignore[index]
-            fields[TEXT_FIELD] = t.text  # type: ignore[index]
-            append((r.ts // step, t.id, r.host, r.service, r.level, fields.get("labels.unit") or ""))
+        # As in the log source's own loop: the cyclic GC would traverse the whole batch (all alive
+        # until stored, no cycles) while the tuples below are made; paused for this loop only.
+        collecting = gc.isenabled()
+        if collecting:
+            gc.disable()
+        try:
+            for r, hit in zip(records, hits):
+                if hit is not None:
+                    t = hit[0]
+                else:  # a new template's first record is (all but always) its earliest in the batch
+                    t = template_of(r.message)
+                    if t.id in new and r.ts < first.get(t.id, float("inf")):
+                        first[t.id] = r.ts
+                fields = r.fields
+                fields[ID_FIELD] = t.id  # type: ignore[index]
+                fields[TEXT_FIELD] = t.text  # type: ignore[index]
+                append((r.ts // step, t.id, r.host, r.service, r.level, fields.get("labels.unit") or ""))
+        finally:
+            if collecting:
+                gc.enable()
         lo, hi = self._next, int(now // step)
         buckets = self._open
         for (b, *key), n in Counter(seen).items():  # counted in C: most records share few keys
