@@ -17,6 +17,7 @@ import pandas as pd
 from farmwatch.durations import parse_duration
 from farmwatch.store import SQLiteStore
 from farmwatch.store.matchers import MatcherSpec
+from farmwatch.store.rollup import choose
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -47,7 +48,8 @@ def newest(store: SQLiteStore) -> float:
 
 
 def frame(store: SQLiteStore, name: str, matchers: MatcherSpec = None, *, since: Any = None, until: Any = None,
-          by: str | Iterable[str] | None = None, aggregate: str = "sum", resample: str | None = None) -> pd.DataFrame:
+          by: str | Iterable[str] | None = None, aggregate: str = "sum", resample: str | None = None,
+          resolution: str = "auto") -> pd.DataFrame:
     """Numeric series as a wide DataFrame: UTC time index, one column per series.
 
     Columns are named by the labels that differ between the selected series (``by`` chooses them:
@@ -55,11 +57,18 @@ def frame(store: SQLiteStore, name: str, matchers: MatcherSpec = None, *, since:
     "hlt.output.sent_events:rate", ["app=distributor", "host!="], by="host")`` has columns hltwk01, …
     (the events the distributor sent each worker node: its worker processes summed, ``aggregate``).
     ``since``/``until``: epoch seconds, timestamps, or durations back from the newest data (``"10m"``).
-    ``resample``: a pandas offset (``"10s"``) averaging onto a regular grid.
+    ``resample``: a pandas offset (``"10s"``) averaging onto a regular grid. ``resolution``: ``raw``
+    samples, or the means of ``1m``/``10m`` rollups; ``auto`` picks by the range (raw up to 6 h,
+    1m up to 3 days, else 10m: months of history stay a few hundred points per series).
     """
     now = newest(store)
-    df = store.query(name, matchers, since=_epoch(since, now), until=_epoch(until, now), form="long")
-    df = df[df["state"].isna()] if not df.empty else df
+    lo, hi = _epoch(since, now), _epoch(until, now)
+    res = choose(lo, hi, now) if resolution == "auto" else resolution
+    if res == "raw":
+        df = store.query(name, matchers, since=lo, until=hi, form="long")
+        df = df[df["state"].isna()] if not df.empty else df
+    else:
+        df = store.rollup(name, matchers, since=lo, until=hi, resolution=res)
     if df.empty:
         return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="ts"))
     keys = _varying(df["labels"], by)

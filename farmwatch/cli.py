@@ -58,7 +58,9 @@ def _build_sources(settings: Settings, only: Sequence[str] = ()):
 def _open_store(settings: Settings, readonly: bool = False):
     from farmwatch.store import SQLiteStore
 
-    return SQLiteStore(settings.store.path, retention=settings.store.retention, readonly=readonly)
+    cfg = settings.store
+    return SQLiteStore(cfg.path, retention=cfg.retention, readonly=readonly,
+                       rollup_retention={"1m": cfg.retention_1m, "10m": cfg.retention_10m})
 
 
 def _stop_on_signals() -> threading.Event:
@@ -149,7 +151,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
                 continue
             for s in sources:
                 s.close()
-            if new.settings.store.path != settings.store.path or new.settings.store.retention != settings.store.retention:
+            if new.settings.store != settings.store:
                 store.close()
                 store = _open_store(new.settings)
             settings, (sources, sinks) = new.settings, new.built
@@ -207,6 +209,7 @@ def _format_ts(ts) -> str:
 
 def cmd_query(args: argparse.Namespace) -> int:
     from farmwatch.store import parse_matchers
+    from farmwatch.store.rollup import choose
 
     settings = _load(args.config)
     try:
@@ -216,34 +219,53 @@ def cmd_query(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     now = datetime.now(timezone.utc).timestamp()
     since = now - parse_duration(args.since) if args.since else None
+    resolution = choose(since, None, now) if args.resolution == "auto" else args.resolution
     store = _open_store(settings, readonly=True)
     try:
-        df = store.query(args.name, matchers, since=since, limit=args.limit)
+        if resolution == "raw":
+            df = store.query(args.name, matchers, since=since, limit=args.limit)
+        else:
+            df = store.rollup(args.name, matchers, since=since, resolution=resolution)
+            df = df if args.limit is None else df.head(args.limit)
     finally:
         store.close()
+    rolled = resolution != "raw"
+    stats = ("min", "max", "last", "count") if rolled else ()
     out = sys.stdout
     if args.format == "json":
         for row in df.itertuples(index=False):
-            value = row.state if isinstance(row.state, str) else (None if row.value != row.value else row.value)
-            out.write(json.dumps({"ts": _format_ts(row.ts), "name": row.name, "labels": row.labels, "value": value}) + "\n")
+            value = None if rolled else row.state if isinstance(row.state, str) else None
+            if value is None:
+                value = None if row.value != row.value else row.value
+            doc = {"ts": _format_ts(row.ts), "name": row.name, "labels": row.labels, "value": value}
+            doc.update((k, _number(getattr(row, k))) for k in stats)
+            out.write(json.dumps(doc) + "\n")
     elif args.format == "csv":
         w = csv.writer(out)
-        w.writerow(["ts", "name", "labels", "value"])
+        w.writerow(["ts", "name", "labels", "value", *stats])
         for row in df.itertuples(index=False):
-            w.writerow([_format_ts(row.ts), row.name, ",".join(f"{k}={v}" for k, v in row.labels.items()), row.state if isinstance(row.state, str) else row.value])
+            value = row.value if rolled or not isinstance(row.state, str) else row.state
+            w.writerow([_format_ts(row.ts), row.name, ",".join(f"{k}={v}" for k, v in row.labels.items()), value,
+                        *(getattr(row, k) for k in stats)])
     else:
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title=f"{args.name} ({len(df)} rows)")
-        for col in ("ts", "series", "value"):
-            t.add_column(col)
         from farmwatch.model import format_series
 
+        t = Table(title=f"{args.name} ({len(df)} rows{'' if not rolled else f', {resolution} rollups'})")
+        for col in ("ts", "series", "value" if not rolled else "mean", *stats):
+            t.add_column(col)
         for row in df.itertuples(index=False):
-            t.add_row(_format_ts(row.ts), format_series(row.name, tuple(sorted(row.labels.items()))), row.state if isinstance(row.state, str) else f"{row.value:g}")
+            value = row.state if not rolled and isinstance(row.state, str) else f"{row.value:g}"
+            t.add_row(_format_ts(row.ts), format_series(row.name, tuple(sorted(row.labels.items()))), value,
+                      *(f"{getattr(row, k):g}" for k in stats))
         Console().print(t)
     return EXIT_OK
+
+
+def _number(value: float) -> float | None:
+    return None if value != value else float(value)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -281,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--label", action="append", default=[], metavar="K=V", help="label matcher: k=v, k!=v, k=~re, k!~re, globs in values")
     q.add_argument("--since", help="how far back, e.g. 10m (default: everything)")
     q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--resolution", choices=("auto", "raw", "1m", "10m"), default="auto",
+                   help="raw samples or 1m/10m rollups (min/max/mean/last/count); auto: raw up to 6 h back, "
+                        "1m up to 3 days, else 10m")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=cmd_query)
 

@@ -38,7 +38,11 @@ class StoreSettings(Section):
     path: Path = Path("farmwatch.db")
     """The SQLite file (WAL mode); collectors and the watch service of one deployment share it."""
     retention: Duration = Field(default=14 * 86400.0, gt=0)
-    """Samples older than this are dropped (whole days at a time)."""
+    """Samples older than this are dropped (whole hours at a time)."""
+    retention_1m: Duration = Field(default=90 * 86400.0, gt=0)
+    """1-minute rollups (min/max/mean/last/count per series) are kept this long."""
+    retention_10m: Duration = Field(default=730 * 86400.0, gt=0)
+    """10-minute rollups are kept this long."""
 
 
 class LogSettings(Section):

@@ -42,7 +42,7 @@ class Runner:
         *,
         clock: Clock | None = None,
         queue_cycles: int = 64,
-        retention_every: float = 3600.0,
+        retention_every: float = 600.0,
         listeners: Iterable[Listener] = (),
         write_attempts: int = 5,
         backoff: float = 0.1,
@@ -97,6 +97,7 @@ class Runner:
             s.written(batches)
             self._write_logs(logs)
         self.written += total
+        self._maintain()
         return total
 
     # -- internals -----------------------------------------------------------------------------
@@ -187,12 +188,19 @@ class Runner:
             now = self.clock.monotonic()
             if now - last_retention >= self.retention_every:
                 last_retention = now
-                try:
-                    self.store.apply_retention()
-                    if self.logs is not None:
-                        self.logs.apply_retention()
-                except Exception as exc:
-                    log.error("store retention failed: %s", exc)
+                self._maintain()
+
+    def _maintain(self) -> None:
+        """Compact finished hours into chunks and rollups (when the store does that), then retention."""
+        try:
+            compact = getattr(self.store, "compact", None)
+            if compact is not None:
+                compact()
+            self.store.apply_retention()
+            if self.logs is not None:
+                self.logs.apply_retention()
+        except Exception as exc:
+            log.error("store maintenance (compaction, retention) failed: %s", exc)
 
     def _acknowledge(self, name: str, batches: list[Batch]) -> None:
         """Tell a source its cycle is stored (it may advance persistent cursors now)."""

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -37,16 +36,13 @@ def config(unit, tmp_path) -> Path:
 
 
 def stored_rows(db: Path) -> int:
-    """Values in the store: numbers in frames (one row per batch, n values each) plus states."""
-    con = sqlite3.connect(db)
-    try:
-        if not con.execute("select count(*) from sqlite_master where name = 'chunks'").fetchone()[0]:
-            return 0
-        frames = [r[0] for r in con.execute("select name from chunks")]
-        values = sum(con.execute(f'select total(l.n) from "{t}" join layouts as l on l.id = layout_id').fetchone()[0] for t in frames)
-        return int(values) + con.execute("select count(*) from states").fetchone()[0]
-    finally:
-        con.close()
+    """Values in the store: numbers (head frames, extras and compressed chunks) plus states."""
+    if not db.exists():
+        return 0
+    from farmwatch.store import SQLiteStore
+
+    with SQLiteStore(db, readonly=True) as store:
+        return len(store.query())
 
 
 def test_python_dash_m_mirrors_the_console_script():
