@@ -63,6 +63,25 @@ def _open_store(settings: Settings, readonly: bool = False):
                        rollup_retention={"1m": cfg.retention_1m, "10m": cfg.retention_10m})
 
 
+def _remote_writers(settings: Settings, store, sources) -> list:
+    """The ``[remote_write]`` sink of this service (queue named after the config and its sources), started."""
+    if settings.remote_write is None:
+        return []
+    from farmwatch.store.remote import writers
+
+    return writers(settings, store, [s.name for s in sources])
+
+
+def _close_remote(remote: list) -> None:
+    """Send what is queued (for up to the request timeout), then stop; the rest waits in the store."""
+    for writer in remote:
+        if not writer.drain(writer.settings.timeout):
+            requests, samples = writer.pending()
+            log.warning("remote write: %d samples (%d requests) still queued; they are sent at the next start",
+                        samples, requests)
+        writer.close()
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
@@ -117,12 +136,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
     sources = _build_sources(settings, args.source)
     store = _open_store(settings)
     sinks = log_sinks(settings)
+    remote = _remote_writers(settings, store, sources)
     if args.once:
-        runner = Runner(sources, store, log_sinks=sinks)
+        runner = Runner(sources, store, log_sinks=sinks, sample_sinks=remote)
         try:
             n = runner.run_once()
             log.info("wrote %d samples to %s", n, settings.store.path)
         finally:
+            _close_remote(remote)
             for s in sources:
                 s.close()
             store.close()
@@ -134,10 +155,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
     try:
         while True:
             watchdog = systemd.Watchdog(stale_after=3 * max((s.interval for s in sources), default=1.0) + 30)
-            runner = Runner(sources, store, listeners=[watchdog.beat] + ([metrics.listener] if metrics else []), log_sinks=sinks)
+            runner = Runner(sources, store, listeners=[watchdog.beat] + ([metrics.listener] if metrics else []), log_sinks=sinks,
+                            sample_sinks=remote)
             if metrics:
                 metrics.runner = runner
                 metrics.set_stats("elastic", [sink.stats for sink in sinks if hasattr(sink, "stats")])
+                metrics.set_stats("remote_write", [w.stats for w in remote])
             log.info("collecting %s into %s", ", ".join(s.name for s in sources), settings.store.path)
             systemd.notify("READY=1", f"STATUS=collecting {len(sources)} source(s) into {settings.store.path}")
             watchdog.start()
@@ -151,13 +174,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
                 continue
             for s in sources:
                 s.close()
-            if new.settings.store != settings.store:
-                store.close()
-                store = _open_store(new.settings)
+            if new.settings.store != settings.store or new.settings.remote_write != settings.remote_write:
+                _close_remote(remote)
+                if new.settings.store != settings.store:
+                    store.close()
+                    store = _open_store(new.settings)
+                remote = _remote_writers(new.settings, store, new.built[0])
             settings, (sources, sinks) = new.settings, new.built
             log.info("reloaded %s: %d source(s)", args.config, len(sources))
         log.info("stopped; %d samples written, %d dropped", written, dropped)
     finally:
+        _close_remote(remote)
         for s in sources:
             s.close()
         store.close()
@@ -220,7 +247,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc).timestamp()
     since = now - parse_duration(args.since) if args.since else None
     resolution = choose(since, None, now) if args.resolution == "auto" else args.resolution
-    store = _open_store(settings, readonly=True)
+    store = _open_store(settings, readonly=True) if args.store == "local" else _remote_reader(settings)
     try:
         if resolution == "raw":
             df = store.query(args.name, matchers, since=since, limit=args.limit)
@@ -264,6 +291,27 @@ def cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _remote_reader(settings: Settings):
+    """The Prometheus query API of ``[remote_write] query_url``, read like the store."""
+    from farmwatch.secrets import secret
+    from farmwatch.store.remote.reader import PrometheusReader
+
+    cfg = settings.remote_write
+    if cfg is None or cfg.query_url is None:
+        raise ConfigError([f"{settings.file}: remote_write.query_url: needed by --store remote (the TSDB's "
+                           "Prometheus query API, e.g. http://vm01:8428)"])
+    headers = dict(cfg.headers)
+    auth = None
+    if cfg.bearer_token_env or cfg.bearer_token_file:
+        token = secret(cfg.bearer_token_env, str(cfg.bearer_token_file) if cfg.bearer_token_file else None, "bearer token")
+        headers["Authorization"] = f"Bearer {token}"
+    elif cfg.username:
+        auth = (cfg.username, secret(cfg.password_env, str(cfg.password_file) if cfg.password_file else None, "password"))
+    verify = str(cfg.ca_file) if cfg.ca_file else cfg.verify
+    return PrometheusReader(cfg.query_url, prefix=cfg.prefix, timeout=cfg.timeout, headers=headers, auth=auth,
+                            verify=verify)
+
+
 def _number(value: float) -> float | None:
     return None if value != value else float(value)
 
@@ -303,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--label", action="append", default=[], metavar="K=V", help="label matcher: k=v, k!=v, k=~re, k!~re, globs in values")
     q.add_argument("--since", help="how far back, e.g. 10m (default: everything)")
     q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--store", choices=("local", "remote"), default="local",
+                   help="the embedded store, or the TSDB of [remote_write] query_url (Prometheus query API)")
     q.add_argument("--resolution", choices=("auto", "raw", "1m", "10m"), default="auto",
                    help="raw samples or 1m/10m rollups (min/max/mean/last/count); auto: raw up to 6 h back, "
                         "1m up to 3 days, else 10m")

@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from farmwatch import systemd
-from farmwatch.cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, _build_sources, _load, _open_store, _self_metrics
+from farmwatch.cli import (EXIT_CONFIG, EXIT_FAIL, EXIT_OK, _build_sources, _close_remote, _load, _open_store,
+                           _remote_writers, _self_metrics)
 from farmwatch.config import ConfigError
 from farmwatch.durations import format_duration, parse_duration
 
@@ -69,17 +70,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     sources = _build_sources(settings)
     store = _open_store(settings)
     metrics = None
+    remote: list = []
     try:
         alerting, sinks = build(settings, store), log_sinks(settings)
+        remote = _remote_writers(settings, store, sources)
         signals = ServiceSignals().install()
         metrics = _self_metrics(settings, "run")
         while True:
             watchdog = systemd.Watchdog(stale_after=3 * max((s.interval for s in sources), default=1.0) + 30)
             runner = Runner(sources, store, listeners=[alerting.window, watchdog.beat] + ([metrics.listener] if metrics else []),
-                            log_sinks=sinks)
+                            log_sinks=sinks, sample_sinks=remote)
             if metrics:
                 metrics.runner, metrics.engine, metrics.delivery = runner, alerting.engine, alerting.delivery
                 metrics.set_stats("elastic", [sink.stats for sink in sinks if hasattr(sink, "stats")])
+                metrics.set_stats("remote_write", [w.stats for w in remote])
                 metrics.set_stats("detect", [alerting.scorer.stats] if alerting.scorer is not None else [])
             threads = [
                 threading.Thread(target=alerting.engine.run, args=(signals.wake, settings.alerting.evaluation_interval),
@@ -106,12 +110,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                 s.close()
             if new.settings.store.path != settings.store.path:
                 log.warning("reload: a new [store] path needs a restart; keeping %s", settings.store.path)
+            if new.settings.remote_write != settings.remote_write:
+                _close_remote(remote)
+                remote = _remote_writers(new.settings, store, new.built[0])
             settings, (sources, alerting, sinks) = new.settings, new.built
             names = alerting.names()  # the rules' series and the anomaly families'
             now = time.time()
             alerting.window.load(store, now - alerting.window.horizon, now, names)  # the new rules see the recent past
             log.info("reloaded %s: %d source(s), %d rule(s)", args.config, len(sources), len(alerting.rules))
     finally:
+        _close_remote(remote)
         for s in sources:
             s.close()
         store.close()

@@ -193,6 +193,8 @@ class Settings(Section):
     """``[elastic]``: ``farmwatch.store.elastic.ElasticConfig`` when Elasticsearch is configured, else None."""
     detect: Any = None
     """``[detect]``: ``farmwatch.detect.training.DetectSettings`` (anomaly model families), else None."""
+    remote_write: Any = None
+    """``[remote_write]``: ``farmwatch.store.remote.RemoteWriteSettings`` when configured, else None."""
     sources: dict[str, Any] = Field(default_factory=dict)
     file: Path | None = None
 
@@ -233,6 +235,7 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
     raw_sources = raw.pop("sources", {})
     raw_elastic = raw.pop("elastic", None)
     raw_detect = raw.pop("detect", None)
+    raw_remote = raw.pop("remote_write", None)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
@@ -254,6 +257,15 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
             detect = DetectSettings.model_validate(raw_detect)
         except ValidationError as exc:
             problems += validation_problems(exc, where, ("detect",))
+
+    remote = None
+    if raw_remote is not None:
+        from farmwatch.store.remote.settings import RemoteWriteSettings  # (it imports this module)
+
+        try:
+            remote = RemoteWriteSettings.model_validate(raw_remote)
+        except ValidationError as exc:
+            problems += validation_problems(exc, where, ("remote_write",))
 
     validated: dict[str, Any] = {}
     if not isinstance(raw_sources, dict):
@@ -284,8 +296,10 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
         alerting = alerting.model_copy(update={"rules": [p if p.is_absolute() else base_dir / p for p in alerting.rules]})
         if detect is not None and not detect.models.is_absolute():
             detect = detect.model_copy(update={"models": base_dir / detect.models})
+        if remote is not None:
+            remote = remote.resolved(base_dir)
     return settings.model_copy(update={"sources": validated, "store": store, "alerting": alerting, "elastic": elastic,
-                                       "detect": detect})
+                                       "detect": detect, "remote_write": remote})
 
 
 def load(path: str | Path) -> Settings:

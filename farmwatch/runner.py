@@ -47,6 +47,7 @@ class Runner:
         write_attempts: int = 5,
         backoff: float = 0.1,
         log_sinks: Iterable[LogSink] = (),
+        sample_sinks: Iterable["SampleSink"] = (),
     ) -> None:
         self.sources = list(sources)
         self.store = store
@@ -54,6 +55,8 @@ class Runner:
         self.listeners = list(listeners)
         self.retention_every = retention_every
         self._queue: queue.Queue[tuple[str, list[Batch], list[LogBatch]] | None] = queue.Queue(maxsize=queue_cycles)
+        self.sample_sinks = list(sample_sinks)
+        """Where samples go besides the store, queued in the store's transaction (remote write)."""
         self.log_sinks = list(log_sinks)
         """Where log records go besides the embedded store (which is always written, last)."""
         self.logs = LogStore(store) if hasattr(store, "transaction") else None  # type: ignore[arg-type]
@@ -93,7 +96,7 @@ class Runner:
         total = 0
         for s in self.sources:
             batches, logs = self._cycle(s)
-            total += self.store.write(batches)
+            total += self._store_write(batches)
             s.written(batches)
             self._write_logs(logs)
         self.written += total
@@ -213,7 +216,7 @@ class Runner:
         """Write, retrying a failing store a few times before counting the data as dropped."""
         for attempt in range(self.write_attempts):
             try:
-                self.written += self.store.write(batches)
+                self.written += self._store_write(batches)
                 if self._write_failures:
                     log.warning("store writes succeed again")
                 self._write_failures = 0
@@ -226,6 +229,11 @@ class Runner:
         self.dropped += lost
         log.error("gave up writing %d samples to the store (counted in farmwatch.dropped_samples)", lost)
         return False
+
+    def _store_write(self, batches: list[Batch]) -> int:
+        if not self.sample_sinks:
+            return self.store.write(batches)
+        return self.store.write(batches, also=[sink.stage(batches) for sink in self.sample_sinks])  # type: ignore[call-arg]
 
     def _write_logs(self, batches: list[LogBatch]) -> None:
         """Every sink, then the embedded store with the offsets; then the source may move on."""
@@ -269,6 +277,13 @@ class Runner:
                 batch.nack()
             except Exception:
                 log.exception("source %s: refusing log records failed", batch.source)
+
+
+class SampleSink(Protocol):
+    """Samples sent on besides the store: ``stage`` encodes them and returns what queues them inside
+    the store's write transaction (``farmwatch.store.remote.RemoteWriter``)."""
+
+    def stage(self, batches: list[Batch]) -> Callable[..., None]: ...
 
 
 class SampleWriter(Protocol):

@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import orjson
@@ -218,6 +218,17 @@ MIGRATIONS: list[str] = [
     DROP TABLE states;
     ALTER TABLE states_v5 RENAME TO states;
     """,
+    # 6: the remote-write queue (farmwatch.store.remote): requests queued in the transaction that
+    # stores their samples, per service (owner), deleted once the receiver accepted them.
+    """
+    CREATE TABLE remote_queue(
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        samples INTEGER NOT NULL,
+        created REAL NOT NULL,
+        body BLOB NOT NULL);
+    CREATE INDEX remote_queue_owner ON remote_queue(owner, id);
+    """,
 ]
 """Schema steps: ``MIGRATIONS[i]`` is an SQL script taking a file from ``user_version`` i to i + 1.
 
@@ -305,7 +316,8 @@ class SQLiteStore:
         with self._lock:
             return _user_version(self._conn)
 
-    def write(self, items: Batch | Sample | Iterable[Batch] | Iterable[Sample]) -> int:
+    def write(self, items: Batch | Sample | Iterable[Batch] | Iterable[Sample], *,
+              also: Sequence[Callable[[sqlite3.Connection], None]] = ()) -> int:
         """Store samples in one transaction and return how many were written (every one given).
 
         Numbers (bools as 1.0/0.0, None as NaN; NaN and ±inf are kept as they are) become samples,
@@ -314,7 +326,9 @@ class SQLiteStore:
         are all kept, in the order given (sequence 0, 1, …). Writing the same (series, ts,
         sequence) again replaces the value, so replaying a spool after a crash never duplicates
         points. (A rewrite whose batch has another set of numeric series is stored under another
-        layout; a (series, ts) held by two layouts is read from the newest layout.)
+        layout; a (series, ts) held by two layouts is read from the newest layout.) Each callable
+        in ``also`` runs inside the same transaction (a remote-write queue: stored and queued, or
+        neither).
         """
         raws, count, arrivals = _collect(items)
         if not raws:
@@ -351,6 +365,8 @@ class SQLiteStore:
                     conn.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?, ?)", states)
                 if extras:
                     conn.executemany("INSERT OR REPLACE INTO extras VALUES (?, ?, ?, ?)", extras)
+                for hook in also:
+                    hook(conn)
             # Only now: ids handed out by a transaction that rolled back must not be cached.
             self._ids = ids
             self._layouts.update(layouts)
