@@ -19,6 +19,7 @@ Only read methods are ever called (``*.get``, ``apiinfo.version``, ``user.login`
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -49,6 +50,8 @@ TEXTUAL = {1: "char", 2: "log", 4: "text"}
 SEVERITIES = ("not classified", "information", "warning", "average", "high", "disaster")
 _NEVER = (-1, 0)
 _NS = 1_000_000_000
+CATALOG = "catalog"
+"""The source cursor key under which the host and item lists are cached (cron mode)."""
 
 
 class ZabbixConfig(SourceConfig):
@@ -89,7 +92,7 @@ class ZabbixConfig(SourceConfig):
     """A quiet item's cursor moves up to ``now - settle``: values that reach Zabbix later than
     this after their clock (e.g. buffered by a proxy) would be missed, so raise it for proxies."""
     rediscover: Duration = Field(default=300.0, gt=0)
-    """How often hosts and items are listed again (new, deleted or renamed ones)."""
+    """How often hosts and items are listed again (new, deleted or renamed ones); the lists are cached in the store for as long, so cron runs (`collect --once`) list them once per interval."""
     problems: bool = True
     problem_limit: int = Field(default=1000, ge=1)
     backoff: Duration = Field(default=5.0, gt=0)
@@ -422,6 +425,45 @@ class ZabbixSource(Source):
 
     # -- discovery -------------------------------------------------------------------------------
     def _discover(self) -> None:
+        """Hosts and items from the API, or from the store's cached copy while it is younger than
+        ``rediscover`` (cron mode: a ``collect --once`` per minute does not list 10,000 items each time)."""
+        cached = self._cached_catalog()
+        if cached is not None:
+            hosts, rows, age = cached
+            self._apply_catalog(hosts, rows)
+            self._discovered_at = time.monotonic() - age
+            return
+        hosts, rows = self._list_catalog()
+        self._apply_catalog(hosts, rows)
+        self._discovered_at = time.monotonic()
+        if self._store is not None:
+            try:
+                self._store.save_cursors(self.name, {CATALOG: {"at": time.time(), "config": self._catalog_key(),
+                                                               "hosts": hosts, "items": rows}})
+            except Exception as exc:  # a cache only: the next run lists again
+                log.warning("zabbix source %s: could not cache the host and item lists in the store: %s", self.name, exc)
+
+    def _catalog_key(self) -> str:
+        """What the lists depend on: a cached copy made with other settings is not used."""
+        cfg = self.config
+        return json.dumps([cfg.url, cfg.host_groups, cfg.hosts, cfg.items], sort_keys=True)
+
+    def _cached_catalog(self) -> tuple[dict[str, str], list[list[Any]], float] | None:
+        if self._store is None or self.items:
+            return None  # a running source lists again: the cache is for the next process
+        try:
+            doc = self._store.cursors(self.name).get(CATALOG)
+        except Exception:
+            return None
+        if not isinstance(doc, dict) or doc.get("config") != self._catalog_key():
+            return None
+        age = time.time() - float(doc.get("at", 0))
+        if not 0 <= age < self.config.rediscover:
+            return None
+        return doc["hosts"], doc["items"], age
+
+    def _list_catalog(self) -> tuple[dict[str, str], list[list[Any]]]:
+        """hostid → host name, and [itemid, hostid, key, value_type, name] of the selected items."""
         cfg = self.config
         params: dict[str, Any] = {"output": ["hostid", "host", "status"], "monitored_hosts": True}
         if cfg.host_groups:
@@ -436,25 +478,30 @@ class ZabbixSource(Source):
                           searchByAny=True)
         found = self.api.call("host.get", **params)
         hosts = {h["hostid"]: h["host"] for h in found if self._host_re is None or self._host_re.match(h["host"])}
+        rows: list[list[Any]] = []
+        ids = sorted(hosts)
+        search = sorted({p.split("[", 1)[0] + ("*" if "[" in p else "") for p in cfg.items})
+        for i in range(0, len(ids), 200):
+            found = self.api.call("item.get", hostids=ids[i:i + 200], monitored=True,
+                                  output=["itemid", "hostid", "key_", "value_type", "name"],
+                                  search={"key_": [s.replace("?", "*") for s in search]},
+                                  searchWildcardsEnabled=True, searchByAny=True)
+            rows += [[r["itemid"], r["hostid"], r["key_"], int(r["value_type"]), r["name"]] for r in found
+                     if self._item_re.match(r["key_"])]
+        return hosts, rows
+
+    def _apply_catalog(self, hosts: dict[str, str], rows: list[list[Any]]) -> None:
+        cfg = self.config
         for hostid, name in hosts.items():
             old = self.hosts.get(hostid)
             if old is not None and old != name:
                 log.warning("zabbix source %s: host %s was renamed to %s in Zabbix; its series now have host=%s",
                             self.name, old, name, self.config.host_map.get(name, name))
         items: dict[str, _Item] = {}
-        ids = sorted(hosts)
-        search = sorted({p.split("[", 1)[0] + ("*" if "[" in p else "") for p in cfg.items})
-        for i in range(0, len(ids), 200):
-            rows = self.api.call("item.get", hostids=ids[i:i + 200], monitored=True,
-                                 output=["itemid", "hostid", "key_", "value_type", "name"],
-                                 search={"key_": [s.replace("?", "*") for s in search]},
-                                 searchWildcardsEnabled=True, searchByAny=True)
-            for r in rows:
-                if not self._item_re.match(r["key_"]):
-                    continue
-                host = hosts[r["hostid"]]
-                lbls = make_labels({**self._base, "host": cfg.host_map.get(host, host), "item": r["key_"]})
-                items[r["itemid"]] = _Item(r["itemid"], r["hostid"], r["key_"], int(r["value_type"]), r["name"], lbls)
+        for itemid, hostid, key, value_type, item_name in rows:
+            host = hosts[hostid]
+            lbls = make_labels({**self._base, "host": cfg.host_map.get(host, host), "item": key})
+            items[itemid] = _Item(itemid, hostid, key, int(value_type), item_name, lbls)
         for itemid in self.items.keys() - items.keys():
             it = self.items[itemid]
             log.warning("zabbix source %s: item %s on %s (itemid %s) is gone (deleted, disabled, or its host left "
@@ -467,7 +514,6 @@ class ZabbixSource(Source):
                 self._cursors.pop(itemid, None)
         self._drop -= items.keys()
         self.hosts, self.items = hosts, items
-        self._discovered_at = time.monotonic()
         skipped = [it for it in items.values() if it.value_type in TEXTUAL and self.config.text == "skip"]
         self.stats.skipped_items = len(skipped)
         if not items:
