@@ -93,6 +93,8 @@ def sections() -> Iterator[tuple[str, type[BaseModel], str, tuple[str, ...]]]:
     from farmwatch.sources import known_kinds, source_class
     from farmwatch.detect.training import DetectSettings, FamilySettings
     from farmwatch.store.elastic import ElasticConfig
+    from farmwatch.store.remote.naming import Relabel
+    from farmwatch.store.remote.settings import RemoteWriteSettings
 
     yield "[store]", config.StoreSettings, "The embedded SQLite store every service writes to or reads from.", ()
     yield "[log]", config.LogSettings, "farmwatch's own log lines (stderr).", ()
@@ -101,6 +103,8 @@ def sections() -> Iterator[tuple[str, type[BaseModel], str, tuple[str, ...]]]:
     yield "[[alerting.inhibit]]", config.InhibitSettings, "While a `source` alert fires, `target` alerts with equal `equal` labels are muted.", ()
     yield "[alerting.notify.NAME]", config.NotifierSettings, "Where notifications go (Rocket.Chat REST, incoming webhook, console).", ()
     yield "[elastic]", ElasticConfig, "Elasticsearch for logs (and optionally samples and alerts); see docs/elastic.md.", ()
+    yield "[remote_write]", RemoteWriteSettings, "Every stored sample also to a Prometheus-compatible TSDB; see docs/remote-write.md.", ()
+    yield "[[remote_write.relabel]]", Relabel, "Which series are sent and how they are labelled (Prometheus' write_relabel_configs).", ()
     yield "[detect]", DetectSettings, "Anomaly-detection model families (`farmwatch train`); see docs/detection.md.", ()
     yield "[detect.families.NAME]", FamilySettings, "One family: entities sharing one model (e.g. all worker nodes).", ()
     for kind in known_kinds():
