@@ -62,14 +62,14 @@ def _stamps(conn: sqlite3.Connection, keys: set[tuple[int, int]]) -> dict[tuple[
         "ON c.series_id = -json_extract(j.value, '$[0]') AND c.start_ms = json_extract(j.value, '$[1]')",
         (orjson.dumps(sorted(keys)).decode(),),
     ).fetchall()
-    return {(ref, start): codec.decode(data)[0] for ref, start, data in rows}
+    decoded = codec.decode_many([data for _, _, data in rows])
+    return {(ref, start): columns[0] for (ref, start, _), columns in zip(rows, decoded)}
 
 
 def _decode(conn: sqlite3.Connection, rows: list[tuple[int, int, int, bytes]], lo: int, hi: int) -> Points:
     stamps = _stamps(conn, {(ref, start) for _, start, ref, _ in rows if ref})
     parts = []
-    for sid, start, ref, data in rows:
-        columns = codec.decode(data)
+    for (sid, start, ref, _), columns in zip(rows, codec.decode_many([row[3] for row in rows])):
         if ref:
             ts = stamps.get((ref, start))
             if ts is None or len(ts) != len(columns[0]):

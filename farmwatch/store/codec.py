@@ -17,7 +17,7 @@ import struct
 import cramjam
 import numpy as np
 
-__all__ = ["decode", "encode", "encode_columns", "encode_matrix", "float_modes"]
+__all__ = ["decode", "decode_many", "encode", "encode_matrix", "encode_rows", "encode_stamps", "float_modes"]
 
 VERSION = 1
 LEVEL = 3
@@ -65,86 +65,97 @@ def _unzigzag(values: np.ndarray) -> np.ndarray:
     return ((values >> np.uint64(1)) ^ (np.uint64(0) - (values & np.uint64(1)))).view(np.int64)
 
 
-def _transform(column: np.ndarray, mode: int) -> np.ndarray:
-    """One column as uint64 small numbers (the inverse is ``_restore``)."""
-    if mode == TS:
-        ints = column.astype(np.int64, copy=False)
-        out = np.empty(len(ints), dtype=np.int64)
-        if len(ints):
-            out[0] = ints[0]
-            deltas = np.diff(ints)
-            if len(deltas):
-                out[1] = deltas[0]
-                out[2:] = np.diff(deltas)
-        return _zigzag(out)
-    if mode == DELTA:
-        ints = column.astype(np.int64)
-        return _zigzag(np.diff(ints, prepend=np.int64(0)))
-    if mode > DECIMAL:
-        ints = np.round(column * 10.0 ** (mode - DECIMAL)).astype(np.int64)
-        return _zigzag(np.diff(ints, prepend=np.int64(0)))
-    bits = np.ascontiguousarray(column, dtype=np.float64).view(np.uint64)
-    out = bits.copy()
-    out[1:] ^= bits[:-1]
-    return out
-
-
-def _restore(small: np.ndarray, mode: int) -> np.ndarray:
-    if mode == TS:
-        out = _unzigzag(small)
-        out[1:] = np.cumsum(np.cumsum(out[1:])) + out[:1]
-        return out
-    if mode == DELTA:
-        return np.cumsum(_unzigzag(small)).astype(np.float64)
-    if mode > DECIMAL:
-        return np.cumsum(_unzigzag(small)).astype(np.float64) / 10.0 ** (mode - DECIMAL)
-    return np.bitwise_xor.accumulate(small).view(np.float64)
-
-
-def encode_columns(columns: list[np.ndarray], modes: list[int]) -> bytes:
-    """Equally long columns (int64 timestamps or float64 values) as one compressed chunk."""
-    n = len(columns[0]) if columns else 0
-    small = np.empty((len(columns), n), dtype=np.uint64)
-    for i, (column, mode) in enumerate(zip(columns, modes)):
-        small[i] = _transform(column, mode)
-    planes = small.view(np.uint8).reshape(len(columns), n, 8).transpose(0, 2, 1)
-    head = _HEADER.pack(VERSION, n, len(columns)) + bytes(modes)
-    return bytes(cramjam.zstd.compress(head + planes.tobytes(), level=LEVEL))
-
-
 def encode(ts: np.ndarray | None, values: np.ndarray) -> bytes:
     """A series chunk: its timestamps (None when they are a layout's shared ones) and values."""
-    mode = int(float_modes(values.reshape(-1, 1))[0])
-    if ts is None:
-        return encode_columns([values], [mode])
-    return encode_columns([ts, values], [TS, mode])
+    return encode_rows(None if ts is None else ts[None, :], [values[None, :]])[0]
+
+
+def encode_stamps(ts: np.ndarray) -> bytes:
+    """A chunk of timestamps only (a layout's, shared by its series' value chunks)."""
+    return encode_rows(ts[None, :], [])[0]
 
 
 def encode_matrix(matrix: np.ndarray) -> list[bytes]:
     """Each column of a (rows, columns) float64 matrix as its own chunk without timestamps (the
-    layout's shared ones): the transforms run once per mode over the whole matrix."""
-    rows, k = matrix.shape
-    modes = float_modes(matrix)
-    small = matrix.view(np.uint64).copy()
-    small[1:] ^= matrix.view(np.uint64)[:-1]
-    for mode in np.unique(modes[modes != XOR]).tolist():
-        cols = np.flatnonzero(modes == mode)
-        scaled = matrix[:, cols] * (10.0 ** (mode - DECIMAL) if mode > DECIMAL else 1.0)
-        ints = np.round(scaled).astype(np.int64)
-        small[:, cols] = _zigzag(np.diff(ints, axis=0, prepend=np.zeros((1, len(cols)), dtype=np.int64)))
-    planes = small.view(np.uint8).reshape(rows, k, 8).transpose(1, 2, 0).copy()
+    layout's shared ones)."""
+    return encode_rows(None, [np.ascontiguousarray(matrix.T)])
+
+
+def encode_rows(ts: np.ndarray | None, values: list[np.ndarray]) -> list[bytes]:
+    """K chunks of the same length at once: row k of ``ts`` (K, n) int64 (or no timestamps) and of
+    each (K, n) float64 array in ``values`` make chunk k. The transforms run once per column and
+    mode over all K rows, then one zstd call per chunk."""
+    columns = ([ts] if ts is not None else []) + list(values)
+    k, n = columns[0].shape
+    small = np.empty((k, len(columns), n), dtype=np.uint64)
+    modes = np.empty((k, len(columns)), dtype=np.uint8)
+    for j, column in enumerate(columns):
+        if j == 0 and ts is not None:
+            modes[:, j] = TS
+            ints = column.astype(np.int64, copy=False)
+            out = np.zeros((k, n), dtype=np.int64)
+            out[:, :1] = ints[:, :1]
+            out[:, 1:2] = np.diff(ints[:, :2], axis=1)
+            out[:, 2:] = np.diff(ints, n=2, axis=1)
+            small[:, j] = _zigzag(out)
+            continue
+        modes[:, j] = float_modes(column.T)
+        bits = column.view(np.uint64)
+        xor = bits.copy()
+        xor[:, 1:] ^= bits[:, :-1]
+        small[:, j] = xor
+        for mode in np.unique(modes[:, j]).tolist():
+            if mode == XOR:
+                continue
+            rows = np.flatnonzero(modes[:, j] == mode)
+            scaled = column[rows] * (10.0 ** (mode - DECIMAL) if mode > DECIMAL else 1.0)
+            ints = np.round(scaled).astype(np.int64)
+            small[rows, j] = _zigzag(np.diff(ints, axis=1, prepend=np.zeros((len(rows), 1), dtype=np.int64)))
+    planes = small.view(np.uint8).reshape(k, len(columns), n, 8).transpose(0, 1, 3, 2).copy()
     compress = cramjam.zstd.compress
-    return [bytes(compress(_HEADER.pack(VERSION, rows, 1) + bytes((int(modes[j]),)) + planes[j].tobytes(), level=LEVEL))
-            for j in range(k)]
+    return [bytes(compress(_HEADER.pack(VERSION, n, len(columns)) + modes[i].tobytes() + planes[i].tobytes(), level=LEVEL))
+            for i in range(k)]
 
 
 def decode(blob: bytes) -> list[np.ndarray]:
     """The columns of a chunk: int64 for timestamp columns, float64 for the others."""
-    raw = memoryview(cramjam.zstd.decompress(blob))
-    version, n, k = _HEADER.unpack_from(raw)
-    if version != VERSION:
-        raise ValueError(f"chunk format version {version} is not known to this farmwatch")
-    modes = bytes(raw[_HEADER.size:_HEADER.size + k])
-    body = np.frombuffer(raw, dtype=np.uint8, offset=_HEADER.size + k, count=8 * n * k)
-    small = body.reshape(k, 8, n).transpose(0, 2, 1).copy().view(np.uint64).reshape(k, n)
-    return [_restore(small[i], mode) for i, mode in enumerate(modes)]
+    return decode_many([blob])[0]
+
+
+def decode_many(blobs: list[bytes]) -> list[list[np.ndarray]]:
+    """The columns of many chunks; chunks of one shape are restored together, vectorised."""
+    out: list[list[np.ndarray]] = [[] for _ in blobs]
+    shapes: dict[tuple[int, int], list[tuple[int, bytes, memoryview]]] = {}
+    for i, blob in enumerate(blobs):
+        raw = memoryview(cramjam.zstd.decompress(blob))
+        version, n, k = _HEADER.unpack_from(raw)
+        if version != VERSION:
+            raise ValueError(f"chunk format version {version} is not known to this farmwatch")
+        shapes.setdefault((n, k), []).append((i, bytes(raw[_HEADER.size:_HEADER.size + k]), raw[_HEADER.size + k:]))
+    for (n, k), group in shapes.items():
+        body = np.frombuffer(b"".join(bytes(part[:8 * n * k]) for _, _, part in group), dtype=np.uint8)
+        small = body.reshape(len(group), k, 8, n).transpose(0, 1, 3, 2).copy().view(np.uint64).reshape(len(group), k, n)
+        modes = np.frombuffer(b"".join(m for _, m, _ in group), dtype=np.uint8).reshape(len(group), k)
+        columns = []
+        for j in range(k):
+            restored = np.empty((len(group), n), dtype=np.int64 if (modes[:, j] == TS).all() else np.float64)
+            for mode in np.unique(modes[:, j]).tolist():
+                rows = np.flatnonzero(modes[:, j] == mode)
+                restored[rows] = _restore_rows(small[rows, j], mode)
+            columns.append(restored)
+        for g, (i, _, _) in enumerate(group):
+            out[i] = [column[g] for column in columns]
+    return out
+
+
+def _restore_rows(small: np.ndarray, mode: int) -> np.ndarray:
+    """The inverse of a column transform, along axis 1 of a (chunks, n) array."""
+    if mode == TS:
+        out = _unzigzag(small)
+        out[:, 1:] = np.cumsum(np.cumsum(out[:, 1:], axis=1), axis=1) + out[:, :1]
+        return out
+    if mode == DELTA:
+        return np.cumsum(_unzigzag(small), axis=1).astype(np.float64)
+    if mode > DECIMAL:
+        return np.cumsum(_unzigzag(small), axis=1).astype(np.float64) / 10.0 ** (mode - DECIMAL)
+    return np.bitwise_xor.accumulate(small, axis=1).view(np.float64)

@@ -59,7 +59,7 @@ def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, re
         for lo, hi in _runs(blocks):
             block_ts, values = ts[lo:hi], np.ascontiguousarray(matrix[lo:hi])
             first, last = int(block_ts[0]), int(block_ts[-1])
-            chunk_rows.append((-lid, first, last, 0, codec.encode_columns([block_ts], [codec.TS])))
+            chunk_rows.append((-lid, first, last, 0, codec.encode_stamps(block_ts)))
             chunk_rows += [(sid, first, last, lid, blob)
                            for sid, blob in zip(own.tolist(), codec.encode_matrix(values))]
             points = (np.tile(own, len(block_ts)), np.repeat(block_ts, len(own)),
@@ -72,11 +72,16 @@ def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, re
         sid, ts, seq, values = read(conn, listed, start, end - 1)
         order = np.lexsort((seq, ts, sid))
         sid, ts, seq, values = sid[order], ts[order], seq[order], values[order]
-        key = ts // BLOCK_MS
-        cut = np.flatnonzero((np.diff(sid) != 0) | (np.diff(key) != 0)) + 1
-        for lo, hi in zip(np.concatenate(([0], cut)).tolist(), np.append(cut, len(sid)).tolist()):
-            if hi > lo:
-                chunk_rows.append((int(sid[lo]), int(ts[lo]), int(ts[hi - 1]), 0, codec.encode(ts[lo:hi], values[lo:hi])))
+        if len(sid):
+            key = ts // BLOCK_MS
+            first = np.flatnonzero(np.concatenate(([True], (np.diff(sid) != 0) | (np.diff(key) != 0))))
+            counts = np.diff(np.append(first, len(sid)))
+            for n in np.unique(counts).tolist():  # chunks of one length are encoded together
+                heads = first[counts == n]
+                index = heads[:, None] + np.arange(n)
+                blobs = codec.encode_rows(ts[index], [values[index]])
+                chunk_rows += [(int(sid[h]), int(ts[h]), int(ts[h + n - 1]), 0, blob)
+                               for h, blob in zip(heads.tolist(), blobs)]
         conn.execute("DELETE FROM series_chunks WHERE series_id IN (SELECT value FROM json_each(?)) "
                      "AND start_ms BETWEEN ? AND ?", (orjson.dumps(listed).decode(), start, end - 1))
         conn.execute("DELETE FROM rollups WHERE series_id IN (SELECT value FROM json_each(?)) AND start_ms >= ? "
@@ -88,19 +93,9 @@ def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, re
         total += len(sid)
     chunks.insert(conn, chunk_rows)
     for step, parts in rolled.items():
-        both = rollup.Rolled.concat(parts)
-        # Per series and hour: one chunk each, so that a later day merge finds them.
-        hour = both.ts // BLOCK_MS
-        order = np.lexsort((both.ts, hour, both.sid))
-        both = both.take(order)
-        hour = hour[order]
-        cut = np.flatnonzero((np.diff(both.sid) != 0) | (np.diff(hour) != 0)) + 1
-        rows_out = []
-        for lo, hi in zip(np.concatenate(([0], cut)).tolist(), np.append(cut, len(both)).tolist()):
-            if hi > lo:
-                rows_out += rollup.rows(step, both.take(np.arange(lo, hi)))
+        both = rollup.merge(parts)  # sorted by series and bin, one row each
         conn.executemany("INSERT OR REPLACE INTO rollups(res, series_id, start_ms, end_ms, data) VALUES (?, ?, ?, ?, ?)",
-                         rows_out)
+                         rollup.rows(step, both, BLOCK_MS))
     conn.execute(f'DROP TABLE "{table}"')
     conn.execute("DELETE FROM heads WHERE name = ?", (table,))
     return total

@@ -111,16 +111,25 @@ def merge(parts: list[Rolled]) -> Rolled:
                       np.add.reduceat(both.sum, at), both.last[ends], np.add.reduceat(both.count, at))
 
 
-def rows(res: int, rolled: Rolled) -> list[tuple[int, int, int, int, bytes]]:
-    """(res, series id, first bin, last bin, chunk) rows, one per series of ``rolled`` (sorted)."""
+def rows(res: int, rolled: Rolled, span_ms: int) -> list[tuple[int, int, int, int, bytes]]:
+    """(res, series id, first bin, last bin, chunk) rows: one chunk per series and ``span_ms``
+    (an hour when compacting, a day when merging) of ``rolled`` (sorted by series, then bin).
+    Chunks with as many rows are encoded together (``codec.encode_rows``)."""
     if not len(rolled):
         return []
-    cut = np.flatnonzero(np.diff(rolled.sid)) + 1
+    key = rolled.ts // span_ms
+    start = np.ones(len(rolled), dtype=bool)
+    start[1:] = (rolled.sid[1:] != rolled.sid[:-1]) | (key[1:] != key[:-1])
+    first = np.flatnonzero(start)
+    counts = np.diff(np.append(first, len(rolled)))
     out = []
-    for lo, hi in zip(np.concatenate(([0], cut)).tolist(), np.append(cut, len(rolled)).tolist()):
-        part = [column[lo:hi] for column in rolled.columns()[1:]]
-        modes = [codec.TS, *codec.float_modes(np.stack(part[1:], axis=1)).tolist()]
-        out.append((res, int(rolled.sid[lo]), int(part[0][0]), int(part[0][-1]), codec.encode_columns(part, modes)))
+    for n in np.unique(counts).tolist():
+        heads = first[counts == n]
+        index = heads[:, None] + np.arange(n)
+        blobs = codec.encode_rows(rolled.ts[index], [rolled.min[index], rolled.max[index], rolled.sum[index],
+                                                      rolled.last[index], rolled.count[index]])
+        out += [(res, int(rolled.sid[h]), int(rolled.ts[h]), int(rolled.ts[h + n - 1]), blob)
+                for h, blob in zip(heads.tolist(), blobs)]
     return out
 
 
@@ -143,8 +152,7 @@ def read(conn: sqlite3.Connection, res: int, ids: list[int], lo: int, hi: int) -
 
 def _decoded(found: list[tuple[int, bytes]], lo: int, hi: int) -> Rolled:
     parts = []
-    for sid, data in found:
-        ts, low, high, sums, last, count = codec.decode(data)
+    for (sid, _), (ts, low, high, sums, last, count) in zip(found, codec.decode_many([data for _, data in found])):
         keep = (ts >= lo) & (ts <= hi)
         parts.append(Rolled(np.full(int(keep.sum()), sid, dtype=np.int64), ts[keep], low[keep], high[keep],
                             sums[keep], last[keep], count[keep]))
@@ -171,4 +179,4 @@ def merge_day(conn: sqlite3.Connection, res: int, day: int, sids: list[int]) -> 
     conn.execute("DELETE FROM rollups WHERE res = ? AND series_id IN (SELECT value FROM json_each(?)) "
                  "AND start_ms BETWEEN ? AND ?", (res, listed, lo, hi))
     conn.executemany("INSERT INTO rollups(res, series_id, start_ms, end_ms, data) VALUES (?, ?, ?, ?, ?)",
-                     rows(res, merged))
+                     rows(res, merged, DAY_MS))
