@@ -8,8 +8,7 @@ Numbers pass through two forms:
 - the *head*: a poll source produces, per target and cycle, one ``Batch``, the same series every
   cycle with new values. All numbers of a batch become one row of the hour's head table
   ``head_YYYYMMDDTHH(layout_id, ts, vals)``: ``vals`` is a little-endian float64 array and the
-  *layout* names the series those values belong to, in order (``layouts``; ``layout_series`` maps
-  a series to its (layout, position) pairs). A commit of one poll cycle appends one row per target
+  *layout* names the series those values belong to, in order (``layouts``). A commit of one poll cycle appends one row per target
   and dirties about one page per target however many series the target has. Head tables are
   listed in ``heads``; files of older farmwatch versions have day tables ``frames_YYYYMMDD`` there,
   which are read and compacted the same way.
@@ -228,6 +227,23 @@ MIGRATIONS: list[str] = [
         created REAL NOT NULL,
         body BLOB NOT NULL);
     CREATE INDEX remote_queue_owner ON remote_queue(owner, id);
+    """,
+    # 7: a smaller catalogue. Where a series sits in layouts is known from the layouts' own
+    # series lists (kept in memory, ``_LayoutIndex``); the series' text is stored once (an index on
+    # the name only: a new series is looked up and inserted under the write lock, so two
+    # processes cannot both add it); a random id tells one store file from another.
+    """
+    DROP TABLE layout_series;
+    CREATE TABLE series_v7(
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        created REAL NOT NULL);
+    INSERT INTO series_v7 SELECT id, name, labels, created FROM series;
+    DROP TABLE series;
+    ALTER TABLE series_v7 RENAME TO series;
+    CREATE INDEX series_name ON series(name);
+    INSERT OR REPLACE INTO meta(key, value) VALUES ('store_id', lower(hex(randomblob(16))));
     """,
 ]
 """Schema steps: ``MIGRATIONS[i]`` is an SQL script taking a file from ``user_version`` i to i + 1.
@@ -628,27 +644,26 @@ class SQLiteStore:
             raise StoreError(f"{self.path}: not a farmwatch store (an SQLite database of something else)")
 
     def _register(self, conn: sqlite3.Connection, keys: list[SeriesKey]) -> dict[SeriesKey, int]:
-        """Give new series their ids; INSERT OR IGNORE + SELECT lets concurrent processes agree.
+        """Ids of series, new ones created; inside the write transaction (``BEGIN IMMEDIATE``), so
+        the look-up and the insert cannot interleave with another process's.
 
         Ids follow the order of first appearance, so a source's next batches insert in id order.
         """
         keys = list(dict.fromkeys(keys))
+        texts = {(name, _labels_json(lbls)): (name, lbls) for name, lbls in keys}
+        names = _json(sorted({name for name, _ in keys}))
+        sql = "SELECT id, name, labels FROM series WHERE name IN (SELECT value FROM json_each(?))"
+        found = {(name, text): sid for sid, name, text in conn.execute(sql, (names,))}
         created = self._clock.time()
-        rows = [(name, _labels_json(lbls), created) for name, lbls in keys]
-        conn.executemany("INSERT OR IGNORE INTO series(name, labels, created) VALUES (?, ?, ?)", rows)
-        found = conn.execute(
-            "SELECT j.key, s.id FROM json_each(?) AS j JOIN series AS s "
-            "ON s.name = json_extract(j.value, '$[0]') AND s.labels = json_extract(j.value, '$[1]')",
-            (_json([row[:2] for row in rows]),),
-        )
-        return {keys[i]: sid for i, sid in found}
+        new = [(name, text, created) for name, text in texts if (name, text) not in found]
+        if new:
+            conn.executemany("INSERT INTO series(name, labels, created) VALUES (?, ?, ?)", new)
+            found = {(name, text): sid for sid, name, text in conn.execute(sql, (names,))}
+        return {texts[key]: found[key] for key in texts}
 
     def _layout_ids(self, conn: sqlite3.Connection, frames: list[_Frame]) -> dict[bytes, int]:
-        """The layout id of each frame; unknown layouts are created the way ``_register`` creates series.
-
-        ``layout_series`` rows are written by the transaction that creates the layout, so every
-        process that finds a layout also finds where its series are.
-        """
+        """The layout id of each frame; unknown layouts are created (INSERT OR IGNORE by digest, so
+        processes agree)."""
         known = self._layouts
         found: dict[bytes, int] = {}
         for frame in frames:
@@ -662,8 +677,6 @@ class SQLiteStore:
                                       (digest, frame.sids.size, layout))
                 if cursor.rowcount == 1:
                     lid = cursor.lastrowid
-                    conn.executemany("INSERT INTO layout_series(series_id, layout_id, pos) VALUES (?, ?, ?)",
-                                     zip(frame.sids.tolist(), repeat(lid), range(frame.sids.size)))
                 else:
                     lid, stored = conn.execute("SELECT id, series FROM layouts WHERE digest = ?",
                                                (digest,)).fetchone()
@@ -998,6 +1011,35 @@ def _spread_repeats(frames: list[_Frame]) -> None:
                 frame.layout = frame.sids.tobytes()
 
 
+class _LayoutIndex:
+    """Where each series sits in layouts (layout id, position), from the layouts' own series lists.
+
+    Layouts are never changed or deleted and their ids grow in commit order, so one index per
+    store file (by its ``store_id``) serves every connection of the process and only reads the
+    layouts added since it last looked.
+    """
+
+    _by_store: dict[str, _LayoutIndex] = {}
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.places: dict[int, list[tuple[int, int]]] = {}
+        self.width: dict[int, int] = {}
+        self.last = 0
+
+    @classmethod
+    def of(cls, conn: sqlite3.Connection) -> _LayoutIndex:
+        (store_id,) = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        with cls._lock:
+            index = cls._by_store.setdefault(store_id, cls())
+            for lid, n, blob in conn.execute("SELECT id, n, series FROM layouts WHERE id > ? ORDER BY id", (index.last,)):
+                for pos, sid in enumerate(np.frombuffer(blob, dtype=ID_DTYPE).tolist()):
+                    index.places.setdefault(sid, []).append((lid, pos))
+                index.width[lid] = n
+                index.last = lid
+        return index
+
+
 @dataclass
 class _Slots:
     """Where the selected series sit in frames: per layout, its width and the wanted columns."""
@@ -1011,22 +1053,19 @@ class _Slots:
     def select(cls, conn: sqlite3.Connection, ids: list[int]) -> _Slots:
         if not ids:
             return cls({}, False)
-        rows = conn.execute(
-            "SELECT ls.layout_id, l.n, ls.pos, ls.series_id FROM json_each(?) AS j "
-            "JOIN layout_series AS ls ON ls.series_id = j.value JOIN layouts AS l ON l.id = ls.layout_id",
-            (_json(ids),),
-        ).fetchall()
-        rows.sort()
-        grouped: dict[int, tuple[int, list[int], list[int]]] = {}
-        for lid, n, pos, sid in rows:
-            entry = grouped.get(lid)
-            if entry is None:
-                entry = grouped[lid] = (n, [], [])
-            entry[1].append(pos)
-            entry[2].append(sid)
-        layouts = {lid: (n, np.array(pos, dtype=np.intp), np.array(sids, dtype=np.int64))
-                   for lid, (n, pos, sids) in grouped.items()}
-        return cls(layouts, len({row[3] for row in rows}) < len(rows))
+        where = _LayoutIndex.of(conn)
+        grouped: dict[int, tuple[list[int], list[int]]] = {}
+        shared = False
+        for sid in sorted(ids):
+            places = where.places.get(sid, ())
+            shared = shared or len(places) > 1
+            for lid, pos in places:
+                entry = grouped.setdefault(lid, ([], []))
+                entry[0].append(pos)
+                entry[1].append(sid)
+        layouts = {lid: (where.width[lid], np.array(pos, dtype=np.intp), np.array(sids, dtype=np.int64))
+                   for lid, (pos, sids) in sorted(grouped.items())}
+        return cls(layouts, shared)
 
     def points(self, fetched: list[tuple[int, list[tuple[int, bytes]]]]) -> tuple[np.ndarray, ...]:
         """Series ids, ts, values and layout ids of the wanted columns of fetched frames (ts, vals)."""
