@@ -4,7 +4,8 @@
 of that hour, compressed (``farmwatch.store.codec``). Series polled together share their
 timestamps: those are stored once per layout and block, as the chunk of the pseudo-series
 ``-layout_id``, and a value chunk that uses them names the layout in ``ref`` (0: the chunk holds
-its own timestamps). Reading one series therefore reads its own chunks and a few small timestamp
+its own timestamps); ``last`` is its last value (float64 bits), so the newest value of a series
+is read without decoding. Reading one series therefore reads its own chunks and a few small timestamp
 chunks, whatever the size of the layout it was polled in. A rowid table (not WITHOUT ROWID) so
 that chunks of a few kB stay inside their page instead of spilling into overflow pages.
 """
@@ -12,6 +13,7 @@ that chunks of a few kB stay inside their page instead of spilling into overflow
 from __future__ import annotations
 
 import sqlite3
+import struct
 from typing import Iterable
 
 import numpy as np
@@ -28,6 +30,7 @@ Points = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 """Samples as columns: series ids, ts in ms (int64), sequence within the ms (int64), values (float64)."""
 
 _MIN = -(2**63)
+_DOUBLE, _BITS = struct.Struct("<d"), struct.Struct("<q")
 
 
 def empty() -> Points:
@@ -47,10 +50,13 @@ def runs_seq(ts: np.ndarray) -> np.ndarray:
     return seq
 
 
-def insert(conn: sqlite3.Connection, rows: Iterable[tuple[int, int, int, int, bytes]]) -> None:
-    """(series id, start ms, end ms, ref, data) rows; a chunk with the same series and start is replaced."""
-    conn.executemany("INSERT OR REPLACE INTO series_chunks(series_id, start_ms, end_ms, ref, data) "
-                     "VALUES (?, ?, ?, ?, ?)", rows)
+def insert(conn: sqlite3.Connection, rows: Iterable[tuple[int, int, int, int, float, bytes]]) -> None:
+    """(series id, start ms, end ms, ref, last value, data) rows; a chunk with the same series and
+    start is replaced."""
+    conn.executemany("INSERT OR REPLACE INTO series_chunks(series_id, start_ms, end_ms, ref, last, data) "
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+                     [(sid, start, end, ref, _BITS.unpack(_DOUBLE.pack(last))[0], data)
+                      for sid, start, end, ref, last, data in rows])
 
 
 def _stamps(conn: sqlite3.Connection, keys: set[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
@@ -100,20 +106,18 @@ def read(conn: sqlite3.Connection, ids: list[int], lo: int, hi: int) -> Points:
 
 
 def newest(conn: sqlite3.Connection, ids: list[int]) -> Points:
-    """The newest chunked sample of each listed series (all samples of its newest ms)."""
+    """The newest chunked value of each listed series (of several at its newest ms, the last):
+    one index seek per series, nothing decoded."""
     if not ids:
         return empty()
     rows = conn.execute(
-        "SELECT c.series_id, c.start_ms, c.ref, c.data FROM json_each(?) AS j JOIN series_chunks AS c "
+        "SELECT c.series_id, c.end_ms, c.last FROM json_each(?) AS j JOIN series_chunks AS c "
         "ON c.series_id = j.value AND c.start_ms = "
         "(SELECT MAX(start_ms) FROM series_chunks WHERE series_id = j.value)",
         (orjson.dumps(ids).decode(),),
     ).fetchall()
-    sid, ts, seq, values = _decode(conn, rows, _MIN, 2**63 - 1)
-    if not len(sid):
-        return sid, ts, seq, values
-    order = np.lexsort((seq, ts, sid))
-    sid, ts, seq, values = sid[order], ts[order], seq[order], values[order]
-    _, first, counts = np.unique(sid, return_index=True, return_counts=True)
-    keep = ts == np.repeat(ts[first + counts - 1], counts)
-    return sid[keep], ts[keep], seq[keep], values[keep]
+    if not rows:
+        return empty()
+    sid, ts, bits = zip(*rows)
+    return (np.array(sid, dtype=np.int64), np.array(ts, dtype=np.int64), np.zeros(len(rows), dtype=np.int64),
+            np.array(bits, dtype=np.int64).view(np.float64))

@@ -42,7 +42,7 @@ def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, re
         "SELECT DISTINCT c.series_id FROM json_each(?) AS j JOIN series_chunks AS c ON c.series_id = j.value "
         "AND c.start_ms BETWEEN ? AND ?", (orjson.dumps(uniq.tolist()).decode(), start, end - 1)))
     total = 0
-    chunk_rows: list[tuple[int, int, int, int, bytes]] = []
+    chunk_rows: list[tuple[int, int, int, int, float, bytes]] = []
     rolled: dict[int, list[rollup.Rolled]] = {res: [] for res in rollup.RESOLUTIONS.values()}
     for lid, sids in present.items():
         simple = np.array([sid not in merged for sid in sids.tolist()], dtype=bool)
@@ -59,9 +59,9 @@ def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, re
         for lo, hi in _runs(blocks):
             block_ts, values = ts[lo:hi], np.ascontiguousarray(matrix[lo:hi])
             first, last = int(block_ts[0]), int(block_ts[-1])
-            chunk_rows.append((-lid, first, last, 0, codec.encode_stamps(block_ts)))
-            chunk_rows += [(sid, first, last, lid, blob)
-                           for sid, blob in zip(own.tolist(), codec.encode_matrix(values))]
+            chunk_rows.append((-lid, first, last, 0, 0.0, codec.encode_stamps(block_ts)))
+            chunk_rows += [(sid, first, last, lid, final, blob)
+                           for sid, final, blob in zip(own.tolist(), values[-1].tolist(), codec.encode_matrix(values))]
             points = (np.tile(own, len(block_ts)), np.repeat(block_ts, len(own)),
                       np.zeros(values.size, dtype=np.int64), values.ravel())
             for res, step in rollup.RESOLUTIONS.items():
@@ -80,7 +80,7 @@ def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, re
                 heads = first[counts == n]
                 index = heads[:, None] + np.arange(n)
                 blobs = codec.encode_rows(ts[index], [values[index]])
-                chunk_rows += [(int(sid[h]), int(ts[h]), int(ts[h + n - 1]), 0, blob)
+                chunk_rows += [(int(sid[h]), int(ts[h]), int(ts[h + n - 1]), 0, float(values[h + n - 1]), blob)
                                for h, blob in zip(heads.tolist(), blobs)]
         conn.execute("DELETE FROM series_chunks WHERE series_id IN (SELECT value FROM json_each(?)) "
                      "AND start_ms BETWEEN ? AND ?", (orjson.dumps(listed).decode(), start, end - 1))

@@ -195,6 +195,7 @@ MIGRATIONS: list[str] = [
         start_ms INTEGER NOT NULL,
         end_ms INTEGER NOT NULL,
         ref INTEGER NOT NULL,
+        last INTEGER NOT NULL,
         data BLOB NOT NULL);
     CREATE UNIQUE INDEX series_chunks_key ON series_chunks(series_id, start_ms);
     CREATE INDEX series_chunks_end ON series_chunks(end_ms);
