@@ -24,7 +24,6 @@ Writes ``benchmarks/results/store_density.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -49,17 +48,11 @@ from farmwatch.store import SQLiteStore  # noqa: E402
 from farmwatch.store.remote.naming import label_name, metric_name  # noqa: E402
 from farmwatch.store.rollup import choose  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+import tsdb_testenv  # noqa: E402  (scripts/ is not a package)
+
 RESULTS = ROOT / "benchmarks" / "results"
 DAY = 86400.0
-
-
-def tsdb_env():
-    name = "farmwatch_tsdb_testenv"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "tsdb_testenv.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
 
 
 def du(path: Path) -> int:
@@ -171,7 +164,7 @@ def prometheus_bytes(work: Path, keys, sid, ts, values) -> dict[str, float]:
 
 
 def victoria_bytes(work: Path, keys, sid, ts, values) -> dict[str, float]:
-    env = tsdb_env()
+    env = tsdb_testenv
     server = env.victoria(work / "vm").start()
     try:
         started = time.perf_counter()
@@ -313,7 +306,7 @@ def main() -> None:
     report: dict[str, object] = {"benchmark": "store_density", "load_average_at_start": load}
     with tempfile.TemporaryDirectory(dir=args.dir, suffix=".tmp") as tmp:
         work = Path(tmp)
-        tsdb_env().install()
+        tsdb_testenv.install()
         original = demo_store(args, work)
         db = work / "demo-copy.db"
         shutil.copyfile(original, db)

@@ -22,12 +22,24 @@ from farmwatch.store.rollup import choose
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from farmwatch.store.remote.reader import PrometheusReader
+
 RUN_STATE = "daq.run_state"
 
 
 def open_store(path: str | Path) -> SQLiteStore:
     """The store, read-only (collectors may keep writing to it)."""
     return SQLiteStore(path, readonly=True)
+
+
+def open_prometheus(url: str, **options: Any) -> "PrometheusReader":
+    """A Prometheus-compatible query API (VictoriaMetrics, Prometheus, Mimir, Thanos) that
+    ``[remote_write]`` feeds, read like the store: ``frame``, ``states`` and ``newest`` work on it
+    (``alerts`` and ``log_counts`` need the store). Options: ``prefix``, ``headers``, ``auth``,
+    ``verify``, ``timeout``, ``lookback`` (``farmwatch.store.remote.reader.PrometheusReader``)."""
+    from farmwatch.store.remote.reader import PrometheusReader
+
+    return PrometheusReader(url, **options)
 
 
 def _epoch(t: float | str | pd.Timestamp | None, now: float) -> float | None:
@@ -287,4 +299,5 @@ def _column(lbls: Mapping[str, str], keys: list[str], name: str) -> str:
     return ",".join(p for p in parts if p) or name
 
 
-__all__ = ["align", "alerts", "context", "frame", "log_counts", "newest", "open_store", "plot", "states", "timeline"]
+__all__ = ["align", "alerts", "context", "frame", "log_counts", "newest", "open_prometheus", "open_store", "plot", "states",
+           "timeline"]

@@ -56,26 +56,10 @@ def install() -> None:
     need = sorted({PACKAGES[p] for p in missing()})
     if not need:
         return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise TestEnvError(f"missing {', '.join(missing())} and cannot install them (needs root and apt-get): "
-                           f"apt-get install {' '.join(need)}")
-    policy = Path("/usr/sbin/policy-rc.d")
-    created = not policy.exists()
-    if created:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *need]
-    try:
-        log("installing " + " ".join(need))
-        if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            proc = subprocess.run(cmd, env=env, capture_output=True)
-            if proc.returncode != 0:
-                raise TestEnvError("apt-get install failed: " + proc.stderr.decode(errors="replace").strip()[-800:])
-    finally:
-        if created:
-            policy.unlink()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from debian_packages import apt_install
+
+    apt_install(need, TestEnvError, log, f"; missing {', '.join(missing())}")
     if missing():
         raise TestEnvError(f"still missing after apt-get install: {', '.join(missing())}")
 

@@ -5,7 +5,6 @@ protocol's faults (429 with Retry-After, 5xx, 400) from a loopback HTTP server."
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import math
 import os
@@ -31,22 +30,15 @@ from farmwatch.store.remote.naming import Relabel, prometheus_labels
 from farmwatch.store.remote.reader import PrometheusReader, selector
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import tsdb_testenv  # noqa: E402  (scripts/ is not a package)
+
 pytestmark = pytest.mark.timeout(240)
-
-
-def tsdb_env():
-    """``scripts/tsdb_testenv.py`` as a module (scripts/ is not a package)."""
-    name = "farmwatch_tsdb_testenv"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "tsdb_testenv.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module", params=["victoria", "prometheus"])
 def tsdb(request, tmp_path_factory):
-    env = tsdb_env()
+    env = tsdb_testenv
     try:
         env.install()
         server = getattr(env, request.param)(tmp_path_factory.mktemp(request.param)).start()
@@ -175,7 +167,7 @@ def test_every_sample_arrives_once_across_an_outage_and_a_kill_9(tsdb, unit, tmp
     remote = reader.query(name, ["app=distributor"], since=started - 5, until=until)
     remote["labels"] = [{k: v for k, v in lb.items() if k != "site"} for lb in remote["labels"]]
     pd.testing.assert_frame_equal(remote.drop(columns="site"), local)
-    remote_frame = analysis.frame(reader, name, ["app=distributor"], since=started - 5, until=until, by="host",
+    remote_frame = analysis.frame(analysis.open_prometheus(tsdb.url), name, ["app=distributor"], since=started - 5, until=until, by="host",
                                   resolution="raw")
     pd.testing.assert_frame_equal(remote_frame, local_frame)
     out = subprocess.run([sys.executable, "-m", "farmwatch", "query", "-c", str(config), name, "--store", "remote",
