@@ -25,14 +25,18 @@ __all__ = ["compact_table", "merge_rollup_days"]
 ReadPoints = Callable[[sqlite3.Connection, list[int], int, int], Points]
 
 
-def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, read: ReadPoints) -> int:
-    """Compact head table ``table`` (covering [start, end) ms) inside the caller's transaction;
-    returns the samples compacted (0 when another process did it already)."""
+def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, read: ReadPoints, *,
+                  drop: bool = True) -> int:
+    """Compact the rows of head table ``table`` in [start, end) ms (one hour) inside the caller's
+    transaction, then drop the table (``drop``) or delete those rows (an hour of an older day
+    table); returns the samples compacted (0 when another process did it already)."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is None:
         conn.execute("DELETE FROM heads WHERE name = ?", (table,))
         return 0
+    # One primary-key probe per known layout: cheaper than a scan of a (day) table for its layouts.
     present = {lid: np.frombuffer(blob, dtype=np.int64) for lid, blob in conn.execute(
-        f'SELECT id, series FROM layouts WHERE id IN (SELECT DISTINCT layout_id FROM "{table}")')}
+        f'SELECT id, series FROM layouts AS l WHERE EXISTS (SELECT 1 FROM "{table}" AS t WHERE t.layout_id = l.id '
+        "AND t.ts BETWEEN ? AND ?)", (start, end - 1))}
     every = np.concatenate(list(present.values())) if present else np.empty(0, dtype=np.int64)
     uniq, counts = np.unique(every, return_counts=True)
     merged = set(uniq[counts > 1].tolist())
@@ -48,7 +52,8 @@ def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, re
         simple = np.array([sid not in merged for sid in sids.tolist()], dtype=bool)
         if not simple.any():
             continue
-        rows = conn.execute(f'SELECT ts, vals FROM "{table}" WHERE layout_id = ? ORDER BY ts', (lid,)).fetchall()
+        rows = conn.execute(f'SELECT ts, vals FROM "{table}" WHERE layout_id = ? AND ts BETWEEN ? AND ? ORDER BY ts',
+                            (lid, start, end - 1)).fetchall()
         ts = np.array([t for t, _ in rows], dtype=np.int64)
         data = b"".join(blob for _, blob in rows)
         if len(data) != len(rows) * len(sids) * 8:
@@ -58,9 +63,9 @@ def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, re
         blocks = ts // BLOCK_MS
         for lo, hi in _runs(blocks):
             block_ts, values = ts[lo:hi], np.ascontiguousarray(matrix[lo:hi])
-            first, last = int(block_ts[0]), int(block_ts[-1])
-            chunk_rows.append((-lid, first, last, 0, 0.0, codec.encode_stamps(block_ts)))
-            chunk_rows += [(sid, first, last, lid, final, blob)
+            first_ts, last_ts = int(block_ts[0]), int(block_ts[-1])
+            chunk_rows.append((-lid, first_ts, last_ts, 0, 0.0, codec.encode_stamps(block_ts)))
+            chunk_rows += [(sid, first_ts, last_ts, lid, final, blob)
                            for sid, final, blob in zip(own.tolist(), values[-1].tolist(), codec.encode_matrix(values))]
             points = (np.tile(own, len(block_ts)), np.repeat(block_ts, len(own)),
                       np.zeros(values.size, dtype=np.int64), values.ravel())
@@ -96,8 +101,12 @@ def compact_table(conn: sqlite3.Connection, table: str, start: int, end: int, re
         both = rollup.merge(parts)  # sorted by series and bin, one row each
         conn.executemany("INSERT OR REPLACE INTO rollups(res, series_id, start_ms, end_ms, data) VALUES (?, ?, ?, ?, ?)",
                          rollup.rows(step, both, BLOCK_MS))
-    conn.execute(f'DROP TABLE "{table}"')
-    conn.execute("DELETE FROM heads WHERE name = ?", (table,))
+    if drop:
+        conn.execute(f'DROP TABLE "{table}"')
+        conn.execute("DELETE FROM heads WHERE name = ?", (table,))
+    else:
+        conn.executemany(f'DELETE FROM "{table}" WHERE layout_id = ? AND ts BETWEEN ? AND ?',
+                         [(lid, start, end - 1) for lid in present])
     return total
 
 

@@ -512,8 +512,11 @@ class SQLiteStore:
                                   (cutoff,)).fetchall()
         total = 0
         for table, start, end in tables:
-            with self._transaction("BEGIN IMMEDIATE", f"compact {table}") as conn:
-                total += compact.compact_table(conn, table, start, end, _read_points)
+            # Hour by hour (an older farmwatch's day table too): one transaction and memory for an hour each.
+            for hour in range(start, end, BLOCK_MS):
+                with self._transaction("BEGIN IMMEDIATE", f"compact {table}") as conn:
+                    total += compact.compact_table(conn, table, hour, min(end, hour + BLOCK_MS), _read_points,
+                                                   drop=hour + BLOCK_MS >= end)
         with self._transaction("BEGIN", "compact") as conn:
             oldest = conn.execute("SELECT MIN(start_ms) FROM heads").fetchone()[0]
             newest = conn.execute("SELECT MAX(end_ms) FROM rollups").fetchone()[0]
