@@ -238,8 +238,8 @@ def test_429_and_5xx_are_retried_in_order_and_400_is_counted(tmp_path, receiver)
     assert Receiver.times[1] - Receiver.times[0] >= 0.95  # Retry-After: 1
     sent = [s for body in Receiver.bodies for s in wire.decode(body)]
     assert [(lb["__name__"], t) for lb, samples in sent for t, _ in samples] == [
-        ("hlt_output_sent_events", 1_704_067_200_000 + i * 1000) for i in range(4)] + [
-        ("zabbix_net_if_in", 1_704_067_200_000 + i * 1000) for i in range(2, 6)]  # the second request: 400
+        (name, 1_704_067_200_000 + i * 1000) for i in (0, 1, 4, 5)  # the second request (2, 3): 400
+        for name in ("hlt_output_sent_events", "zabbix_net_if_in")]
 
 
 def test_a_full_queue_drops_counted_and_the_store_keeps_everything(tmp_path, receiver, caplog) -> None:
@@ -272,11 +272,15 @@ def test_naming_relabelling_and_the_library_agree() -> None:
     assert prometheus_labels("farmwatch.dropped_samples", (), **kw) is None
     assert prometheus_labels("daq.run_state", (("node", "RC"),), prefix="fw_", external={}, rules=[], state="RUNNING") == (
         ("__name__", "fw_daq_run_state"), ("node", "RC"), ("state", "RUNNING"))
-    series = [(wire.encode_labels([("__name__", "a"), ("b", "c")]), [(1, 0.0), (0, -0.0), (-5, math.inf), (7, 1.5)])]
-    reference = wire.WriteRequest(timeseries=[wire.TimeSeries(
-        labels=[wire.Label(name="__name__", value="a"), wire.Label(name="b", value="c")],
-        samples=[wire.Sample(timestamp=t, value=v) for t, v in series[0][1]])])
-    assert wire.request(series) == reference.SerializeToString()
-    assert wire.decode(wire.body(series)) == [({"__name__": "a", "b": "c"}, series[0][1])]
+    labels_ = wire.encode_labels([("b", "c"), ("__name__", "a")])
+    values = np.array([0.0, -0.0, math.inf, 1.5, math.nan])
+    for ts in (1_704_067_200_000, 1, 0, -5):  # varints of every length, proto3's default 0 left out
+        body = wire.snappy(wire.one_sample_each([wire.series_prefix(labels_, ts)] * len(values), values, ts))
+        message = wire.WriteRequest()
+        message.ParseFromString(wire.cramjam.snappy.decompress_raw(body).read())  # the library reads it
+        assert [(list(map(tuple, ((lb.name, lb.value) for lb in series.labels))), [(x.timestamp, x.value) for x in series.samples])
+                for series in message.timeseries][:4] == [([("__name__", "a"), ("b", "c")], [(ts, v)]) for v in values[:4]]
+        assert math.isnan(message.timeseries[4].samples[0].value)
+        assert wire.decode(body)[3] == ({"__name__": "a", "b": "c"}, [(ts, 1.5)])
     assert selector("hlt.output.*", ["unit=hlt0[12]", "host!=", "app=~dist.*"]) == (
         '{__name__=~"hlt_output_.*",unit=~"hlt0\\\\[12\\\\]",host!="",app=~"dist.*"}')

@@ -2,9 +2,10 @@
 
 The message types come from the ``protobuf`` library, built from the protocol's descriptor at
 import (the ``.proto`` of prometheus/prompb, fields as there: no generated code to keep in
-step). Encoding goes around them on the hot path: a series' labels never change, so their
-protobuf bytes are made once per series by the library and cached, and only each sample (a
-double and a varint) is appended per request. ``decode`` (tests, debugging) uses the library
+step). Encoding goes around them on the hot path (the library builds ~130,000 samples/s in
+Python objects, the full farm sends 65,000/s): a series' labels never change, so their protobuf
+bytes are made once per series by the library and cached, and a cycle's samples (one per series,
+one timestamp) are laid out with numpy. ``decode`` (tests, debugging) uses the library
 throughout, so the two are checked against each other.
 """
 
@@ -14,9 +15,11 @@ import struct
 from typing import Iterable, Sequence
 
 import cramjam
+import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-__all__ = ["Label", "Sample", "TimeSeries", "WriteRequest", "body", "decode", "encode_labels", "request"]
+__all__ = ["Label", "Sample", "TimeSeries", "WriteRequest", "decode", "encode_labels", "one_sample_each", "series_prefix",
+           "snappy"]
 
 _FIELD = descriptor_pb2.FieldDescriptorProto
 
@@ -67,26 +70,31 @@ def encode_labels(labels: Sequence[tuple[str, str]]) -> bytes:
     return series.SerializeToString()
 
 
-def _sample(ts: int, value: float) -> bytes:
-    """One Sample as a length-delimited field 2 of TimeSeries; zero fields are left out, as proto3 does."""
-    packed = _DOUBLE.pack(value)
-    inner = (b"\x09" + packed if packed != _ZERO else b"") + (b"\x10" + _varint(ts) if ts else b"")
-    return b"\x12" + _varint(len(inner)) + inner
+def series_prefix(labels: bytes, ts: int) -> bytes:
+    """The bytes of a TimeSeries with one sample at ``ts`` up to the sample's value: what is the
+    same for a series in every request (for one length of the ts varint)."""
+    inner = 1 + 8 + (1 + len(_varint(ts)) if ts else 0)
+    return b"\x0a" + _varint(len(labels) + 2 + inner) + labels + b"\x12" + _varint(inner) + b"\x09"
 
 
-def request(series: Iterable[tuple[bytes, Sequence[tuple[int, float]]]]) -> bytes:
-    """A WriteRequest from (encoded labels, [(ts ms, value), …]) per series, uncompressed: the
-    bytes the library would write for the same message."""
-    parts: list[bytes] = []
-    for labels, samples in series:
-        encoded = b"".join([_sample(ts, value) for ts, value in samples])
-        parts += (b"\x0a", _varint(len(labels) + len(encoded)), labels, encoded)
+def one_sample_each(prefixes: Sequence[bytes], values: np.ndarray, ts: int) -> bytes:
+    """TimeSeries entries with one sample each, all at ``ts``: ``prefixes[i]`` from
+    ``series_prefix`` (same ts), then value i and the timestamp. Vectorised: per series one join."""
+    tail = b"\x10" + _varint(ts) if ts else b""
+    width = 8 + len(tail)
+    fixed = np.empty((len(values), width), dtype=np.uint8)
+    fixed[:, :8] = np.ascontiguousarray(values, dtype="<f8").view(np.uint8).reshape(-1, 8)
+    fixed[:, 8:] = np.frombuffer(tail, dtype=np.uint8)
+    data = fixed.tobytes()
+    parts: list[bytes] = [b""] * (2 * len(values))
+    parts[0::2] = prefixes
+    parts[1::2] = [data[i:i + width] for i in range(0, len(data), width)]
     return b"".join(parts)
 
 
-def body(series: Iterable[tuple[bytes, Sequence[tuple[int, float]]]]) -> bytes:
-    """What is POSTed: the WriteRequest, snappy block format (not framed), as the protocol says."""
-    return bytes(cramjam.snappy.compress_raw(request(series)))
+def snappy(request: bytes) -> bytes:
+    """What is POSTed: the WriteRequest in snappy's block format (not framed), as the protocol says."""
+    return bytes(cramjam.snappy.compress_raw(request))
 
 
 def decode(data: bytes) -> list[tuple[dict[str, str], list[tuple[int, float]]]]:

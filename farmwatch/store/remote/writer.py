@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import requests
 
 from farmwatch.model import Batch, SeriesKey
@@ -46,7 +47,8 @@ class RemoteWriter:
         self.owner = owner
         self.session = requests.Session()
         self.session.verify = str(settings.ca_file) if settings.ca_file else settings.verify
-        self._labels: dict[tuple[SeriesKey, str | None], bytes | None] = {}
+        self._prefixes: dict[int, dict[tuple[SeriesKey, str | None], bytes]] = {}
+        """Per length of the ts varint: series (and state) → its TimeSeries prefix, b"" when not sent."""
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,42 +91,64 @@ class RemoteWriter:
         return queue
 
     def encode(self, batches: Iterable[Batch]) -> list[Record]:
-        """The requests for ``batches``: series named and relabelled (cached per series), samples in
-        time order per series, at most ``max_samples_per_request`` per request."""
-        cfg = self.settings
-        series: dict[bytes, list[tuple[int, float]]] = {}
-        for batch in batches:
-            ts = round(batch.ts * 1000)
-            for key, value in zip(batch.keys, batch.values):
-                if isinstance(value, str):
-                    if not cfg.states:
-                        continue
-                    cache, number = (key, value), 1.0
-                else:
-                    cache, number = (key, None), math.nan if value is None else float(value)
-                labels = self._labels.get(cache, b"")
-                if labels == b"":
-                    pairs = prometheus_labels(key[0], key[1], prefix=cfg.prefix, external=cfg.external_labels,
-                                              rules=cfg.relabel, state=cache[1])
-                    labels = self._labels[cache] = None if pairs is None else wire.encode_labels(pairs)
-                if labels is not None:
-                    series.setdefault(labels, []).append((ts, number))
+        """The requests for ``batches``: one TimeSeries per series and batch (a series' samples in
+        time order: batches are taken by time), series named and relabelled once and cached, at
+        most ``max_samples_per_request`` samples per request."""
+        limit = self.settings.max_samples_per_request
         records: list[Record] = []
-        pending: list[tuple[bytes, list[tuple[int, float]]]] = []
+        pending: list[bytes] = []
         count = 0
-        for labels, samples in series.items():
-            samples.sort(key=lambda s: s[0])
-            while samples:
-                room = cfg.max_samples_per_request - count
-                pending.append((labels, samples[:room]))
-                count += len(pending[-1][1])
-                samples = samples[room:]
-                if count >= cfg.max_samples_per_request:
-                    records.append((count, wire.body(pending)))
+        for batch in sorted(batches, key=lambda b: b.ts):
+            ts = round(batch.ts * 1000)
+            prefixes, values = self._series(batch.keys, batch.values, ts)
+            start = 0
+            while start < len(prefixes):
+                take = min(limit - count, len(prefixes) - start)
+                pending.append(wire.one_sample_each(prefixes[start:start + take], values[start:start + take], ts))
+                count += take
+                start += take
+                if count >= limit:
+                    records.append((count, wire.snappy(b"".join(pending))))
                     pending, count = [], 0
         if pending:
-            records.append((count, wire.body(pending)))
+            records.append((count, wire.snappy(b"".join(pending))))
         return records
+
+    def _series(self, keys: Sequence[SeriesKey], values: Sequence[Any], ts: int) -> tuple[list[bytes], np.ndarray]:
+        """The cached series prefixes (``wire.series_prefix``) and the values of a batch's samples
+        that are sent (states as 1 with their state label; relabelled-away series left out)."""
+        cfg = self.settings
+        try:
+            numbers = np.asarray(values, dtype=np.float64)
+            pairs = [(key, None) for key in keys] if numbers.ndim == 1 else None
+        except (TypeError, ValueError):
+            pairs = None
+        if pairs is None:  # strings (states) among them: value by value
+            pairs, floats = [], []
+            for key, value in zip(keys, values):
+                if isinstance(value, str):
+                    if cfg.states:
+                        pairs.append((key, value))
+                        floats.append(1.0)
+                else:
+                    pairs.append((key, None))
+                    floats.append(math.nan if value is None else float(value))
+            numbers = np.array(floats, dtype=np.float64)
+        width = len(wire.series_prefix(b"", ts))
+        cache = self._prefixes.setdefault(width, {})
+        prefixes: list[bytes] = []
+        keep = np.ones(len(pairs), dtype=bool)
+        for i, pair in enumerate(pairs):
+            prefix = cache.get(pair)
+            if prefix is None:
+                labels = prometheus_labels(pair[0][0], pair[0][1], prefix=cfg.prefix, external=cfg.external_labels,
+                                           rules=cfg.relabel, state=pair[1])
+                prefix = cache[pair] = b"" if labels is None else wire.series_prefix(wire.encode_labels(labels), ts)
+            if prefix:
+                prefixes.append(prefix)
+            else:
+                keep[i] = False
+        return prefixes, numbers if keep.all() else numbers[keep]
 
     # -- the sender -------------------------------------------------------------------------------
     def start(self) -> None:
