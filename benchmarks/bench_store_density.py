@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from farmwatch.clock import SimClock  # noqa: E402
-from farmwatch.model import Batch, format_series, labels  # noqa: E402
+from farmwatch.model import Batch, labels  # noqa: E402
 from farmwatch.store import SQLiteStore  # noqa: E402
 from farmwatch.store.remote.naming import label_name, metric_name  # noqa: E402
 from farmwatch.store.rollup import choose  # noqa: E402

@@ -19,8 +19,7 @@ import orjson
 from farmwatch.store import codec
 from farmwatch.store.chunks import Points
 
-__all__ = ["DAY_MS", "RESOLUTIONS", "Rolled", "aggregate", "choose", "merge", "merge_day", "read", "rows", "span",
-           "unmerged"]
+__all__ = ["DAY_MS", "RESOLUTIONS", "Rolled", "aggregate", "choose", "merge", "merge_day", "read", "rows", "unmerged"]
 
 RESOLUTIONS = {"1m": 60_000, "10m": 600_000}
 """Name → bin width in ms."""
@@ -133,11 +132,6 @@ def rows(res: int, rolled: Rolled, span_ms: int) -> list[tuple[int, int, int, in
     return out
 
 
-def span(res: int) -> int:
-    """The longest time a stored rollup chunk covers (merged chunks: a day)."""
-    return DAY_MS
-
-
 def read(conn: sqlite3.Connection, res: int, ids: list[int], lo: int, hi: int) -> Rolled:
     """Stored rollup rows of the listed series with lo <= bin start <= hi."""
     if not ids:
@@ -145,7 +139,7 @@ def read(conn: sqlite3.Connection, res: int, ids: list[int], lo: int, hi: int) -
     found = conn.execute(
         "SELECT r.series_id, r.data FROM json_each(?) AS j JOIN rollups AS r ON r.res = ? AND "
         "r.series_id = j.value AND r.start_ms BETWEEN ? AND ? AND r.end_ms >= ?",
-        (orjson.dumps(ids).decode(), res, max(_MIN, lo - span(res)), hi, lo),
+        (orjson.dumps(ids).decode(), res, max(_MIN, lo - DAY_MS), hi, lo),  # a chunk spans at most a day
     ).fetchall()
     return _decoded(found, lo, hi)
 

@@ -52,7 +52,6 @@ from farmwatch.store.chunks import BLOCK_MS, Points
 from farmwatch.store.matchers import Matcher, MatcherSpec, parse_matchers
 
 APPLICATION = "farmwatch"
-DAY_MS = 86_400_000
 CACHE_KIB = 64 * 1024
 COMPACT_AFTER = 600.0
 """An hour's head table is compacted this many seconds after the hour ended (late samples)."""

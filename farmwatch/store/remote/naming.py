@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from farmwatch.config import Section
 from farmwatch.model import Labels
 
-__all__ = ["Relabel", "label_name", "metric_name", "relabel"]
+__all__ = ["Relabel", "label_name", "metric_name", "prometheus_labels", "relabel"]
 
 _METRIC_BAD = re.compile(r"[^a-zA-Z0-9_:]")
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")

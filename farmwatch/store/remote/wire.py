@@ -12,7 +12,7 @@ throughout, so the two are checked against each other.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import cramjam
 import numpy as np
