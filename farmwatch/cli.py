@@ -265,7 +265,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             if value is None:
                 value = None if row.value != row.value else row.value
             doc = {"ts": _format_ts(row.ts), "name": row.name, "labels": row.labels, "value": value}
-            doc.update((k, _number(getattr(row, k))) for k in stats)
+            doc.update((k, int(row.count) if k == "count" else _number(getattr(row, k))) for k in stats)
             out.write(json.dumps(doc) + "\n")
     elif args.format == "csv":
         w = csv.writer(out)

@@ -90,6 +90,16 @@ def test_collect_once_then_query_in_every_format(config, tmp_path):
     out = farmwatch("query", "-c", str(config), "up", "--label", "app=~(")
     assert out.returncode == 2 and "app=~(" in out.stderr
 
+    # Rollups: asked for, or chosen by a long --since; the two cycles fall into one or two minutes.
+    for args in (["--resolution", "1m"], ["--since", "3d"]):
+        out = farmwatch("query", "-c", str(config), "up", "--label", "app=distributor", "--format", "json", *args)
+        assert out.returncode == 0, out.stderr
+        rows = [json.loads(line) for line in out.stdout.splitlines()]
+        assert set(rows[0]) == {"ts", "name", "labels", "value", "min", "max", "last", "count"}
+        assert sum(r["count"] for r in rows) == 2 and {r["value"] for r in rows} == {1.0}
+    out = farmwatch("query", "-c", str(config), "up", "--store", "remote")
+    assert out.returncode == 2 and "remote_write.query_url" in out.stderr
+
 
 def test_top_once_shows_the_unit(config):
     out = farmwatch("top", "-c", str(config), "--once", env={**os.environ, "COLUMNS": "200"})
