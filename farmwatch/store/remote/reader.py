@@ -5,7 +5,8 @@ DataFrames as ``SQLiteStore`` (long or wide form, label columns, UTC timestamps)
 ``farmwatch.analysis``, the notebooks and ``farmwatch query --store remote`` work on months of
 history in VictoriaMetrics or Prometheus without copying files. Raw samples come from an instant
 query of a range selector (``sel[range]`` evaluated at ``until``: the stored samples, not a
-resampled grid); rollups from ``*_over_time`` range queries with the rollup's step. Names and
+resampled grid); rollups from ``*_over_time`` range queries with the rollup's step (a sample
+exactly on a bin boundary may fall into the other bin: PromQL ranges are open at one end). Names and
 label names are translated as the writer does (``farmwatch.store.remote.naming``); a name given
 exactly is shown as given, one matched by a glob as the TSDB's metric name. Numbers only: states
 are the ``name{state="…"}`` series of value 1 there.
@@ -118,11 +119,13 @@ class PrometheusReader:
         key = frame["labels"].map(lambda d: tuple(sorted(d.items()))) + frame["name"].map(lambda n: (("", n),))
         return frame[~key.duplicated(keep="last").to_numpy()].reset_index(drop=True)
 
-    def series(self, name: str | None = None, matchers: MatcherSpec = None) -> pd.DataFrame:
-        """The matching series (``/api/v1/series`` over ``lookback``): columns name, labels, label columns."""
-        now = time.time()
-        found = self._get("series", {"match[]": selector(name, matchers, self.prefix), "start": f"{now - self.lookback:.3f}",
-                                     "end": f"{now:.3f}"})
+    def series(self, name: str | None = None, matchers: MatcherSpec = None, *, since: float | None = None,
+               until: float | None = None) -> pd.DataFrame:
+        """The matching series (``/api/v1/series``, default over ``lookback``): columns name, labels, label columns."""
+        until = time.time() if until is None else until
+        since = until - self.lookback if since is None else since
+        found = self._get("series", {"match[]": selector(name, matchers, self.prefix), "start": f"{since:.3f}",
+                                     "end": f"{until:.3f}"})
         names = [self._name(name, m) for m in found]
         labels = [{k: v for k, v in m.items() if k != "__name__"} for m in found]
         columns: dict[str, Any] = {"name": names, "labels": labels}
@@ -140,7 +143,8 @@ class PrometheusReader:
         until = time.time() if until is None else until
         since = until - self.lookback if since is None else since
         start = math.floor(since / seconds) * seconds
-        names = [name] if name is not None and not _GLOB.search(name) else sorted(set(self.series(name, matchers)["name"]))
+        names = [name] if name is not None and not _GLOB.search(name) else sorted(
+            set(self.series(name, matchers, since=since, until=until)["name"]))
         # Each bin [t, t + step) is evaluated at its end (the range looks back from there). The
         # *_over_time functions drop the metric name, so each name is asked on its own.
         params = {"start": f"{start + seconds:.3f}", "end": f"{math.floor(until / seconds) * seconds + seconds:.3f}",
