@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_store_ingest.py
+	$(PY) benchmarks/bench_store_density.py   # runs farmwatch demo for its data; promtool and VictoriaMetrics from Debian (installed as root)
 	$(PY) benchmarks/bench_hlt_poll.py
 	$(PY) benchmarks/bench_epics.py --seconds 8
 	$(PY) benchmarks/bench_nsmvget.py --cycles 2
