@@ -62,7 +62,7 @@ from farmwatch.alerting.dispatch import Timers  # noqa: E402
 from farmwatch.alerting.engine import AlertEngine  # noqa: E402
 from farmwatch.alerting.notifiers import RocketChatREST  # noqa: E402
 from farmwatch.alerting.rules import Rule, load_rules  # noqa: E402
-from farmwatch.alerting.service import file_inhibits  # noqa: E402
+from farmwatch.alerting.ruleset import file_inhibits  # noqa: E402
 from farmwatch.alerting.state import AlertDB  # noqa: E402
 from farmwatch.sim.chat import ChatServer, StoredMessage  # noqa: E402
 from farmwatch.sim.ioc import SimIOC  # noqa: E402

@@ -52,8 +52,8 @@ from bench_store_ingest import machine  # noqa: E402
 
 from farmwatch.alerting.window import Window  # noqa: E402
 from farmwatch.detect import save, score_family, stream_scores, train_family  # noqa: E402
-from farmwatch.detect.service import SCORE, Scorer  # noqa: E402
-from farmwatch.detect.training import DetectSettings  # noqa: E402
+from farmwatch.detect.scorer import SCORE, Scorer  # noqa: E402
+from farmwatch.detect.settings import DetectSettings  # noqa: E402
 from farmwatch.model import Batch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -106,7 +106,7 @@ def summarize(rows: list[dict], n_pvs: int, rate_hz: float) -> dict:
 
 # -- the children -----------------------------------------------------------------------------------
 def child_farmwatch(args: argparse.Namespace, names: list[str]) -> dict:
-    from farmwatch.config import parse
+    from farmwatch.config.loader import parse
     from farmwatch.sources.epics import EpicsSource
     from farmwatch.store import SQLiteStore
 

@@ -32,7 +32,7 @@ import logging
 import pandas as pd
 import zmq
 
-from farmwatch.config import load
+from farmwatch.config.loader import load
 from farmwatch.sources.hlt_zmq import HltZmqSource
 from farmwatch.store import SQLiteStore
 

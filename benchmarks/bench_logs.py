@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 from farmwatch.clock import SimClock  # noqa: E402
 from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource  # noqa: E402
 from farmwatch.store.elastic import bulk_body  # noqa: E402
-from farmwatch.store.logs import LogBatch  # noqa: E402
+from farmwatch.sources.base import LogBatch  # noqa: E402
 
 UNITS = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "b": 1}
 MODULES = ("HLTZMQ2Ds", "HLTDs2ZMQ", "ZMQDistributor", "ZMQCollector", "StorageSerializer")

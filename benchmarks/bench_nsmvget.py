@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from farmwatch.config import parse
+from farmwatch.config.loader import parse
 from farmwatch.sources.nsm import NsmSource
 
 HERE = Path(__file__).resolve().parent

@@ -16,7 +16,7 @@ import pandas as pd
 
 from farmwatch.durations import parse_duration
 from farmwatch.store import SQLiteStore
-from farmwatch.store.matchers import MatcherSpec
+from farmwatch.matchers import MatcherSpec
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

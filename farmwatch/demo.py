@@ -264,15 +264,17 @@ def _train(console: Console, live: Live | None, s: Scenario, cfg: Path, store: S
     """``farmwatch train`` on the quiet start, then score every step as ``farmwatch run`` does; the
     families are the ``[detect]`` section of the config the demo wrote (what ``farmwatch models``
     and ``farmwatch run -c`` on it see)."""
-    from farmwatch.config import load
+    from farmwatch.alerting.state import AlertDB
+    from farmwatch.config.loader import load
     from farmwatch.detect import save
-    from farmwatch.detect.service import Scorer
+    from farmwatch.detect.scorer import Scorer
     from farmwatch.detect.training import train_from_store
 
     detect = load(cfg).detect
     began = time.perf_counter()
+    alert_periods = AlertDB(store).firing_periods(until=s.now)
     for name, fam in detect.families.items():
-        save(train_from_store(store, name, fam, start, s.now), detect.models / name)
+        save(train_from_store(store, name, fam, start, s.now, alert_periods=alert_periods), detect.models / name)
     scorer = Scorer(detect, store)
     s.attach_scorer(scorer)
     _note(console, live, t, f"anomaly models ({', '.join(detect.families)}: the worker nodes of each unit) trained "

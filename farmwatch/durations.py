@@ -1,8 +1,10 @@
-"""Durations written as strings in configs and on the command line: ``500ms``, ``1s``, ``10m``, ``1h30m``, ``14d``."""
+"""Durations written as strings in configs and on the command line (``500ms``, ``1s``, ``10m``,
+``1h30m``, ``14d``), and points in time given as a duration ago or an ISO time."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -37,3 +39,23 @@ def format_duration(seconds: float) -> str:
         if n:
             out.append(f"{n}{unit}")
     return "".join(out) or "0s"
+
+
+def parse_time(text: str, now: float) -> float:
+    """A point in time as epoch seconds: ``2h`` (that long before ``now``), an ISO time
+    (``2026-11-22T10:00``; UTC unless it names a zone) or ``now``. The one parser of every time
+    option, so that every command takes the same words."""
+    if text == "now":
+        return now
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (2h, 30m) nor an ISO time (2026-11-22T10:00)") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+__all__ = ["EXPECTED", "format_duration", "parse_duration", "parse_time"]

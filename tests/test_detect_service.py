@@ -1,9 +1,9 @@
-"""Anomaly scoring inside ``farmwatch run``, end to end (farmwatch.detect.service + the alert engine).
+"""Anomaly scoring inside ``farmwatch run``, end to end (farmwatch.detect.scorer + the alert engine).
 
 Everything is real except time: a simulated HLT unit on loopback sockets, polled by the real
 ``hlt_zmq`` source through the runner into a real SQLite store, a family model trained from that
 store with ``train_from_store`` and saved to disk, and the alerting pipeline built from a config
-file by ``farmwatch.alerting.service.build`` exactly as ``farmwatch run`` builds it (the runner
+file by ``farmwatch.service.assemble.build_alerting`` exactly as ``farmwatch run`` builds it (the runner
 feeds the window, the engine scores before its rules, the shipped ``AnomalyScoreHigh`` rule reads
 the scores). A ``SimClock`` moves time, so 25 simulated minutes take seconds.
 
@@ -25,15 +25,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from farmwatch.alerting.service import build
+from farmwatch.service.assemble import build_alerting
+from farmwatch.alerting.state import AlertDB
 from farmwatch.clock import SimClock
-from farmwatch.config import load as load_config
+from farmwatch.config.loader import load as load_config
 from farmwatch.detect import save
 from farmwatch.detect.family import latest_features
-from farmwatch.detect.service import SCORE
+from farmwatch.detect.scorer import SCORE
 from farmwatch.detect.training import entity_frames, train_from_store
 from farmwatch.model import AlertState
-from farmwatch.runner import Runner
+from farmwatch.service.runner import Runner
 from farmwatch.sim import SimUnit
 from farmwatch.sources.hlt_zmq import HltZmqSource
 from farmwatch.store.sqlite import SQLiteStore
@@ -105,7 +106,8 @@ def farm(tmp_path_factory):
     try:
         farm.run(HISTORY, Runner([farm.source], farm.store, clock=farm.clock))
         fam = farm.settings.detect.families["worker"]
-        model = train_from_store(farm.store, "worker", fam, START, farm.clock.time())
+        model = train_from_store(farm.store, "worker", fam, START, farm.clock.time(),
+                                 alert_periods=AlertDB(farm.store).firing_periods(until=farm.clock.time()))
         save(model, farm.settings.detect.models / "worker")
         farm.model = model
         yield farm
@@ -116,7 +118,7 @@ def farm(tmp_path_factory):
 def test_the_scorer_builds_the_same_features_as_training(farm):
     """The scorer's vectorised window (window → grid → features) equals what ``score_family`` gets
     from the same stored samples through ``entity_frames`` + ``latest_features`` (training's path)."""
-    alerting = build(farm.settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
+    alerting = build_alerting(farm.settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
     scorer = alerting.scorer
     now = START + HISTORY - POLL  # the last cycle of the clean history (whatever other tests ran before)
     alerting.window.load(farm.store, now - alerting.window.horizon, now, alerting.names())
@@ -144,7 +146,7 @@ def test_scoring_pauses_while_the_run_is_not_running_and_until_a_window_of_the_n
     without run control) scoring goes on, as the other tests show."""
     from farmwatch.model import Batch, labels
 
-    alerting = build(farm.settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
+    alerting = build_alerting(farm.settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
     scorer, window = alerting.scorer, alerting.window
     assert {"daq.run_state", "daq.run_state_since"} <= scorer.names()
     now = START + HISTORY - POLL
@@ -170,7 +172,7 @@ def test_scoring_pauses_while_the_run_is_not_running_and_until_a_window_of_the_n
 
 
 def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(farm):
-    alerting = build(farm.settings, farm.store, clock=farm.clock, notifiers={})
+    alerting = build_alerting(farm.settings, farm.store, clock=farm.clock, notifiers={})
     assert "AnomalyScoreHigh" in {r.name for r in alerting.rules}
     runner = Runner([farm.source], farm.store, clock=farm.clock, listeners=[alerting.window])
     scores: dict[str, list[float]] = {}
@@ -234,7 +236,7 @@ def test_missing_and_incompatible_models_are_one_line_each_and_the_rest_is_score
     folder.mkdir()
     settings = load_config(write_config(folder, farm.unit, detect))
     with caplog.at_level(logging.INFO, logger="farmwatch.detect"):
-        alerting = build(settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
+        alerting = build_alerting(settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 2, errors
     assert any("units" in e and "units.joblib" in e and "farmwatch train" in e for e in errors)
@@ -253,7 +255,7 @@ def test_detect_without_any_trained_model_starts_and_says_so_once(farm, tmp_path
     detect = DETECT.replace('models = "models"', f'models = "{tmp_path / "none"}"')
     settings = load_config(write_config(tmp_path, farm.unit, detect))
     with caplog.at_level(logging.INFO, logger="farmwatch"):
-        alerting = build(settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
+        alerting = build_alerting(settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
         for i in range(3):
             alerting.engine.evaluate(farm.clock.time() + i)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -262,11 +264,11 @@ def test_detect_without_any_trained_model_starts_and_says_so_once(farm, tmp_path
 
 
 def test_without_detect_nothing_is_scored(tmp_path):
-    from farmwatch.config import parse
+    from farmwatch.config.loader import parse
 
     store = SQLiteStore(tmp_path / "farmwatch.db")
     try:
-        alerting = build(parse({}), store, notifiers={}, persist=False)
+        alerting = build_alerting(parse({}), store, notifiers={}, persist=False)
     finally:
         store.close()
     assert alerting.scorer is None and alerting.engine.before_rules == [alerting.window.prune]
@@ -278,8 +280,8 @@ def test_the_explanation_label_is_sticky_and_a_change_ends_the_old_series(farm):
     anomalous and its metric left the top contributions; the old series then gets NaN (its alert
     resolves at once) and the score continues under the new label."""
     from farmwatch.detect.models import Contribution, Explanation
-    from farmwatch.detect.service import EXPLANATION, Family, Scorer
-    from farmwatch.detect.training import DetectSettings
+    from farmwatch.detect.scorer import EXPLANATION, Family, Scorer
+    from farmwatch.detect.settings import DetectSettings
 
     family = Family("worker", farm.settings.detect.families["worker"], farm.model, 4.0, np.zeros(2), 0.0)
     scorer = Scorer(DetectSettings())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from farmwatch.alerting.rules import parse_rules
-from farmwatch.config import parse
+from farmwatch.config.loader import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "docs" / "rules.md"]
@@ -37,7 +37,7 @@ def test_toml_examples_are_valid(block: str, where: str, monkeypatch) -> None:
 def test_the_configuration_reference_is_current():
     """docs/config.md is generated from the config models (`make docs`); a new or changed key
     without a regenerated reference fails here."""
-    from farmwatch.configref import reference
+    from farmwatch.config.reference import reference
 
     path = Path(__file__).resolve().parent.parent / "docs" / "config.md"
     assert path.read_text() == reference(), "docs/config.md is out of date: run `make docs`"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch.config import ConfigError, parse
+from farmwatch.config import ConfigError
+from farmwatch.config.loader import parse
 from farmwatch.model import labels
 from farmwatch.sources import epics as epics_source
 from farmwatch.sources.epics import EpicsSource
@@ -238,7 +239,7 @@ def test_farmwatch_never_writes_to_a_pv():
 
 
 def test_example_collector_config_is_valid():
-    from farmwatch.config import load
+    from farmwatch.config.loader import load
 
     settings = load(Path(__file__).parent.parent / "collectors" / "epics.toml")
     assert any(getattr(s, "kind", None) == "epics" for s in settings.sources.values())

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from farmwatch.clock import SimClock
-from farmwatch.config import parse
+from farmwatch.config.loader import parse
 from farmwatch.model import labels
 from farmwatch.sim import SimUnit
 from farmwatch.sources.hlt_zmq import HltZmqSource

@@ -11,7 +11,7 @@ import time
 import pytest
 import zmq
 
-from farmwatch.config import parse
+from farmwatch.config.loader import parse
 from farmwatch.model import labels
 from farmwatch.sources.hlt_zmq import HltZmqSource, decode_reply, split_identity
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from farmwatch.clock import RealClock, SimClock
-from farmwatch.config import parse
-from farmwatch.runner import Runner
+from farmwatch.config.loader import parse
+from farmwatch.service.runner import Runner
 from farmwatch.sim.logs import HltLogWriter
 from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource
 from farmwatch.store import SQLiteStore
-from farmwatch.store.logs import LogBatch, LogStore
+from farmwatch.sources.base import LogBatch
+from farmwatch.store.logs import LogStore
 
 SEQ = re.compile(r"seq=(\d+)")
 QUIET = 11.0  # longer than multiline_wait and partial_wait: the last record of a file is complete
@@ -466,7 +467,7 @@ def test_config_errors_name_the_key():
 
 
 def test_shipped_example_config_is_valid():
-    from farmwatch.config import load
+    from farmwatch.config.loader import load
 
     settings = load(Path(__file__).resolve().parent.parent / "collectors" / "logs.toml")
     assert any(s.kind == "logfiles" for s in settings.sources.values())

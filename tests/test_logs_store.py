@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch.alerting.service import build
+from farmwatch.service.assemble import build_alerting
 from farmwatch.clock import SimClock
-from farmwatch.config import parse
+from farmwatch.config.loader import parse
 from farmwatch.model import LogRecord
 from farmwatch.store import SQLiteStore
 from farmwatch.store.logs import LogFeed, LogStore, fts_query
@@ -138,7 +138,7 @@ summary = "{count} worker errors on {host}"
     settings = parse({"alerting": {"rules": [str(rules)], "shipped_rules": False}}, "test")
     clock = SimClock(T0)
     store = SQLiteStore(tmp_path / "s.db", clock=clock)
-    alerting = build(settings, store, clock=clock, notifiers={})
+    alerting = build_alerting(settings, store, clock=clock, notifiers={})
     assert isinstance(alerting.engine.log_feed, LogFeed)
     logs = LogStore(store)
     logs.write_logs([rec(i, f"worker {i} died", level="error", host="hltwk07", ts=T0 - 10 + i) for i in range(3)]

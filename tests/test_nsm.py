@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch.config import ConfigError, parse
+from farmwatch.config import ConfigError
+from farmwatch.config.loader import parse
 from farmwatch.model import labels
 from farmwatch.sources.nsm import NsmSource, parse_listing, parse_value
 from sim_helpers import real_ioc
@@ -409,7 +410,7 @@ def test_never_writes():
 
 
 def test_example_collector_config_is_valid():
-    from farmwatch.config import load
+    from farmwatch.config.loader import load
 
     settings = load(Path(__file__).parent.parent / "collectors" / "nsm.toml")
     methods = {s.method for s in settings.sources.values() if getattr(s, "kind", None) == "nsm"}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from farmwatch.clock import SimClock
-from farmwatch.config import parse
+from farmwatch.config.loader import parse
 from farmwatch.model import labels
 from farmwatch.sim import SimUnit
 from farmwatch.sim.runcontrol import RunController

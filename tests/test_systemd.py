@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch import systemd
+from farmwatch.service import systemd
 from farmwatch.sim import SimUnit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +206,7 @@ def _free_port() -> int:
 def test_self_metrics_endpoint_is_scraped_and_status_reads_it(tmp_path):
     """`farmwatch run` with [self_metrics]: a Prometheus scrape shows sources, targets, store and
     rules; `farmwatch status` summarises the same and exits 1 when a target is down."""
-    from farmwatch.cli_status import scrape
+    from farmwatch.cli.status import scrape
 
     port = _free_port()
     with SimUnit("hlt01", worker_nodes=1, workers_per_node=2, input_rate=200.0, seed=5) as unit:
@@ -265,7 +265,7 @@ def test_self_metrics_expose_the_elasticsearch_spool(tmp_path):
 
     from farmwatch.clock import SimClock
     from farmwatch.model import LogRecord
-    from farmwatch.selfmetrics import SelfMetrics
+    from farmwatch.service.selfmetrics import SelfMetrics
     from farmwatch.sim.elastic import ElasticSim
     from farmwatch.store.elastic import ElasticConfig, ElasticStore
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from farmwatch.clock import SimClock
-from farmwatch.config import ConfigError, parse
-from farmwatch.runner import Runner
+from farmwatch.config import ConfigError
+from farmwatch.config.loader import parse
+from farmwatch.service.runner import Runner
 from farmwatch.sources.zabbix import ZabbixConfig, ZabbixSource, problem_context
 from farmwatch.store import SQLiteStore
 from zabbix_helpers import zabbix_env

@@ -24,9 +24,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from farmwatch.alerting.window import Window
-from farmwatch.config import Duration
+from farmwatch.config.base import Duration
 from farmwatch.model import Labels
-from farmwatch.store.matchers import Matcher, parse_matchers
+from farmwatch.matchers import Matcher, parse_matchers
 
 OPS: dict[str, Callable[[Any, Any], Any]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,

@@ -54,7 +54,7 @@ class Tracker:
         self.alerts: dict[str, Alert] = dict(alerts or {})
         self.keep_resolved = keep_resolved
         self.context = context
-        """Lines about an alert's labels from elsewhere (``context.HostContext``), put before its description."""
+        """Lines about an alert's labels from elsewhere (a ``context.ContextProvider``), put before its description."""
         # A resolved alert whose condition holds again is replaced by a new pending one; if that
         # is cancelled, the resolved one comes back (it still belongs in the recent alerts).
         self._replaced: dict[str, Alert] = {}

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping
 
 from farmwatch.alerting.state import Ack, Silence, label_map
 from farmwatch.model import Alert, AlertState
-from farmwatch.store.matchers import Matcher, parse_matchers
+from farmwatch.matchers import Matcher, parse_matchers
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import requests
 
 from farmwatch.alerting.message import ChatMessage
-from farmwatch.secrets import SecretError, secret  # noqa: F401 - re-exported: notifiers take their secrets here
+from farmwatch.credentials import SecretError, secret  # noqa: F401 - re-exported: notifiers take their secrets here
 from farmwatch.clock import Clock, RealClock
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from farmwatch.model import Batch, Labels, LogRecord, SeriesKey, Value
-from farmwatch.store.matchers import Matcher, MatcherSpec, parse_matchers
+from farmwatch.matchers import Matcher, MatcherSpec, parse_matchers
 
 RUN_STATE = "daq.run_state"
 RUN_STATE_SINCE = "daq.run_state_since"

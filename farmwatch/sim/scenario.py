@@ -46,14 +46,14 @@ from farmwatch.alerting.dispatch import Timers
 from farmwatch.alerting.engine import AlertEngine
 from farmwatch.alerting.notifiers import RocketChatREST
 from farmwatch.alerting.rules import Rule, load_rules
-from farmwatch.alerting.service import file_inhibits, shipped_rules_dir
+from farmwatch.alerting.ruleset import file_inhibits, shipped_rules_dir
 from farmwatch.alerting.state import AlertDB
 from farmwatch.alerting.window import Window
 from farmwatch.clock import SimClock
-from farmwatch.config import parse
+from farmwatch.config.loader import parse
 from farmwatch.model import Batch, Labels, labels as make_labels
 from farmwatch.sim import SimUnit
-from farmwatch.runner import Runner
+from farmwatch.service.runner import Runner
 from farmwatch.sim.chat import ChatServer
 from farmwatch.sim.logs import HltLogWriter
 from farmwatch.sim.runcontrol import RunController

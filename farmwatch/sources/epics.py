@@ -54,7 +54,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from farmwatch.config import Duration, Section
+from farmwatch.config.base import Duration, Section
 from farmwatch.model import Batch, Labels, SeriesKey, labels as make_labels, with_labels
 from farmwatch.sources.base import Source, SourceConfig
 from farmwatch.templates import expand_entry

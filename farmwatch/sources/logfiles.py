@@ -44,12 +44,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ByteSize, Field, field_validator
 
-from farmwatch.config import Duration
+from farmwatch.config.base import Duration
 from farmwatch.durations import format_duration
 from farmwatch.logparse import LineParser, zone
 from farmwatch.model import Batch, LogRecord, labels as make_labels
-from farmwatch.sources.base import Source, SourceConfig
-from farmwatch.store.logs import LogBatch
+from farmwatch.sources.base import LogBatch, Source, SourceConfig
 
 log = logging.getLogger(__name__)
 

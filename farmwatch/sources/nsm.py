@@ -49,7 +49,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from farmwatch.config import Duration, Section
+from farmwatch.config.base import Duration, Section
 from farmwatch.model import Batch, SeriesKey, labels as make_labels
 from farmwatch.sources.base import Source, SourceConfig
 from farmwatch.templates import expand_entry

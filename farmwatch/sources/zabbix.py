@@ -28,17 +28,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Protocol
 from zoneinfo import ZoneInfo
 
 import requests
 from pydantic import Field, field_validator, model_validator
 from pyzabbix import ZabbixAPI, ZabbixAPIException
 
-from farmwatch.config import Duration
+from farmwatch.config.base import Duration
+from farmwatch.credentials import SecretError, secret
 from farmwatch.model import Batch, Labels, labels as make_labels
-from farmwatch.secrets import SecretError, secret
-from farmwatch.sources.base import Source, SourceConfig
+from farmwatch.sources.base import CursorStore, Source, SourceConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 # pyzabbix logs every request body at debug level, API token included: never let that through.
@@ -318,7 +321,7 @@ class ZabbixSource(Source):
         self._base = dict(config.labels)
         self._item_re = glob_regex(config.items)
         self._host_re = glob_regex(config.hosts) if config.hosts else None
-        self._store: Any = None
+        self._store: CursorStore | None = None
         self._cursors: dict[str, tuple[int, int]] | None = None
         self._dirty: dict[str, tuple[int, int]] = {}
         self._drop: set[str] = set()
@@ -338,7 +341,7 @@ class ZabbixSource(Source):
         self._trend_batches: list[Batch] = []
 
     # -- runner hooks ----------------------------------------------------------------------------
-    def bind_store(self, store: Any) -> None:
+    def bind_store(self, store: CursorStore) -> None:
         self._store = store if hasattr(store, "cursors") and hasattr(store, "save_cursors") else None
 
     def written(self, batches: list[Batch]) -> None:
@@ -679,11 +682,20 @@ class ZabbixSource(Source):
             log.log(level, msg, *args)
 
 
+class ProblemStore(Protocol):
+    """What the alert context reads of the store this source wrote to."""
+
+    def query(self, name: str | None = None, matchers: Any = None, *, since: float | None = None,
+              until: float | None = None) -> pd.DataFrame: ...
+
+    def series(self, name: str | None = None) -> pd.DataFrame: ...
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
 
 
-def problem_context(store: Any, host: str, *, at: float | None = None, window: float = 900.0,
+def problem_context(store: ProblemStore, host: str, *, at: float | None = None, window: float = 900.0,
                     tz: str | None = None) -> list[str]:
     """Lines for an alert message about ``host``: the Zabbix problems open at ``at`` (default: now).
 
@@ -712,6 +724,50 @@ def problem_context(store: Any, host: str, *, at: float | None = None, window: f
         where = "" if host in name else f" on {host}"  # trigger names often say {HOST.NAME} already
         lines.append(f"Zabbix reports: {name}{where} since {when} ({lbls.get('severity', '?')})")
     return lines
+
+
+class ZabbixContext:
+    """Alert context (``farmwatch.alerting.context.ContextProvider``): for an alert with a ``host``
+    (or ``node``) label, the Zabbix problems open on that host, as this source stored them
+    (``problem_context``); cached per host for ``ttl`` seconds of alert time. Without Zabbix data
+    in the store this costs one catalogue lookup every ``recheck`` seconds."""
+
+    def __init__(self, store: ProblemStore, *, ttl: float = 30.0, recheck: float = 300.0, tz: str | None = None) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.recheck = recheck
+        self.tz = tz
+        self._present: tuple[float, bool] | None = None
+        self._cache: dict[str, tuple[float, list[str]]] = {}
+        self._failed = False
+
+    def __call__(self, labels: Labels, now: float) -> list[str]:
+        lbls = dict(labels)
+        host = lbls.get("host") or lbls.get("node")
+        if not host or not self._zabbix_present(now):
+            return []
+        cached = self._cache.get(host)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        try:
+            lines = problem_context(self.store, host, at=now, tz=self.tz)
+            self._failed = False
+        except Exception as exc:  # noqa: BLE001 - context is a courtesy: the alert goes out without it
+            if not self._failed:
+                log.warning("cannot read Zabbix problems for alert context: %s", exc)
+            self._failed = True
+            lines = []
+        self._cache[host] = (now, lines)
+        return lines
+
+    def _zabbix_present(self, now: float) -> bool:
+        if self._present is None or now - self._present[0] >= self.recheck:
+            try:
+                found = not self.store.series("zabbix.problems").empty
+            except Exception:  # noqa: BLE001 - e.g. a store that keeps no series
+                found = False
+            self._present = (now, found)
+        return self._present[1]
 
 
 SOURCE = ZabbixSource

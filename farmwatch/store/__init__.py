@@ -1,6 +1,14 @@
-"""Where farmwatch data rests: the embedded SQLite store (always) and, later, Elasticsearch."""
+"""Where farmwatch data rests: the embedded SQLite store (always, ``sqlite``), its full-text log
+index (``logs``) and, when configured, Elasticsearch (``elastic``). Parts are typed against the
+``SampleStore`` protocol, not a class.
 
-from farmwatch.store.matchers import Matcher, parse_matchers
+    from farmwatch.store import SQLiteStore
+    with SQLiteStore("farmwatch.db", readonly=True) as store:
+        df = store.query("hlt.output.*", {"unit": "hlt01"}, since=time.time() - 600)
+"""
+
+from farmwatch.matchers import Matcher, parse_matchers
+from farmwatch.store.protocol import SampleStore
 from farmwatch.store.sqlite import SQLiteStore, StoreError
 
-__all__ = ["Matcher", "SQLiteStore", "StoreError", "parse_matchers"]
+__all__ = ["Matcher", "SQLiteStore", "SampleStore", "StoreError", "parse_matchers"]

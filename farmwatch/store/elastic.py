@@ -54,9 +54,9 @@ from elasticsearch import ApiError, Elasticsearch, UnsupportedProductError
 from pydantic import ByteSize, Field, field_validator, model_validator
 
 from farmwatch.clock import Clock, RealClock
-from farmwatch.config import Duration, Section
+from farmwatch.config.base import Duration, Section
 from farmwatch.model import Alert, Batch, LogRecord
-from farmwatch.secrets import SecretError, secret
+from farmwatch.credentials import SecretError, secret
 from farmwatch.store.sqlite import StoreError
 
 log = logging.getLogger("farmwatch.store.elastic")

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
 
 import orjson
-import pandas as pd
 
 from farmwatch.model import LogRecord
+from farmwatch.sources.base import LogBatch
 from farmwatch.store.sqlite import SQLiteStore, StoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _COLUMNS = "id, ts, host, service, level, message, fields"
 _TOKEN = re.compile(r'-?"[^"]*"?|\S+')
@@ -39,28 +41,6 @@ class LogSink(Protocol):
     """
 
     def write_logs(self, records: Sequence[LogRecord]) -> None: ...
-
-
-@dataclass(eq=False)
-class LogBatch:
-    """Log records a source read in one cycle, and what must happen once every sink has them.
-
-    A source returns this among its ``poll()`` results. The runner writes ``records`` to every
-    sink, the embedded store last and together with ``cursors`` (saved under the source's name,
-    ``drop`` deleted) in one transaction, then calls ``ack()``: only then may the source move its
-    offsets on. When a sink refuses the records the runner calls ``nack()`` and the source reads
-    the same data again later; the file is the buffer, so nothing is lost.
-    """
-
-    source: str
-    records: list[LogRecord]
-    cursors: dict[str, Any] = field(default_factory=dict)
-    drop: list[str] = field(default_factory=list)
-    ack: Callable[[], None] = lambda: None
-    nack: Callable[[], None] = lambda: None
-
-    def __len__(self) -> int:
-        return len(self.records)
 
 
 def fts_query(text: str) -> tuple[str, str]:
@@ -147,6 +127,8 @@ class LogStore:
 
     def search_frame(self, query: str = "", **filters: Any) -> pd.DataFrame:
         """``search`` as a DataFrame (ts as UTC datetimes, newest first) for notebooks."""
+        import pandas as pd
+
         records = self.search(query, **filters)
         return pd.DataFrame({
             "ts": pd.to_datetime([r.ts for r in records], unit="s", utc=True),

@@ -35,15 +35,17 @@ from datetime import datetime, timezone
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import orjson
-import pandas as pd
 
 from farmwatch.clock import Clock, RealClock
 from farmwatch.model import Batch, Labels, Sample, SeriesKey, Value, format_series
-from farmwatch.store.matchers import Matcher, MatcherSpec, parse_matchers
+from farmwatch.matchers import Matcher, MatcherSpec, parse_matchers
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where frames are made: commands that make none start without it
 
 APPLICATION = "farmwatch"
 DAY_MS = 86_400_000
@@ -614,12 +616,16 @@ class _Catalog:
         )
 
     def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         columns: dict[str, object] = {"id": np.array(self.ids, dtype=np.int64), "name": self.names}
         columns["labels"] = _objects(self.labels)
         columns.update(self._label_columns(np.arange(len(self.ids)), _SERIES_COLUMNS))
         return pd.DataFrame(columns)
 
     def long(self, samples: Points, states: list[StateRow]) -> pd.DataFrame:
+        import pandas as pd
+
         sid_s, ts_s, value_s = samples
         sid_t, ts_t, texts = _unzip(states)
         pos = self._positions(np.concatenate([sid_s, sid_t]))
@@ -641,6 +647,8 @@ class _Catalog:
 
     def wide(self, samples: Points) -> pd.DataFrame:
         """What ``pivot(index="ts", columns=series, values="value")`` gives, without its MultiIndex detour."""
+        import pandas as pd
+
         sid, ts, value = samples
         times, row = np.unique(ts, return_inverse=True)
         used, col = np.unique(self._positions(sid), return_inverse=True)
@@ -650,6 +658,8 @@ class _Catalog:
         return pd.DataFrame(matrix, index=_datetimes(times).rename("ts"), columns=columns)
 
     def _positions(self, sids: np.ndarray) -> np.ndarray:
+        import pandas as pd
+
         return pd.Index(self.ids).get_indexer(sids)
 
     def _label_columns(self, pos: np.ndarray, reserved: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -974,6 +984,8 @@ def _unzip(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, list]:
 
 
 def _datetimes(ms: np.ndarray) -> pd.DatetimeIndex:
+    import pandas as pd
+
     return pd.DatetimeIndex((ms * 1_000_000).astype("datetime64[ns]")).tz_localize("UTC")
 
 

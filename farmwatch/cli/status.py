@@ -13,17 +13,15 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import requests
-from prometheus_client.parser import text_string_to_metric_families
-
-from farmwatch.cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, _load
-from farmwatch.config import ConfigError
-
-EXIT_UNREACHABLE = 3
+from farmwatch.cli.common import EXIT_FAIL, EXIT_OK, EXIT_UNREACHABLE, add_config, load_settings
+from farmwatch.config.base import ConfigError
 
 
 def scrape(url: str, timeout: float = 5.0) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Samples by name (``_total`` suffixes kept as exposed) from a Prometheus text endpoint."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
     reply = requests.get(url, timeout=timeout)
     reply.raise_for_status()
     out: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
@@ -77,12 +75,14 @@ def summarize(m: dict[str, list[tuple[dict[str, str], float]]], now: float, stal
 def cmd_status(args: argparse.Namespace) -> int:
     url = args.url
     if url is None:
-        settings = _load(args.config)
+        settings = load_settings(args.config)
         cfg = settings.self_metrics
         if cfg.port is None:
             raise ConfigError([f"{settings.file}: self_metrics: no port set, so no service exposes its status; "
                                "add [self_metrics] port = 9108 (or pass --url)"])
         url = f"http://{cfg.address}:{cfg.port}/metrics"
+    import requests
+
     try:
         metrics = scrape(url)
     except requests.RequestException as exc:
@@ -109,12 +109,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="health of the running service (its [self_metrics] endpoint)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("-c", "--config", help="the service's config (its [self_metrics] address and port)")
-    where.add_argument("--url", help="the metrics URL, e.g. http://127.0.0.1:9108/metrics")
+    where = p.add_mutually_exclusive_group()
+    add_config(where)
+    where.add_argument("--url", help="the metrics URL, e.g. http://127.0.0.1:9108/metrics (instead of the config's)")
     p.add_argument("--stale-after", type=float, default=60.0, help="a source without a cycle for this many seconds is a problem (default 60)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_status)
 
 
-__all__ = ["EXIT_CONFIG", "add_parsers", "cmd_status", "scrape", "summarize"]
+__all__ = ["add_parsers", "cmd_status", "scrape", "summarize"]

@@ -1,37 +1,20 @@
-"""TOML → validated settings.
+"""The sections of a config that belong to no single part: ``[store]``, ``[log]``,
+``[self_metrics]`` and ``[alerting]`` with its inhibit rules and notifiers.
 
-Every problem in a config is reported, one line each, as ``file: key: what is wrong (what is
-expected)``, so a wrong config is fixed in one round trip instead of one error at a time. Source
-sections are validated by the source kind's own ``Config`` model (``farmwatch.sources.<kind>``),
-so adding a source never touches this module.
+The sections of a part live with it (a source kind's ``Config`` in its module, ``[elastic]`` in
+``farmwatch.store.elastic``, ``[detect]`` in ``farmwatch.detect.settings``); the loader
+(``farmwatch.config.loader``) puts them all together.
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from farmwatch.durations import parse_duration
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-"""Seconds, written in the config as a string such as ``500ms`` or ``14d``."""
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; ``problems`` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors (they are almost always typos)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+from farmwatch.config.base import Duration, Section
+from farmwatch.matchers import parse_matchers
 
 
 class StoreSettings(Section):
@@ -72,8 +55,6 @@ class InhibitSettings(Section):
     @field_validator("source", "target")
     @classmethod
     def _matchers(cls, value: list[str]) -> list[str]:
-        from farmwatch.store.matchers import parse_matchers
-
         parse_matchers(value)
         return value
 
@@ -178,122 +159,5 @@ class AlertingSettings(Section):
     """Named notifiers; every notification goes to all of them."""
 
 
-class Settings(Section):
-    """A whole validated config. ``sources`` maps the section name to the kind's own Config."""
-
-    store: StoreSettings = StoreSettings()
-    log: LogSettings = LogSettings()
-    alerting: AlertingSettings = AlertingSettings()
-    self_metrics: SelfMetricsSettings = SelfMetricsSettings()
-    elastic: Any = None
-    """``[elastic]``: ``farmwatch.store.elastic.ElasticConfig`` when Elasticsearch is configured, else None."""
-    detect: Any = None
-    """``[detect]``: ``farmwatch.detect.training.DetectSettings`` (anomaly model families), else None."""
-    sources: dict[str, Any] = Field(default_factory=dict)
-    file: Path | None = None
-
-
-def key_path(parts: tuple[Any, ...]) -> str:
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        else:
-            out += ("." if out else "") + str(p)
-    return out or "(top level)"
-
-
-def describe_error(err: dict[str, Any]) -> str:
-    kind, msg = err["type"], err["msg"]
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return "unknown key (not a setting of this section; check the spelling)"
-    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if "got " not in msg and not isinstance(err.get("input"), (dict, list)):
-        msg += f" (got {err.get('input')!r})"
-    return msg
-
-
-def validation_problems(exc: ValidationError, where: str, prefix: tuple[Any, ...] = ()) -> list[str]:
-    """Pydantic's errors as our one-liners, with the key path relative to the whole file."""
-    return [f"{where}: {key_path(prefix + tuple(e['loc']))}: {describe_error(e)}" for e in exc.errors()]
-
-
-def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = None) -> Settings:
-    """Validate an already-parsed TOML document."""
-    from farmwatch import sources as source_registry
-
-    problems: list[str] = []
-    raw = dict(raw)
-    raw_sources = raw.pop("sources", {})
-    raw_elastic = raw.pop("elastic", None)
-    raw_detect = raw.pop("detect", None)
-    try:
-        settings = Settings.model_validate(raw)
-    except ValidationError as exc:
-        problems += validation_problems(exc, where)
-        settings = Settings()
-    elastic = None
-    if raw_elastic is not None:
-        from farmwatch.store.elastic import ElasticConfig  # (it imports this module)
-
-        try:
-            elastic = ElasticConfig.model_validate(raw_elastic)
-        except ValidationError as exc:
-            problems += validation_problems(exc, where, ("elastic",))
-    detect = None
-    if raw_detect is not None:
-        from farmwatch.detect.training import DetectSettings  # (sections that import this module)
-
-        try:
-            detect = DetectSettings.model_validate(raw_detect)
-        except ValidationError as exc:
-            problems += validation_problems(exc, where, ("detect",))
-
-    validated: dict[str, Any] = {}
-    if not isinstance(raw_sources, dict):
-        problems.append(f"{where}: sources: expected tables [sources.<name>] (got {raw_sources!r})")
-        raw_sources = {}
-    for name, body in raw_sources.items():
-        loc = ("sources", name)
-        if not isinstance(body, dict):
-            problems.append(f"{where}: {key_path(loc)}: expected a table with a 'kind' key")
-            continue
-        kind = body.get("kind")
-        try:
-            cls = source_registry.source_class(kind)
-        except LookupError as exc:
-            problems.append(f"{where}: {key_path(loc + ('kind',))}: {exc}")
-            continue
-        try:
-            validated[name] = cls.Config.model_validate(body)
-        except ValidationError as exc:
-            problems += validation_problems(exc, where, loc)
-
-    if problems:
-        raise ConfigError(problems)
-    store, alerting = settings.store, settings.alerting
-    if base_dir is not None:
-        if not store.path.is_absolute():
-            store = store.model_copy(update={"path": base_dir / store.path})
-        alerting = alerting.model_copy(update={"rules": [p if p.is_absolute() else base_dir / p for p in alerting.rules]})
-        if detect is not None and not detect.models.is_absolute():
-            detect = detect.model_copy(update={"models": base_dir / detect.models})
-    return settings.model_copy(update={"sources": validated, "store": store, "alerting": alerting, "elastic": elastic,
-                                       "detect": detect})
-
-
-def load(path: str | Path) -> Settings:
-    """Read and validate a config file; raises ConfigError listing every problem."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read the config file: {exc.strerror or exc}"]) from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
-    settings = parse(raw, str(p), base_dir=p.resolve().parent)
-    return settings.model_copy(update={"file": p})
+__all__ = ["AlertingSettings", "InhibitSettings", "LogSettings", "NotifierSettings", "SelfMetricsSettings",
+           "StoreSettings"]

@@ -55,7 +55,8 @@ from farmwatch.detect import features as feats
 from farmwatch.detect.family import _metric_medians
 from farmwatch.detect.models import Explanation, FamilyModel
 from farmwatch.detect.persist import IncompatibleModel, load, paths
-from farmwatch.detect.training import RUN_STATE, DetectSettings, FamilySettings
+from farmwatch.detect.settings import DetectSettings, FamilySettings
+from farmwatch.detect.training import RUN_STATE
 from farmwatch.model import Batch, Labels
 
 log = logging.getLogger("farmwatch.detect")

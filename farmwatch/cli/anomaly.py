@@ -1,6 +1,6 @@
 """The anomaly-detection commands: ``train`` (family models from stored history) and ``models list|show``.
 
-Families are declared under ``[detect]`` in the config (see ``farmwatch.detect.training``); the
+Families are declared under ``[detect]`` in the config (see ``farmwatch.detect.settings``); the
 store named by ``[store]`` is read, never written; models go to ``[detect] models`` (a folder,
 relative to the config file) as ``<family>.joblib`` + ``<family>.json``.
 """
@@ -11,58 +11,47 @@ import argparse
 import json
 import logging
 import sys
-import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from farmwatch.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, add_config, load_settings, time_arg
 
-from farmwatch.cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, setup_logging
-from farmwatch.config import Settings
+if TYPE_CHECKING:
+    from farmwatch.config.loader import Settings
+    from farmwatch.detect.settings import DetectSettings
 
 log = logging.getLogger("farmwatch")
 
 
-def load_with_detect(path: str) -> tuple[Settings, Any]:
+def load_with_detect(path: str | None) -> tuple[Settings, DetectSettings]:
     """The config's settings and its ``[detect]`` section (an empty one when the config has none)."""
-    from farmwatch.config import load
-    from farmwatch.detect.training import DetectSettings
+    from farmwatch.detect.settings import DetectSettings
 
-    settings = load(path)
+    settings = load_settings(path)
     detect = settings.detect
     if detect is None:
-        detect = DetectSettings(models=Path(path).resolve().parent / "models")
+        assert settings.file is not None
+        detect = DetectSettings(models=settings.file.resolve().parent / "models")
     return settings, detect
-
-
-def _when(text: str | None, now: float) -> float | None:
-    from farmwatch.cli_alerts import _when as when
-
-    return when(text, now)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (and save) the model of every family in the config, or of the ones given with --family."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from farmwatch.alerting.state import AlertDB
     from farmwatch.detect.persist import save
     from farmwatch.detect.training import train_from_store
-    from farmwatch.store import SQLiteStore
+    from farmwatch.service.assemble import open_store
 
     settings, detect = load_with_detect(args.config)  # a ConfigError is printed by main(), one line each
-    now = time.time()
-    try:
-        since, until = _when(args.since, now), _when(args.until, now)
-    except ValueError as exc:
-        print(f"farmwatch train: --from/--to: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup_logging(settings.log.level, settings.log.format)
+    since, until = args.since, args.until
     names = args.family or list(detect.families)
     unknown = [n for n in names if n not in detect.families]
     if unknown or not names:
         have = ", ".join(detect.families) or "none"
         print(f"{args.config}: detect.families: no family {', '.join(unknown) or '(none configured)'} (have: {have})",
               file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     compute = None
     if args.dask_scheduler:
         from farmwatch.detect.dask import dask_compute
@@ -71,11 +60,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             compute = dask_compute(args.dask_scheduler)
         except RuntimeError as exc:
             print(f"farmwatch train: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+            return EXIT_USAGE
         log.info("extracting features on the Dask cluster at %s (tsfresh's ClusterDaskDistributor)", args.dask_scheduler)
-    store = SQLiteStore(settings.store.path, readonly=True)
+    store = open_store(settings, readonly=True)
     failed = 0
     try:
+        alert_periods = AlertDB(store).firing_periods(until=until)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       disable=not sys.stderr.isatty(), transient=True) as bar:
             for name in names:
@@ -83,7 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 task = bar.add_task(f"training {name}", total=None)
                 try:
                     model = train_from_store(store, name, fam, since, until, compute=compute,
-                                             progress=lambda _entity, t=task: bar.advance(t))
+                                             progress=lambda _entity, t=task: bar.advance(t),
+                                             alert_periods=alert_periods)
                 except ValueError as exc:
                     log.error("%s", exc)
                     failed += 1
@@ -140,9 +131,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train the anomaly models of the configured families on stored history")
-    t.add_argument("-c", "--config", required=True)
-    t.add_argument("--from", dest="since", required=True, help="start: a duration ago (7d) or an ISO time")
-    t.add_argument("--to", dest="until", default="now", help="end: a duration ago, an ISO time or now (default)")
+    add_config(t)
+    t.add_argument("--from", dest="since", type=time_arg, required=True, metavar="TIME",
+                   help="start: a duration ago (7d) or an ISO time")
+    t.add_argument("--to", dest="until", type=time_arg, default="now", metavar="TIME",
+                   help="end: a duration ago, an ISO time or now (default)")
     t.add_argument("--family", action="append", help="only this family (repeatable)")
     t.add_argument("--dask-scheduler", metavar="ADDRESS",
                    help="extract the features on this Dask cluster (tcp://host:8786) through tsfresh's distributor; "
@@ -151,8 +144,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     m = sub.add_parser("models", help="list the saved anomaly models, or show one")
     msub = m.add_subparsers(dest="action", required=True)
-    msub.add_parser("list", help="one line per saved model").add_argument("-c", "--config", required=True)
+    add_config(msub.add_parser("list", help="one line per saved model"))
     ms = msub.add_parser("show", help="a model's metadata (features, window, training range, versions)")
     ms.add_argument("family")
-    ms.add_argument("-c", "--config", required=True)
+    add_config(ms)
     m.set_defaults(func=cmd_models)
+
+
+__all__ = ["add_parsers", "cmd_models", "cmd_train", "load_with_detect"]

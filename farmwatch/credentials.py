@@ -3,7 +3,7 @@
 Never from the config itself, never into a log line: the errors here name the variable or the
 file, not the value. Read at the moment of use, so a rotated token file is picked up without a
 restart. One implementation for every part that needs a secret (chat notifiers, Zabbix,
-Elasticsearch).
+Elasticsearch). (Named ``credentials`` so that it never shadows the standard library's ``secrets``.)
 """
 
 from __future__ import annotations
@@ -50,3 +50,19 @@ def secret(value_env: str | None, file: str | None, what: str) -> str:
     raise SecretError(f"{what}: no environment variable or secret file is configured")
 
 
+
+
+def section_secret(section: object, name: str, what: str) -> str | None:
+    """The secret ``name`` of a config section, read from the section's ``<name>_env`` or
+    ``<name>_file`` key (``token`` → ``token_env``/``token_file``); None when it sets neither.
+
+    The one way a part reads a secret its config names, so every part reads secrets alike.
+    """
+    env: str | None = getattr(section, f"{name}_env", None)
+    file = getattr(section, f"{name}_file", None)
+    if not (env or file):
+        return None
+    return secret(env, str(file) if file else None, what)
+
+
+__all__ = ["SecretError", "secret", "section_secret"]

@@ -1,14 +1,13 @@
 """The configuration reference, generated from the config models themselves.
 
-Every key a config file may contain is a field of a pydantic model (``farmwatch.config`` for the
-top-level sections, each source kind's ``Config``, ``ElasticConfig``); their types, defaults and
+Every key a config file may contain is a field of a pydantic model (``farmwatch.config.sections``
+for the shared sections, each source kind's ``Config``, ``ElasticConfig``, ``DetectSettings``); their types, defaults and
 docstrings are the truth. ``farmwatch config-reference`` prints this as Markdown; docs/config.md is
 its output, and a test fails when the two differ, so the reference cannot drift from the code.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import types
@@ -19,7 +18,11 @@ from typing import Any, Iterator
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from farmwatch.config import sections as config
+from farmwatch.detect.settings import DetectSettings, FamilySettings
 from farmwatch.durations import format_duration
+from farmwatch.sources import known_kinds, source_class
+from farmwatch.store.elastic import ElasticConfig
 
 HEADER = """# Configuration reference
 
@@ -89,11 +92,6 @@ def table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> Iterator[str]:
 
 def sections() -> Iterator[tuple[str, type[BaseModel], str, tuple[str, ...]]]:
     """(heading, model, intro, keys to leave out) for everything a config may contain."""
-    from farmwatch import config
-    from farmwatch.sources import known_kinds, source_class
-    from farmwatch.detect.training import DetectSettings, FamilySettings
-    from farmwatch.store.elastic import ElasticConfig
-
     yield "[store]", config.StoreSettings, "The embedded SQLite store every service writes to or reads from.", ()
     yield "[log]", config.LogSettings, "farmwatch's own log lines (stderr).", ()
     yield "[self_metrics]", config.SelfMetricsSettings, "The service's own health for Prometheus (`farmwatch status` reads it).", ()
@@ -118,7 +116,4 @@ def reference() -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="farmwatch config-reference", description=__doc__).parse_args(argv)
-    print(reference(), end="")
-    return 0
+__all__ = ["reference", "sections", "table"]

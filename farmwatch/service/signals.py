@@ -14,8 +14,10 @@ import signal
 import threading
 from typing import Callable, Generic, TypeVar
 
-from farmwatch import systemd
-from farmwatch.config import ConfigError, Settings, load
+from farmwatch.config.base import ConfigError
+from farmwatch.config.loader import Settings, load
+from farmwatch.service import systemd
+from farmwatch.service.logconfig import setup_logging
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,6 +58,20 @@ class ServiceSignals:
         return reload
 
 
+def stop_on_signals() -> threading.Event:
+    """For commands that are not services (``top``, ``logs search --follow``): an event that
+    SIGTERM and SIGINT set, so the command ends its loop and cleans up instead of dying mid-write."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s: finishing", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
 class Reloaded(Generic[T]):
     """The result of a successful reload: the new settings and what was built from them."""
 
@@ -82,8 +98,9 @@ def reload(path: str, build: Callable[[Settings], T]) -> Reloaded[T] | None:
         log.error("reload rejected, the running configuration stays: %s: %s", type(exc).__name__, exc)
         systemd.notify("READY=1", "STATUS=reload rejected (see the log); running the previous configuration")
         return None
-    from farmwatch.cli import setup_logging
-
     setup_logging(settings.log.level, settings.log.format)
     systemd.notify("READY=1", f"STATUS=reloaded {path}")
     return Reloaded(settings, built)
+
+
+__all__ = ["Reloaded", "ServiceSignals", "reload", "stop_on_signals"]

@@ -92,3 +92,6 @@ class Watchdog:
                 self._stale_logged = True
                 log.error("no progress for %.0f s: not pinging the systemd watchdog (systemd will restart this service)",
                           time.monotonic() - self._last_beat)
+
+
+__all__ = ["Watchdog", "notify", "watchdog_interval"]

@@ -14,35 +14,18 @@ import re
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import orjson
 
-from farmwatch.cli import EXIT_CONFIG, EXIT_OK, _load, _open_store, _stop_on_signals
-from farmwatch.config import Settings
+from farmwatch.cli.common import EXIT_OK, EXIT_USAGE, add_config, load_settings, time_arg
 from farmwatch.model import LogRecord
 
+if TYPE_CHECKING:
+    from farmwatch.config.loader import Settings
+    from farmwatch.store.elastic import ElasticConfig
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
-
-
-def elastic_config(settings: Settings) -> Any | None:
-    """The ``[elastic]`` section when the config has one (paths relative to the config file)."""
-    cfg = getattr(settings, "elastic", None)
-    if cfg is None:
-        return None
-    if settings.file is not None and hasattr(cfg, "resolved"):
-        cfg = cfg.resolved(settings.file.resolve().parent)
-    return cfg
-
-
-def log_sinks(settings: Settings) -> list[Any]:
-    """Log sinks besides the embedded store: Elasticsearch when ``[elastic]`` is configured."""
-    cfg = elastic_config(settings)
-    if cfg is None:
-        return []
-    from farmwatch.store.elastic import ElasticStore
-
-    return [ElasticStore(cfg)]
 
 
 def _text(record: LogRecord) -> str:
@@ -68,21 +51,13 @@ def _print(records: Iterable[LogRecord], fmt: str) -> None:
 
 
 def cmd_logs_search(args: argparse.Namespace) -> int:
-    from farmwatch.cli_alerts import _when
-
-    settings = _load(args.config)
-    now = time.time()
-    try:
-        since = _when(args.since, now)
-        until = _when(args.until, now)
-    except ValueError as exc:
-        print(f"farmwatch logs search: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    settings = load_settings(args.config)
+    since, until = args.since, args.until
     filters = {"host": args.host, "service": args.service, "level": args.level}
-    cfg = elastic_config(settings) if args.store != "sqlite" else None
+    cfg = settings.elastic if args.store != "sqlite" else None
     if args.store == "elastic" and cfg is None:
         print(f"farmwatch logs search: {settings.file} has no [elastic] section", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     if cfg is not None:
         return _search_elastic(cfg, args, since, until, filters)
     return _search_sqlite(settings, args, since, until, filters)
@@ -90,9 +65,11 @@ def cmd_logs_search(args: argparse.Namespace) -> int:
 
 def _search_sqlite(settings: Settings, args: argparse.Namespace, since: float | None, until: float | None,
                    filters: dict[str, Any]) -> int:
+    from farmwatch.service.assemble import open_store
+    from farmwatch.service.signals import stop_on_signals
     from farmwatch.store.logs import LogStore
 
-    store = _open_store(settings, readonly=True)
+    store = open_store(settings, readonly=True)
     try:
         logs = LogStore(store)
         try:
@@ -100,11 +77,11 @@ def _search_sqlite(settings: Settings, args: argparse.Namespace, since: float | 
             found = logs.search(args.query, since=since, until=until, limit=args.limit, **filters)
         except ValueError as exc:
             print(f"farmwatch logs search: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+            return EXIT_USAGE
         _print(reversed(found), args.format)  # oldest first, as a log reads
         if not args.follow:
             return EXIT_OK
-        stop = _stop_on_signals()
+        stop = stop_on_signals()
         while not stop.is_set():
             stop.wait(args.interval)
             new, last_id = logs.after(last_id, args.query, **filters)
@@ -114,8 +91,9 @@ def _search_sqlite(settings: Settings, args: argparse.Namespace, since: float | 
     return EXIT_OK
 
 
-def _search_elastic(cfg: Any, args: argparse.Namespace, since: float | None, until: float | None,
+def _search_elastic(cfg: ElasticConfig, args: argparse.Namespace, since: float | None, until: float | None,
                     filters: dict[str, Any]) -> int:
+    from farmwatch.service.signals import stop_on_signals
     from farmwatch.store.elastic import ElasticStore
 
     es = ElasticStore(cfg)
@@ -123,7 +101,7 @@ def _search_elastic(cfg: Any, args: argparse.Namespace, since: float | None, unt
         found = es.search(args.query, since=since, until=until, limit=args.limit, **filters)
         _print(reversed(found), args.format)
         if args.follow:
-            stop = _stop_on_signals()
+            stop = stop_on_signals()
             start = max([r.ts for r in found], default=time.time())
             for record in es.follow(args.query, since=start, poll=args.interval, stop=stop, **filters):
                 _print([record], args.format)
@@ -138,12 +116,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = lsub.add_parser("search", help="farmwatch logs search 'ERROR worker' --host 'hltwk0*' --since 1h")
     s.add_argument("query", nargs="?", default="",
                    help='words that must all occur (message, level, host, service), "a phrase", prefix*, -excluded')
-    s.add_argument("-c", "--config", required=True)
+    add_config(s)
     s.add_argument("--host", help="host name glob, e.g. 'hltwk0*'")
     s.add_argument("--service", help="service name glob")
     s.add_argument("--level", help="level(s), e.g. error or error,fatal")
-    s.add_argument("--since", help="how far back (1h) or an ISO time")
-    s.add_argument("--until", help="up to: duration ago, ISO time or now")
+    s.add_argument("--since", type=time_arg, metavar="TIME", help="from: a duration ago (1h) or an ISO time")
+    s.add_argument("--until", type=time_arg, metavar="TIME", help="up to: a duration ago, an ISO time or now")
     s.add_argument("--limit", type=int, default=100, help="at most this many (the newest; default 100)")
     s.add_argument("--format", choices=("text", "json"), default="text")
     s.add_argument("--follow", action="store_true", help="keep printing new matching records (Ctrl-C stops)")
@@ -153,3 +131,4 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_logs_search)
 
 
+__all__ = ["add_parsers", "cmd_logs_search"]

@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 from farmwatch.clock import Clock, RealClock
 from farmwatch.model import Batch, labels
-from farmwatch.sources.base import Source
-from farmwatch.store.logs import LogBatch, LogSink, LogStore
+from farmwatch.sources.base import LogBatch, Source
+from farmwatch.store.logs import LogSink, LogStore
 
 log = logging.getLogger(__name__)
 
@@ -269,3 +269,6 @@ class SampleWriter(Protocol):
     def write(self, items: list[Batch]) -> int: ...
 
     def apply_retention(self) -> int: ...
+
+
+__all__ = ["Listener", "Runner", "SampleWriter"]

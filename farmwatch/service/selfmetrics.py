@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from farmwatch.model import Batch
+
+if TYPE_CHECKING:
+    from farmwatch.alerting.delivery import Delivery
+    from farmwatch.alerting.engine import AlertEngine
+    from farmwatch.service.runner import Runner
 
 
 class SelfMetrics:
@@ -29,9 +34,9 @@ class SelfMetrics:
     def __init__(self, service: str) -> None:
         self.service = service
         self.started = time.time()
-        self.runner: Any = None
-        self.engine: Any = None
-        self.delivery: Any = None
+        self.runner: Runner | None = None
+        self.engine: AlertEngine | None = None
+        self.delivery: Delivery | None = None
         self._lock = threading.Lock()
         self._sources: dict[str, dict[str, float]] = {}
         self._stats: list[tuple[str, Callable[[], Mapping[str, float]]]] = []
@@ -144,3 +149,6 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
+
+
+__all__ = ["SelfMetrics"]

@@ -1,0 +1,171 @@
+"""The three services as ``lifecycle.Job``s: what one generation of each does.
+
+- ``CollectJob`` (``farmwatch collect``): the sources into the store.
+- ``RunJob`` (``farmwatch run``): the sources into the store, the alert window fed straight from
+  the runner, rules evaluated and notifications delivered in the same process.
+- ``WatchJob`` (``farmwatch watch``): rules and delivery reading the store that separate
+  collectors write (split deployments).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Sequence
+
+from farmwatch.config.loader import Settings
+from farmwatch.service.assemble import Alerting, build_alerting, build_sources, log_sinks
+from farmwatch.service.lifecycle import Beat
+from farmwatch.service.runner import Runner
+from farmwatch.service.selfmetrics import SelfMetrics
+from farmwatch.sources.base import Source
+from farmwatch.store.logs import LogSink
+from farmwatch.store.sqlite import SQLiteStore
+
+log = logging.getLogger("farmwatch")
+
+WATCH_LAG = 2.0
+"""``watch`` reads the store up to this long ago: collectors commit a cycle's batches shortly
+after its timestamp, and a cycle must never be half read (the window continues from there)."""
+
+
+def _sources_stale_after(sources: Sequence[Source]) -> float:
+    return 3 * max((s.interval for s in sources), default=1.0) + 30
+
+
+def _elastic_stats(metrics: SelfMetrics, sinks: Sequence[LogSink]) -> None:
+    metrics.set_stats("elastic", [sink.stats for sink in sinks if hasattr(sink, "stats")])
+
+
+def _scorer_stats(metrics: SelfMetrics, alerting: Alerting) -> None:
+    metrics.set_stats("detect", [alerting.scorer.stats] if alerting.scorer is not None else [])
+
+
+class CollectJob:
+    def __init__(self, settings: Settings, only: Sequence[str] = ()) -> None:
+        self.settings = settings
+        self.sources = build_sources(settings, only)
+        self.sinks = log_sinks(settings)
+        self.stale_after = _sources_stale_after(self.sources)
+        self.written = self.dropped = 0
+
+    def started(self) -> str:
+        return f"collecting {', '.join(s.name for s in self.sources)} into {self.settings.store.path}"
+
+    def status(self) -> str:
+        return f"collecting {len(self.sources)} source(s) into {self.settings.store.path}"
+
+    def summary(self) -> str:
+        return f"{len(self.sources)} source(s)"
+
+    def run(self, store: SQLiteStore, wake: threading.Event, beat: Beat, metrics: SelfMetrics | None) -> None:
+        runner = Runner(self.sources, store, listeners=[beat] + ([metrics.listener] if metrics else []),
+                        log_sinks=self.sinks)
+        if metrics:
+            metrics.runner = runner
+            _elastic_stats(metrics, self.sinks)
+        runner.run(wake)
+        self.written, self.dropped = runner.written, runner.dropped
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+
+
+class RunJob:
+    def __init__(self, settings: Settings, store: SQLiteStore, reloaded: bool = False) -> None:
+        self.settings = settings
+        self.sources = build_sources(settings)
+        try:
+            self.alerting = build_alerting(settings, store)
+            self.sinks = log_sinks(settings)
+        except BaseException:
+            self.close()
+            raise
+        if reloaded:  # the new rules see the recent past
+            now = time.time()
+            self.alerting.window.load(store, now - self.alerting.window.horizon, now, self.alerting.names())
+        self.stale_after = _sources_stale_after(self.sources)
+        self.written = self.dropped = 0
+
+    def started(self) -> str:
+        notify = ", ".join(self.alerting.delivery.notifiers) or "nobody (no [alerting.notify] configured)"
+        return f"running {len(self.sources)} source(s), {len(self.alerting.rules)} rule(s), notifying {notify}"
+
+    def status(self) -> str:
+        return f"running {len(self.sources)} source(s) and {len(self.alerting.rules)} rule(s)"
+
+    def summary(self) -> str:
+        return f"{len(self.sources)} source(s), {len(self.alerting.rules)} rule(s)"
+
+    def run(self, store: SQLiteStore, wake: threading.Event, beat: Beat, metrics: SelfMetrics | None) -> None:
+        alerting = self.alerting
+        runner = Runner(self.sources, store, listeners=[alerting.window, beat] + ([metrics.listener] if metrics else []),
+                        log_sinks=self.sinks)
+        if metrics:
+            metrics.runner, metrics.engine, metrics.delivery = runner, alerting.engine, alerting.delivery
+            _elastic_stats(metrics, self.sinks)
+            _scorer_stats(metrics, alerting)
+        threads = [
+            threading.Thread(target=alerting.engine.run, args=(wake, self.settings.alerting.evaluation_interval),
+                             name="alert-rules", daemon=True),
+            threading.Thread(target=alerting.delivery.run, args=(wake,), name="alert-delivery", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        runner.run(wake)
+        for t in threads:
+            t.join(timeout=30)
+        alerting.delivery.pump()
+        self.written, self.dropped = runner.written, runner.dropped
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+
+
+class WatchJob:
+    def __init__(self, settings: Settings, store: SQLiteStore) -> None:
+        self.settings = settings
+        self.alerting = build_alerting(settings, store)
+        self.stale_after = 3 * settings.alerting.evaluation_interval + 60
+        self.written = self.dropped = 0
+
+    def started(self) -> str:
+        return f"watching {self.settings.store.path} with {len(self.alerting.rules)} rule(s)"
+
+    def status(self) -> str:
+        return self.started()
+
+    def summary(self) -> str:
+        return f"{len(self.alerting.rules)} rule(s)"
+
+    def run(self, store: SQLiteStore, wake: threading.Event, beat: Beat, metrics: SelfMetrics | None) -> None:
+        alerting, interval = self.alerting, self.settings.alerting.evaluation_interval
+        if metrics:
+            metrics.engine, metrics.delivery = alerting.engine, alerting.delivery
+            _scorer_stats(metrics, alerting)
+        delivery = threading.Thread(target=alerting.delivery.run, args=(wake,), name="alert-delivery", daemon=True)
+        delivery.start()
+        names = alerting.names()  # the rules' series and the anomaly families'
+        since = time.time() - alerting.window.horizon  # a fresh window: fill it from the store
+        while not wake.is_set():
+            now = time.time()
+            try:
+                alerting.window.load(store, since, now - WATCH_LAG, names)
+                alerting.window.prune(now)
+                alerting.engine.evaluate(now)
+            except Exception as exc:
+                log.error("alert evaluation failed: %s", exc)
+            else:
+                beat()
+            wake.wait(interval - time.time() % interval)
+        delivery.join(timeout=30)
+        alerting.delivery.pump()
+
+    def close(self) -> None:
+        pass
+
+
+__all__ = ["CollectJob", "RunJob", "WATCH_LAG", "WatchJob"]
