@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_store_ingest import machine  # noqa: E402
 
-from farmwatch.alerting.window import Window  # noqa: E402
+from farmwatch.store.window import Window  # noqa: E402
 from farmwatch.detect import save, score_family, stream_scores, train_family  # noqa: E402
 from farmwatch.detect.scorer import SCORE, Scorer  # noqa: E402
 from farmwatch.detect.settings import DetectSettings  # noqa: E402

@@ -17,7 +17,7 @@ else the shared machine runs), median over ``--runs``:
 - **farmwatch, parse only**: the same without serialising (to see where the time goes);
 - **naive baseline** (``--baseline-lines`` lines, as it is slow): line by line, ``json.loads`` or
   each format's regex in turn with ``datetime.strptime``, one ``Elasticsearch.index()`` call per
-  line with the official client, against the protocol-level test server (``farmwatch.sim.elastic``)
+  line with the official client, against the protocol-level test server (``farmwatch.sim.es_cluster``)
   in another process; CPU of the shipping process and wall time.
 
 Writes ``benchmarks/results/logs.json`` and prints a table. The log file goes to ``--dir``
@@ -213,7 +213,7 @@ def naive(path: Path, n: int, url: str) -> int:
 
 
 def _serve(port: int, ready, stop) -> None:  # in a child process: the server's CPU is not ours
-    from farmwatch.sim.elastic import ElasticSim
+    from farmwatch.sim.es_cluster import ElasticSim
 
     sim = ElasticSim(port=port).start()
     ready.set()

@@ -38,8 +38,8 @@ from farmwatch.overview import LatestValues, render, summarize
 from farmwatch.report import write_report
 from farmwatch.sim import faults as slow
 from farmwatch.sim.ioc import SimIOC
-from farmwatch.sim.scenario import RUN_CONTROL, Scenario
-from farmwatch.sim.unit import endpoints_toml
+from farmwatch.testing.scenario import RUN_CONTROL, Scenario
+from farmwatch.sim.sockets import endpoints_toml
 from farmwatch.store import SQLiteStore
 
 INTERVAL = 2.0
@@ -389,3 +389,7 @@ def _report(console: Console, s: Scenario, faults: list[Fault], start: float) ->
 def _mmss(seconds: float) -> str:
     m, sec = divmod(int(round(seconds)), 60)
     return f"{m:02d}:{sec:02d}"
+
+
+__all__ = ["END", "INTERVAL", "NODES", "ROTATE_AT", "TIMERS", "TRAIN_AT", "UNITS", "WORKER", "Fault", "families",
+           "run_demo"]

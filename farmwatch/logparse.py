@@ -483,3 +483,6 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def zone(name: str) -> tzinfo | None:
     """A config ``timezone`` (IANA name or ``local``) as a tzinfo; None means the local zone."""
     return None if name == "local" else ZoneInfo(name)
+
+
+__all__ = ["FORMATS", "LineParser", "Parsed", "Result", "level_name", "zone"]

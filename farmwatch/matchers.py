@@ -85,3 +85,6 @@ def parse_matcher(text: str) -> Matcher:
         return Matcher(label, op, value)
     except re.error as exc:
         raise ValueError(f"bad label matcher {text!r}: invalid regular expression ({exc})") from None
+
+
+__all__ = ["Matcher", "MatcherSpec", "parse_matcher", "parse_matchers"]

@@ -14,7 +14,7 @@ import pytest
 
 from farmwatch.alerting.rules import load_rules
 from farmwatch.sim import SimUnit
-from farmwatch.sim.scenario import ALERTS
+from farmwatch.testing.scenario import ALERTS
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -3,7 +3,7 @@
 Three servers, each for what it can show (see ``specs/elasticsearch.md``: no real Elasticsearch
 runs on these machines):
 
-- ``farmwatch.sim.elastic.ElasticSim``, a protocol-level Elasticsearch written for these tests,
+- ``farmwatch.sim.es_cluster.ElasticSim``, a protocol-level Elasticsearch written for these tests,
   for every fault: whole-request 429/503, per-item 429/503/400/409, short responses, outages
   (connection refused), a cluster of another major version, API keys;
 - ``osmem-server`` (PyPI), an OpenSearch emulator nobody here wrote, as an interop check that the
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from farmwatch.clock import SimClock
 from farmwatch.model import Alert, AlertState, Batch, LogRecord, labels
-from farmwatch.sim.elastic import Delay, ElasticSim, ItemErrors, Reject, Truncate
+from farmwatch.sim.es_cluster import Delay, ElasticSim, ItemErrors, Reject, Truncate
 from farmwatch.store import StoreError
 from farmwatch.store.elastic import (ElasticConfig, ElasticStore, SpoolFull, bulk_body, record_from_source,
                                      log_document)

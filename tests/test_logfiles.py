@@ -17,7 +17,7 @@ import pytest
 from farmwatch.clock import RealClock, SimClock
 from farmwatch.config.loader import parse
 from farmwatch.service.runner import Runner
-from farmwatch.sim.logs import HltLogWriter
+from farmwatch.sim.logwriters import HltLogWriter
 from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource
 from farmwatch.store import SQLiteStore
 from farmwatch.sources.base import LogBatch

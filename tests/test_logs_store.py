@@ -223,9 +223,9 @@ def test_cli_follow_prints_new_records_as_they_are_stored(collected: Path):
 
 def test_collect_ships_to_elasticsearch_too_and_search_reads_it_back(collected: Path):
     """With an ``[elastic]`` section the same records also go to Elasticsearch (here the
-    protocol-level server of ``farmwatch.sim.elastic`` on loopback), with the same ids, and
+    protocol-level server of ``farmwatch.sim.es_cluster`` on loopback), with the same ids, and
     ``logs search`` asks Elasticsearch instead of the embedded index."""
-    from farmwatch.sim.elastic import ElasticSim
+    from farmwatch.sim.es_cluster import ElasticSim
 
     with ElasticSim() as es:
         config = collected / "farmwatch.toml"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from farmwatch.alerting.rules import SHIPPED, Active, load_rules, parse_rules, render_template
-from farmwatch.alerting.window import Window
+from farmwatch.store.window import Window
 from farmwatch.clock import SimClock
 from farmwatch.config import ConfigError
 from farmwatch.model import Batch, LogRecord, labels

@@ -266,7 +266,7 @@ def test_self_metrics_expose_the_elasticsearch_spool(tmp_path):
     from farmwatch.clock import SimClock
     from farmwatch.model import LogRecord
     from farmwatch.service.selfmetrics import SelfMetrics
-    from farmwatch.sim.elastic import ElasticSim
+    from farmwatch.sim.es_cluster import ElasticSim
     from farmwatch.store.elastic import ElasticConfig, ElasticStore
 
     metrics = SelfMetrics("collect")

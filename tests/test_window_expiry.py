@@ -18,12 +18,12 @@ from farmwatch.alerting.engine import AlertEngine
 from farmwatch.alerting.rules import load_rules, parse_rules
 from farmwatch.alerting.ruleset import make_window
 from farmwatch.alerting.state import AlertDB
-from farmwatch.alerting.window import UNWANTED_KEYS_LIMIT, Window
+from farmwatch.store.window import UNWANTED_KEYS_LIMIT, Window
 from farmwatch.clock import SimClock
 from farmwatch.config import ConfigError
 from farmwatch.config.loader import parse
 from farmwatch.model import Batch, labels
-from farmwatch.sim.scenario import ALERTS, Scenario
+from farmwatch.testing.scenario import ALERTS, Scenario
 from farmwatch.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000.0

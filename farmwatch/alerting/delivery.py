@@ -165,3 +165,6 @@ class Delivery:
             self._failing[name] = reason
             log.warning("alert delivery to %s failing (%s); %d notification(s) queued, next try in %.0f s",
                         name, reason, len(self.db.pending(name)), wait)
+
+
+__all__ = ["MIN_CHARS", "Delivery", "DeliveryStats"]

@@ -143,3 +143,6 @@ class AlertEngine:
         for ts, event, alert in result.events:
             if event in ("firing", "resolved"):
                 log.info("%s %s %s: %s", event.upper(), alert.rule, dict(alert.labels), alert.summary)
+
+
+__all__ = ["AlertEngine", "EngineStats", "StepResult"]

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from farmwatch.alerting.window import Window
+from farmwatch.store.window import Window
 from farmwatch.config.base import Duration
 from farmwatch.model import Labels
 from farmwatch.matchers import Matcher, parse_matchers
@@ -626,3 +626,8 @@ KINDS: dict[str, type[Spec]] = {
     "threshold": Threshold, "absent": Absent, "down": Down, "change": Change, "ratio": Ratio,
     "peers": Peers, "log_count": LogCount, "anomaly": Anomaly, "python": Python,
 }
+
+
+__all__ = ["DEFAULT_FRESH", "KINDS", "OPS", "Absent", "Active", "Aggregate", "Anomaly", "Change", "Down",
+           "LogCount", "Op", "Over", "Peers", "Python", "Ratio", "Selector", "Spec", "Threshold", "aggregate",
+           "aggregate_index"]

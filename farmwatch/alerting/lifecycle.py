@@ -145,3 +145,6 @@ class Tracker:
         if math.isnan(alert.starts_at):
             alert.starts_at = alert.active_since
         changes.record(now, event, alert)
+
+
+__all__ = ["Changes", "Event", "RuleLike", "Tracker"]

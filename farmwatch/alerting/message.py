@@ -362,3 +362,7 @@ def _ago(seconds: float) -> str:
     elif s >= 60:
         s = s // 60 * 60
     return format_duration(s) if s >= 1 else "0s"
+
+
+__all__ = ["COLORS", "DESCRIPTION_MAX", "EMOJI", "LABEL_MAX", "RULE_LABELS", "SUMMARY_MAX", "ChatMessage",
+           "color_of", "emoji_of", "render", "severity_of"]

@@ -96,3 +96,6 @@ def apply(alerts: Iterable[Alert], silences: Iterable[Silence], inhibits: Iterab
             alert.acked_by, alert.acked_at = ack.by, ack.at
             changes.append(("acked", alert))
     return changes
+
+
+__all__ = ["InhibitRule", "apply"]

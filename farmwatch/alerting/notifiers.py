@@ -432,3 +432,6 @@ class ConsoleNotifier:
         self._console.print(
             Panel(Text(body), title=Text(msg.text), subtitle=Text(tag), border_style=style, title_align="left")
         )
+
+
+__all__ = ["ConsoleNotifier", "DeliveryError", "Notifier", "RocketChatREST", "RocketChatWebhook"]

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Literal, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from farmwatch.alerting.kinds import KINDS, Active, Python, Spec
-from farmwatch.alerting.window import Window
+from farmwatch.store.window import Window
 from farmwatch.durations import format_duration
 from farmwatch.config.base import ConfigError, Duration, describe_error, key_path
 from farmwatch.model import Labels

@@ -16,7 +16,7 @@ from pathlib import Path
 from farmwatch.alerting.dispatch import Timers
 from farmwatch.alerting.muting import InhibitRule
 from farmwatch.alerting.rules import Rule, load_rules
-from farmwatch.alerting.window import Window
+from farmwatch.store.window import Window
 from farmwatch.config.base import ConfigError
 from farmwatch.config.sections import AlertingSettings
 from farmwatch.durations import parse_duration

@@ -303,3 +303,7 @@ class AlertDB:
                 conn.execute("DELETE FROM chat_refs WHERE notifier = ? AND incident = ?", (notifier, incident))
             else:
                 conn.execute("INSERT OR REPLACE INTO chat_refs VALUES (?, ?, ?, ?)", (notifier, incident, ref, now))
+
+
+__all__ = ["ACTIVE", "Ack", "AlertDB", "OutboxItem", "Silence", "alert_doc", "alert_from_doc", "label_map",
+           "notification_doc", "notification_from_doc"]

@@ -23,7 +23,7 @@ from farmwatch.model import LogRecord
 
 if TYPE_CHECKING:
     from farmwatch.config.loader import Settings
-    from farmwatch.store.elastic import ElasticConfig
+    from farmwatch.store.elastic.config import ElasticConfig
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
 
@@ -94,7 +94,7 @@ def _search_sqlite(settings: Settings, args: argparse.Namespace, since: float | 
 def _search_elastic(cfg: ElasticConfig, args: argparse.Namespace, since: float | None, until: float | None,
                     filters: dict[str, Any]) -> int:
     from farmwatch.service.signals import stop_on_signals
-    from farmwatch.store.elastic import ElasticStore
+    from farmwatch.store.elastic.store import ElasticStore
 
     es = ElasticStore(cfg)
     try:

@@ -24,7 +24,7 @@ from farmwatch.config.base import ConfigError, Section, key_path, validation_pro
 from farmwatch.config.sections import AlertingSettings, LogSettings, SelfMetricsSettings, StoreSettings
 from farmwatch.detect.settings import DetectSettings
 from farmwatch.sources.base import SourceConfig
-from farmwatch.store.elastic import ElasticConfig
+from farmwatch.store.elastic.config import ElasticConfig
 
 ENV = "FARMWATCH_CONFIG"
 DEFAULT_PATHS = (Path("farmwatch.toml"), Path("/etc/farmwatch/farmwatch.toml"))

@@ -22,7 +22,7 @@ from farmwatch.config import sections as config
 from farmwatch.detect.settings import DetectSettings, FamilySettings
 from farmwatch.durations import format_duration
 from farmwatch.sources import known_kinds, source_class
-from farmwatch.store.elastic import ElasticConfig
+from farmwatch.store.elastic.config import ElasticConfig
 
 HEADER = """# Configuration reference
 

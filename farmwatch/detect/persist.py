@@ -164,3 +164,7 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
     return str(x)
+
+
+__all__ = ["FORMAT", "IncompatibleModel", "check", "load", "metadata", "paths", "read_metadata", "save",
+           "versions"]

@@ -3,7 +3,7 @@ family's newest windows become ``anomaly.score`` samples that ``anomaly`` rules 
 
 A ``Scorer`` is built from ``settings.detect``. It loads every family's model once (a missing or
 incompatible model is one log line, and that family is skipped: the others are scored). Before the
-rules of each evaluation (``AlertEngine.before_rules``) it reads, from the alerting ``Window``
+rules of each evaluation (``AlertEngine.before_rules``) it reads, from the ``Window``
 that already holds the recent samples, the family's series for the last ``window`` grid points
 per entity, puts them on the family's ``freq`` grid exactly as training did (the mean of an
 entity's series per timestamp, the mean per grid bin, forward-filled, the training median before
@@ -46,7 +46,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,8 @@ from farmwatch.detect.persist import IncompatibleModel, load, paths
 from farmwatch.detect.settings import DetectSettings, FamilySettings
 from farmwatch.detect.training import RUN_STATE
 from farmwatch.model import Batch, Labels
+from farmwatch.store.protocol import SampleStore
+from farmwatch.store.window import Window
 
 log = logging.getLogger("farmwatch.detect")
 
@@ -107,7 +109,7 @@ class Family:
 class Scorer:
     """Scores the configured families every alert evaluation step (see the module doc)."""
 
-    def __init__(self, detect: DetectSettings, store: Any = None, *, window: Any = None) -> None:
+    def __init__(self, detect: DetectSettings, store: SampleStore | None = None, *, window: Window | None = None) -> None:
         self.detect = detect
         self.store = store
         self.window = window
@@ -392,3 +394,6 @@ def _mtime(path: Path) -> float:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+__all__ = ["EXPLAIN_ABOVE", "EXPLANATION", "SCORE", "STALE_BINS", "TOP_METRICS", "Family", "Scorer", "explanation_text"]

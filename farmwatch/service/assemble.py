@@ -18,7 +18,7 @@ from farmwatch.alerting.engine import AlertEngine
 from farmwatch.alerting.rules import Rule
 from farmwatch.alerting.ruleset import inhibit_rules, load_rule_set, make_window, timers
 from farmwatch.alerting.state import AlertDB
-from farmwatch.alerting.window import Window
+from farmwatch.store.window import Window
 from farmwatch.clock import Clock, RealClock
 from farmwatch.config.base import ConfigError
 from farmwatch.config.loader import Settings
@@ -53,7 +53,7 @@ def log_sinks(settings: Settings) -> list[LogSink]:
     """Log sinks besides the embedded store: Elasticsearch when ``[elastic]`` is configured."""
     if settings.elastic is None:
         return []
-    from farmwatch.store.elastic import ElasticStore  # the client library only where it is used
+    from farmwatch.store.elastic.store import ElasticStore  # the client library only where it is used
 
     return [ElasticStore(settings.elastic)]
 

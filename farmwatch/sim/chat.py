@@ -593,3 +593,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+__all__ = ["MENTION", "ChatServer", "Link", "Mention", "RequestRecord", "StoredMessage", "js_len"]

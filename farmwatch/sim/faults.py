@@ -181,3 +181,6 @@ def concat(parts: Iterable[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
     """Consecutive ``record`` results joined per node."""
     parts = list(parts)
     return {node: pd.concat([p[node] for p in parts]) for node in parts[0]}
+
+
+__all__ = ["KINDS", "NODE_METRICS", "GroundTruth", "Load", "SlowFault", "concat", "make", "record"]

@@ -39,3 +39,6 @@ def source_class(kind: object) -> type["Source"]:
         (ep,) = [ep for ep in entry_points(group="farmwatch.sources") if ep.name == kind]
         module = ep.load()
     return module.SOURCE
+
+
+__all__ = ["known_kinds", "source_class"]

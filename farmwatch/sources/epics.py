@@ -560,3 +560,6 @@ def _text(raw: bytes) -> str:
 
 
 SOURCE = EpicsSource
+
+
+__all__ = ["DBR_CTRL_ENUM", "SOURCE", "CharMode", "EpicsConfig", "EpicsSource", "PVEntry", "reset_context"]

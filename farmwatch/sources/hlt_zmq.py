@@ -446,3 +446,6 @@ class HltZmqSource(Source):
 
 
 SOURCE = HltZmqSource
+
+
+__all__ = ["KNOWN_SECTIONS", "SOURCE", "HltZmqConfig", "HltZmqSource", "clean", "decode_reply", "split_identity"]

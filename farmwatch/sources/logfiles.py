@@ -698,3 +698,6 @@ def _fingerprint(fd: int, length: int) -> str:
 
 
 SOURCE = LogFilesSource
+
+
+__all__ = ["COMPRESSED", "SOURCE", "LogFilesConfig", "LogFilesSource"]

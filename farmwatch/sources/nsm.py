@@ -507,3 +507,7 @@ class NsmSource(Source):
 
 
 SOURCE = NsmSource
+
+
+__all__ = ["RUN_STATES", "SOURCE", "Late", "NsmConfig", "NsmSource", "Unavailable", "VarEntry", "bridge_pv",
+           "parse_listing", "parse_value", "run_tool"]

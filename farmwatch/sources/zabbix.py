@@ -771,3 +771,8 @@ class ZabbixContext:
 
 
 SOURCE = ZabbixSource
+
+
+__all__ = ["NUMERIC", "SEVERITIES", "SOURCE", "TEXTUAL", "Api", "ApiError", "AuthError", "Oversized",
+           "ProblemStore", "Unreachable", "ZabbixConfig", "ZabbixContext", "ZabbixSource", "glob_regex",
+           "problem_context", "series_name"]

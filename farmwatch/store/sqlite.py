@@ -994,3 +994,7 @@ def _objects(items: list) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     out[:] = items
     return out
+
+
+__all__ = ["APPLICATION", "CACHE_KIB", "DAY_MS", "FRAME_DTYPE", "ID_DTYPE", "MIGRATIONS", "Points", "Raw",
+           "SQLiteStore", "StateRow", "StoreError"]

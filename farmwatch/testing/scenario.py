@@ -48,19 +48,19 @@ from farmwatch.alerting.notifiers import RocketChatREST
 from farmwatch.alerting.rules import Rule, load_rules
 from farmwatch.alerting.ruleset import file_inhibits, shipped_rules_dir
 from farmwatch.alerting.state import AlertDB
-from farmwatch.alerting.window import Window
 from farmwatch.clock import SimClock
 from farmwatch.config.loader import parse
 from farmwatch.model import Batch, Labels, labels as make_labels
-from farmwatch.sim import SimUnit
 from farmwatch.service.runner import Runner
+from farmwatch.sim import SimUnit
 from farmwatch.sim.chat import ChatServer
-from farmwatch.sim.logs import HltLogWriter
+from farmwatch.sim.logwriters import HltLogWriter
 from farmwatch.sim.runcontrol import RunController
 from farmwatch.sources.hlt_zmq import HltZmqConfig, HltZmqSource
 from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource
 from farmwatch.store.logs import LogFeed, LogStore
 from farmwatch.store.sqlite import SQLiteStore
+from farmwatch.store.window import Window
 
 ALERTS = shipped_rules_dir() or Path(__file__).resolve().parents[2] / "alerts"
 RUN_CONTROL = "RUNCONTROL"
@@ -492,3 +492,7 @@ class Scenario:
 def describe(episodes: Iterable[Episode]) -> str:
     """Episodes one per line, for assertion messages."""
     return "\n".join(str(e) for e in episodes) or "(none)"
+
+
+__all__ = ["ALERTS", "RUN_CONTROL", "START", "ControllerRunState", "Episode", "IocRunState", "NodeLogs",
+           "Scenario", "describe", "unit_names"]

@@ -141,3 +141,6 @@ class HltLogWriter:
                      "    worker hltwk02: 20 processes, 2 dead"]
             return Written(seq, level, "\n".join(lines))
         return Written(seq, level, f"{head}  {{ module: {module} }}")
+
+
+__all__ = ["MESSAGES", "MODULES", "HltLogWriter", "Written"]

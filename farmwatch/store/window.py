@@ -1,4 +1,5 @@
-"""The recent data alert rules read: an in-memory window over the last minutes of every wanted series.
+"""The recent data that alert rules and the anomaly scorer read: an in-memory window over the last
+minutes of every wanted series (here in ``store`` so that detection and alerting both use it).
 
 Rules run every few seconds over a farm of tens of thousands of series, so reading the store for
 each rule (SQL, JSON labels, DataFrames) is far too slow; the window keeps what the rules need in
@@ -825,3 +826,6 @@ def _frame_batches(frame) -> list[Batch]:
             batch = batches[t] = Batch(t)
         batch.add(key, state if state is not None else value)
     return list(batches.values())
+
+
+__all__ = ["UNWANTED_KEYS_LIMIT", "Window"]
