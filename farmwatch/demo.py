@@ -171,7 +171,10 @@ def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
     faults, run_control = _plan()
     latest = LatestValues()
     seen_messages: dict[str, int] = {}
-    clock = SimClock(float(int(time.time())))  # simulated time starts now, so `--since 30m` finds it
+    # The simulated timeline ends when the demo does (the fast-forwarded start takes a few seconds
+    # more), never in the future: right afterwards `--since 10m` finds its last ten minutes.
+    paced_wall = (END - TRAIN_AT) / speed if speed else 0.0
+    clock = SimClock(float(int(time.time() - END + paced_wall)))
     family_series = WORKER["series"]
     with SimIOC() as ioc:
         store = SQLiteStore(store_path, retention=86400.0, clock=clock)

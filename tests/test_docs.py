@@ -29,6 +29,10 @@ def test_toml_examples_are_valid(block: str, where: str, monkeypatch) -> None:
     doc = tomllib.loads(block)
     if "rule" in doc:
         assert parse_rules(block, where)
+    elif "rule_files" in doc:  # a rule unit test file
+        from farmwatch.alerting.ruletest import RuleTestFile
+
+        RuleTestFile.model_validate(doc)
     elif set(doc) <= {"store", "log", "sources", "alerting"}:
         parse(doc, where)
     # other fragments (a single kind's keys) are checked by the tests of that kind

@@ -53,6 +53,11 @@ def _pairs(found: Mapping[str, str], keys: Iterable[str]) -> str:
     return ", ".join(f"{k}={found.get(k, '')}" for k in keys) or "all"
 
 
+def silenced_by(alert: Alert, silences: Iterable[Silence]) -> str | None:
+    """The first of ``silences`` (the active ones) that matches ``alert``: ``silence <id> by <who>``."""
+    return next((f"silence {s.id} by {s.created_by}" for s in silences if s.matches(alert)), None)
+
+
 def apply(alerts: Iterable[Alert], silences: Iterable[Silence], inhibits: Iterable[InhibitRule],
           acks: Mapping[str, Ack], now: float) -> list[tuple[str, Alert]]:
     """Set ``silenced_by``, ``inhibited_by`` and ``acked_by`` on active alerts; return what changed.
@@ -73,7 +78,7 @@ def apply(alerts: Iterable[Alert], silences: Iterable[Silence], inhibits: Iterab
     changes: list[tuple[str, Alert]] = []
     for alert in active:
         found = labelled[alert.fingerprint]
-        silenced = next((f"silence {s.id} by {s.created_by}" for s in silences if s.matches(alert)), None)
+        silenced = silenced_by(alert, silences)
         inhibited = next(
             (f"{src.rule} ({_pairs(found, rule.equal)})"
              for rule, src in sources
@@ -98,4 +103,4 @@ def apply(alerts: Iterable[Alert], silences: Iterable[Silence], inhibits: Iterab
     return changes
 
 
-__all__ = ["InhibitRule", "apply"]
+__all__ = ["InhibitRule", "apply", "silenced_by"]

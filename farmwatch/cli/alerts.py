@@ -7,46 +7,48 @@ service's next evaluation without any other channel.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from farmwatch.cli.common import (EXIT_FAIL, EXIT_OK, EXIT_USAGE, add_config, duration_arg, iso, load_settings,
-                                  time_arg, user)
+from farmwatch.cli.common import (EXIT_FAIL, EXIT_OK, UsageError, add_config, duration_arg, iso, load_settings, time_arg,
+                                  user)
+from farmwatch.cli.output import dump_json, print_table
 from farmwatch.durations import format_duration
+from farmwatch.model import format_series
+
+if TYPE_CHECKING:
+    from farmwatch.alerting.state import AlertDB
+    from farmwatch.model import Alert
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     from farmwatch.alerting.state import AlertDB
-    from farmwatch.service.assemble import open_store
+    from farmwatch.store import open_store
 
+    if args.since is not None and not args.history:
+        raise UsageError("--since goes with --history (the list shows the alerts active now; --all adds the "
+                         "recently resolved ones)")
     settings = load_settings(args.config)
-    store = open_store(settings, readonly=True)
+    store = open_store(settings.store, readonly=True)
     try:
         db = AlertDB(store)
         if args.history:
             rows = db.history(since=args.since if args.since is not None else time.time() - 86400.0)
             return _print_history(rows, args.format)
-        states = None if args.all else ["pending", "firing"]
-        alerts = db.alerts(states=states)
+        alerts = db.alerts(states=None if args.all else ["pending", "firing"])
+        _mute_marks_now(alerts, db, time.time())
     finally:
         store.close()
     if args.format == "json":
         from farmwatch.alerting.state import alert_doc
 
         for a in alerts:
-            print(json.dumps(alert_doc(a), default=str))
+            print(dump_json(alert_doc(a)))
         return EXIT_OK
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table(title=f"alerts ({len(alerts)})")
-    for col in ("state", "severity", "rule", "labels", "since", "summary", "notes", "fingerprint"):
-        t.add_column(col, overflow="fold")
     now = time.time()
+    rows = []
     for a in alerts:
         since = a.starts_at if a.state.value == "firing" else a.active_since
         if a.state.value == "resolved":
@@ -55,17 +57,32 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             a.silenced_by and f"silenced ({a.silenced_by})", a.inhibited_by and f"inhibited by {a.inhibited_by}",
             a.acked_by and f"acked by {a.acked_by}") if x)
         age = "" if since is None or math.isnan(since) else f" ({format_duration(max(0.0, now - since))} ago)"
-        cells = (a.state.value, a.severity, a.rule, ",".join(f"{k}={v}" for k, v in a.labels),
-                 iso(since) + age, a.summary, notes, a.fingerprint)
-        t.add_row(*(Text(c) for c in cells))  # Text: labels and summaries are data, not rich markup
-    Console(highlight=False).print(t)
+        rows.append((a.fingerprint[:8], a.state.value, a.severity, format_series(a.rule, a.labels), iso(since) + age,
+                     a.summary, notes))
+    print_table(f"alerts ({len(alerts)})", ("id", "state", "severity", "alert", "since", "summary", "notes"), rows,
+                wide=("alert", "since", "summary", "notes"))
     return EXIT_OK
+
+
+def _mute_marks_now(alerts: list[Alert], db: AlertDB, now: float) -> None:
+    """Silences and acks as the database holds them now, not as of the service's last evaluation:
+    an operator who just silenced or acked an alert sees it at once."""
+    from farmwatch.alerting.muting import silenced_by
+
+    silences, acks = db.silences(now), db.acks()
+    for a in alerts:
+        if a.state.value == "resolved":
+            continue  # resolved alerts keep the marks they had
+        a.silenced_by = silenced_by(a, silences)
+        ack = acks.get(a.fingerprint)
+        if ack is not None:
+            a.acked_by, a.acked_at = ack.by, ack.at
 
 
 def _print_history(rows: list[dict[str, Any]], fmt: str) -> int:
     for row in rows:
         if fmt == "json":
-            print(json.dumps(row))
+            print(dump_json(row))
         else:
             lbls = ",".join(f"{k}={v}" for k, v in row["labels"].items())
             print(f"{iso(row['ts'])}  {row['event']:<10} {row['rule']} {{{lbls}}}  {row['summary']}")
@@ -74,20 +91,18 @@ def _print_history(rows: list[dict[str, Any]], fmt: str) -> int:
 
 def cmd_silence(args: argparse.Namespace) -> int:
     from farmwatch.alerting.state import AlertDB
-    from farmwatch.service.assemble import open_store
+    from farmwatch.store import open_store
 
     settings = load_settings(args.config)
     now = time.time()
-    store = open_store(settings, readonly=args.action == "list")
+    store = open_store(settings.store, readonly=args.action == "list")
     try:
         db = AlertDB(store)
         if args.action == "add":
             try:
-                ends = now + args.duration
-                silence = db.add_silence(args.matchers, now, ends, user(args.by), args.comment)
+                silence = db.add_silence(args.matchers, now, now + args.duration, user(args.by), args.comment)
             except ValueError as exc:
-                print(f"farmwatch silence add: {exc}", file=sys.stderr)
-                return EXIT_USAGE
+                raise UsageError(str(exc)) from None
             print(f"silence {silence.id}: {' '.join(silence.matchers)} until {iso(silence.ends_at)} ({args.comment})")
         elif args.action == "expire":
             if not db.expire_silence(args.id, now):
@@ -109,10 +124,10 @@ def cmd_ack(args: argparse.Namespace) -> int:
     """Acknowledge alerts by fingerprint (prefix) or by matchers: no more reminders, the message says who."""
     from farmwatch.alerting.state import AlertDB, label_map
     from farmwatch.matchers import parse_matchers
-    from farmwatch.service.assemble import open_store
+    from farmwatch.store import open_store
 
     settings = load_settings(args.config)
-    store = open_store(settings)
+    store = open_store(settings.store)
     try:
         db = AlertDB(store)
         active = db.alerts(states=["pending", "firing"])
@@ -121,8 +136,7 @@ def cmd_ack(args: argparse.Namespace) -> int:
         try:
             parsed = parse_matchers(matchers)
         except ValueError as exc:
-            print(f"farmwatch ack: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError(str(exc)) from None
         chosen = [a for a in active
                   if (prefixes and any(a.fingerprint.startswith(p) for p in prefixes))
                   or (parsed and all(m.matches(label_map(a)) for m in parsed))]
@@ -133,10 +147,9 @@ def cmd_ack(args: argparse.Namespace) -> int:
     finally:
         store.close()
     for a in chosen:
-        print(f"acknowledged {a.fingerprint} {a.rule} {dict(a.labels)}")
+        print(f"acknowledged {format_series(a.rule, a.labels)} (id {a.fingerprint[:8]}) by {user(args.by)}"
+              + (f": {args.comment}" if args.comment else ""))
     return EXIT_OK
-
-
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -8,12 +8,12 @@ relative to the config file) as ``<family>.joblib`` + ``<family>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import TYPE_CHECKING
 
-from farmwatch.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, add_config, load_settings, time_arg
+from farmwatch.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, add_config, load_settings, time_arg
+from farmwatch.cli.output import dump_json, print_table
 
 if TYPE_CHECKING:
     from farmwatch.config.loader import Settings
@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from farmwatch.alerting.state import AlertDB
     from farmwatch.detect.persist import save
     from farmwatch.detect.training import train_from_store
-    from farmwatch.service.assemble import open_store
+    from farmwatch.store import open_store
 
     settings, detect = load_with_detect(args.config)  # a ConfigError is printed by main(), one line each
     since, until = args.since, args.until
@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"farmwatch train: {exc}", file=sys.stderr)
             return EXIT_USAGE
         log.info("extracting features on the Dask cluster at %s (tsfresh's ClusterDaskDistributor)", args.dask_scheduler)
-    store = open_store(settings, readonly=True)
+    store = open_store(settings.store, readonly=True)
     failed = 0
     try:
         alert_periods = AlertDB(store).firing_periods(until=until)
@@ -96,20 +96,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     _, detect = load_with_detect(args.config)
     folder = detect.models
     if args.action == "show":
+        saved = sorted(p.stem for p in folder.glob("*.json"))
+        if args.family not in saved:
+            raise UsageError(f"no model {args.family!r} in {folder} (saved: {', '.join(saved) or 'none; see farmwatch train'})")
         try:
             meta = read_metadata(folder / args.family)
         except IncompatibleModel as exc:
             print(str(exc), file=sys.stderr)
             return EXIT_FAIL
         meta = {k: v for k, v in meta.items() if k != "calibration"}
-        print(json.dumps(meta, indent=2))
+        print(dump_json(meta, indent=2))
         return EXIT_OK
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"models in {folder}")
-    for col in ("family", "kind", "metrics", "window/step", "trained on", "windows", "usable here"):
-        table.add_column(col)
+    rows = []
     for sidecar in sorted(folder.glob("*.json")):
         try:
             meta = read_metadata(sidecar)
@@ -122,10 +120,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             log.error("%s", exc)
             continue
         t = meta.get("trained", {})
-        table.add_row(meta.get("family", sidecar.stem), meta.get("kind", "?"), str(len(meta.get("metrics", []))),
-                      f"{meta.get('window')}/{meta.get('step')}", f"{t.get('from', '?')} … {t.get('to', '?')}",
-                      str(t.get("n_samples", "?")), usable)
-    Console().print(table)
+        rows.append((meta.get("family", sidecar.stem), meta.get("kind", "?"), str(len(meta.get("metrics", []))),
+                     f"{meta.get('window')}/{meta.get('step')}", f"{t.get('from', '?')} … {t.get('to', '?')}",
+                     str(t.get("n_samples", "?")), usable))
+    print_table(f"models in {folder}", ("family", "kind", "metrics", "window/step", "trained on", "windows",
+                                        "usable here"), rows)
     return EXIT_OK
 
 

@@ -21,9 +21,13 @@ import os
 import time
 from datetime import datetime, timezone
 
-from farmwatch.config.loader import DEFAULT_PATHS, ENV, Settings, load
+from typing import TYPE_CHECKING
+
+from farmwatch.config import DEFAULT_PATHS, ENV
 from farmwatch.durations import parse_duration, parse_time
-from farmwatch.service.logconfig import setup_logging
+
+if TYPE_CHECKING:
+    from farmwatch.config.loader import Settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -43,6 +47,9 @@ def add_config(parser: argparse.ArgumentParser) -> None:
 def load_settings(path: str | None) -> Settings:
     """The config (``-c``, ``$FARMWATCH_CONFIG`` or the default path), with farmwatch's own
     logging set up as it says."""
+    from farmwatch.config.loader import load
+    from farmwatch.service.logconfig import setup_logging
+
     settings = load(path)
     setup_logging(settings.log.level, settings.log.format)
     return settings

@@ -41,9 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from farmwatch.config.base import ConfigError
 
     args = build_parser().parse_args(argv)
-    prog = f"farmwatch {args.command}"
+    prog = " ".join(["farmwatch", args.command] + ([args.action] if getattr(args, "action", None) else []))
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met by the handler below
+        return code
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)

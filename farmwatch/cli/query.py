@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 
 from farmwatch.cli.common import EXIT_OK, UsageError, add_config, load_settings, time_arg
+from farmwatch.cli.output import dump_json, print_table
 
 
 def _format_ts(ts) -> str:
@@ -16,14 +16,14 @@ def _format_ts(ts) -> str:
 
 def cmd_query(args: argparse.Namespace) -> int:
     from farmwatch.matchers import parse_matchers
-    from farmwatch.service.assemble import open_store
+    from farmwatch.store import open_store
 
     settings = load_settings(args.config)
     try:
         matchers = parse_matchers(args.label)
     except ValueError as exc:
         raise UsageError(f"--label: {exc}") from None
-    store = open_store(settings, readonly=True)
+    store = open_store(settings.store, readonly=True)
     try:
         df = store.query(args.name, matchers, since=args.since, limit=args.limit)
     finally:
@@ -31,8 +31,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.format == "json":
         for row in df.itertuples(index=False):
-            value = row.state if isinstance(row.state, str) else (None if row.value != row.value else row.value)
-            out.write(json.dumps({"ts": _format_ts(row.ts), "name": row.name, "labels": row.labels, "value": value}) + "\n")
+            value = row.state if isinstance(row.state, str) else row.value
+            out.write(dump_json({"ts": _format_ts(row.ts), "name": row.name, "labels": row.labels, "value": value}) + "\n")
     elif args.format == "csv":
         w = csv.writer(out)
         w.writerow(["ts", "name", "labels", "value"])
@@ -40,18 +40,12 @@ def cmd_query(args: argparse.Namespace) -> int:
             w.writerow([_format_ts(row.ts), row.name, ",".join(f"{k}={v}" for k, v in row.labels.items()),
                         row.state if isinstance(row.state, str) else row.value])
     else:
-        from rich.console import Console
-        from rich.table import Table
-
         from farmwatch.model import format_series
 
-        t = Table(title=f"{args.name} ({len(df)} rows)")
-        for col in ("ts", "series", "value"):
-            t.add_column(col)
-        for row in df.itertuples(index=False):
-            t.add_row(_format_ts(row.ts), format_series(row.name, tuple(sorted(row.labels.items()))),
-                      row.state if isinstance(row.state, str) else f"{row.value:g}")
-        Console().print(t)
+        print_table(f"{args.name} ({len(df)} rows)", ("ts", "series", "value"),
+                    ((_format_ts(row.ts), format_series(row.name, tuple(sorted(row.labels.items()))),
+                      row.state if isinstance(row.state, str) else f"{row.value:g}") for row in df.itertuples(index=False)),
+                    wide=("series",))
     return EXIT_OK
 
 

@@ -1,21 +1,25 @@
-"""``farmwatch rules check`` (load and validate rule files) and ``rules test`` (replay stored data
-through the rules on a simulated clock: what would have fired)."""
+"""``farmwatch rules check`` (load and validate rule files), ``rules test`` (replay stored data
+through the rules on a simulated clock: what would have fired) and ``rules unittest`` (fixture
+series in a file, the alerts expected at given times: promtool's ``test rules``)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
 
-from farmwatch.cli.common import EXIT_OK, EXIT_USAGE, UsageError, add_config, duration_arg, iso, load_settings, time_arg
+from farmwatch.cli.common import (EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, add_config, duration_arg, iso, load_settings,
+                                  time_arg)
 from farmwatch.durations import format_duration
 
 
 def _settings(path: str | None):
     """The config when one is given or found; None (shipped rules only) when there is none."""
-    from farmwatch.config.loader import DEFAULT_PATHS, ENV
     import os
+
+    from farmwatch.config import DEFAULT_PATHS, ENV
 
     if path is None and not os.environ.get(ENV) and not any(p.is_file() for p in DEFAULT_PATHS):
         return None
@@ -26,6 +30,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
     from farmwatch.alerting.ruleset import inhibit_rules, load_rule_set
     from farmwatch.config.sections import AlertingSettings
 
+    if args.action == "unittest":
+        return _unittest(args.files)
     settings = _settings(args.config)
     alerting = settings.alerting if settings is not None else AlertingSettings()
     if args.paths:
@@ -48,14 +54,15 @@ def _backtest(settings, alerting, rules, args: argparse.Namespace) -> int:
     from farmwatch.alerting.ruleset import inhibit_rules, make_window, timers
     from farmwatch.alerting.state import AlertDB
     from farmwatch.clock import SimClock
-    from farmwatch.service.assemble import open_store
+    from farmwatch.store import open_store
 
     start, end = args.from_, args.to if args.to is not None else time.time()
     if not end > start:
         print("farmwatch rules test: --from must be before --to", file=sys.stderr)
         return EXIT_USAGE
     step = args.step or alerting.evaluation_interval
-    store = open_store(settings, readonly=True)
+    logging.getLogger("farmwatch.alerting").setLevel(logging.WARNING)  # each transition is printed below, once
+    store = open_store(settings.store, readonly=True)
     try:
         window = make_window(rules, alerting)
         names = sorted(set().union(*(r.names() for r in rules)) | {"daq.run_state", "daq.run_state_since"})
@@ -81,6 +88,21 @@ def _backtest(settings, alerting, rules, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _unittest(files: list[str]) -> int:
+    from farmwatch.alerting.ruletest import run_file
+
+    failed = total = 0
+    for path in files:
+        for outcome in run_file(path):
+            total += 1
+            print(f"{'PASS' if outcome.passed else 'FAIL'}  {path}: {outcome.name}")
+            for problem in outcome.failures:
+                print(f"      {problem}")
+            failed += not outcome.passed
+    print(f"{total} test(s), {failed} failed")
+    return EXIT_FAIL if failed else EXIT_OK
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     u = sub.add_parser("rules", help="check rule files, or replay stored data through them (backtest)")
     usub = u.add_subparsers(dest="action", required=True)
@@ -93,6 +115,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     for p in (uc, ut):
         p.add_argument("paths", nargs="*", metavar="PATH", help="rule files or folders (besides the config's)")
         add_config(p)
+    un = usub.add_parser("unittest", help="run rule unit tests: fixture series and the alerts expected at given "
+                                          "times (e.g. alerts/tests/hlt_test.toml; docs/rules.md)")
+    un.add_argument("files", nargs="+", metavar="FILE", help="test files (TOML)")
     u.set_defaults(func=cmd_rules)
 
 

@@ -27,11 +27,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _collect_once(settings, only) -> int:
-    from farmwatch.service.assemble import build_sources, log_sinks, open_store
+    from farmwatch.service.assemble import build_sources, log_sinks
+    from farmwatch.store import open_store
     from farmwatch.service.runner import Runner
 
     sources = build_sources(settings, only)
-    store = open_store(settings)
+    store = open_store(settings.store)
     runner = Runner(sources, store, log_sinks=log_sinks(settings))
     try:
         n = runner.run_once()

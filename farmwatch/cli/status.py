@@ -7,14 +7,13 @@ the exit status says healthy 0, problems 1, not answering 3).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections import defaultdict
 from typing import Any
 
 from farmwatch.cli.common import EXIT_FAIL, EXIT_OK, EXIT_UNREACHABLE, add_config, load_settings
-from farmwatch.config.base import ConfigError
+from farmwatch.cli.output import dump_json
 
 
 def scrape(url: str, timeout: float = 5.0) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -75,6 +74,8 @@ def summarize(m: dict[str, list[tuple[dict[str, str], float]]], now: float, stal
 def cmd_status(args: argparse.Namespace) -> int:
     url = args.url
     if url is None:
+        from farmwatch.config.base import ConfigError
+
         settings = load_settings(args.config)
         cfg = settings.self_metrics
         if cfg.port is None:
@@ -90,7 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     s = summarize(metrics, time.time(), args.stale_after)
     if args.format == "json":
-        print(json.dumps(s, indent=2, default=str))
+        print(dump_json(s, indent=2))
     else:
         print(f"farmwatch {s['service']} at {url}: up {s['uptime_s']:.0f} s, RSS {s['rss_bytes'] / 2**20:.0f} MiB")
         for name, src in s["sources"].items():

@@ -1,4 +1,4 @@
-"""Configuration: the building blocks every section uses, and the shared sections.
+"""Configuration: the building blocks every section uses, the shared sections, and the loader.
 
     from farmwatch.config.loader import load
     settings = load("farmwatch.toml")        # or $FARMWATCH_CONFIG, ./farmwatch.toml, /etc/farmwatch/
@@ -7,11 +7,35 @@
 ``base`` (``Section``, ``Duration``, ``ConfigError``) and ``sections`` sit at the bottom of the
 package graph so that every part can declare its own section; ``loader`` assembles a whole config
 from the parts' sections and so sits above them (import it from ``farmwatch.config.loader``).
+The names below are imported when first used (PEP 562), so that ``farmwatch --help`` does not
+pay for building the config models.
 """
 
-from farmwatch.config.base import ConfigError, Duration, Section
-from farmwatch.config.sections import (AlertingSettings, InhibitSettings, LogSettings, NotifierSettings,
-                                       SelfMetricsSettings, StoreSettings)
+import importlib
+from pathlib import Path
+from typing import Any
 
-__all__ = ["AlertingSettings", "ConfigError", "Duration", "InhibitSettings", "LogSettings", "NotifierSettings",
-           "Section", "SelfMetricsSettings", "StoreSettings"]
+ENV = "FARMWATCH_CONFIG"
+"""The environment variable naming the config file when ``-c`` is not given."""
+DEFAULT_PATHS = (Path("farmwatch.toml"), Path("/etc/farmwatch/farmwatch.toml"))
+"""Where a config is looked for when neither ``-c`` nor ``$FARMWATCH_CONFIG`` names one."""
+
+_WHERE = {
+    "ConfigError": "base", "Duration": "base", "Section": "base",
+    "AlertingSettings": "sections", "InhibitSettings": "sections", "LogSettings": "sections",
+    "NotifierSettings": "sections", "SelfMetricsSettings": "sections", "StoreSettings": "sections",
+}
+
+__all__ = ["DEFAULT_PATHS", "ENV", *sorted(_WHERE)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'farmwatch.config' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"farmwatch.config.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -8,9 +8,9 @@ so a wrong config is fixed in one round trip instead of one error at a time.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from farmwatch.durations import parse_duration
 
@@ -27,9 +27,29 @@ class ConfigError(Exception):
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors (they are almost always typos)."""
+    """Base of every config section: unknown keys are errors (they are almost always typos).
+
+    ``secrets`` names the secrets a section needs (``"token"``): the config says where each one is,
+    ``token_env`` (an environment variable) or ``token_file``, and the part reads it with
+    ``farmwatch.credentials.section_secret``. The secret itself in the config is an error that
+    says so, instead of "unknown key".
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    secrets: ClassVar[tuple[str, ...]] = ()
+    secret_aliases: ClassVar[dict[str, str]] = {}
+    """Other names users give a secret (Zabbix' ``api_token`` for ``token``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in (*cls.secrets, *cls.secret_aliases):
+                if key in data:
+                    name = cls.secret_aliases.get(key, key)
+                    raise ValueError(f"{key}: secrets never go into the config; name an environment variable or a "
+                                     f"file that holds it instead ({name}_env or {name}_file)")
+        return data
 
 
 def key_path(parts: tuple[Any, ...]) -> str:

@@ -20,16 +20,12 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from farmwatch import sources as source_registry
+from farmwatch.config import DEFAULT_PATHS, ENV
 from farmwatch.config.base import ConfigError, Section, key_path, validation_problems
 from farmwatch.config.sections import AlertingSettings, LogSettings, SelfMetricsSettings, StoreSettings
 from farmwatch.detect.settings import DetectSettings
 from farmwatch.sources.base import SourceConfig
 from farmwatch.store.elastic.config import ElasticConfig
-
-ENV = "FARMWATCH_CONFIG"
-DEFAULT_PATHS = (Path("farmwatch.toml"), Path("/etc/farmwatch/farmwatch.toml"))
-"""Where a config is looked for when neither ``-c`` nor ``$FARMWATCH_CONFIG`` names one."""
-
 
 class Settings(Section):
     """A whole validated config. ``sources`` maps the section name to the kind's own Config."""

@@ -62,6 +62,7 @@ class InhibitSettings(Section):
 class NotifierSettings(Section):
     """One place alerts go. Secrets (token, password, webhook URL) only from environment or files."""
 
+    secrets = ("token", "password")
     kind: Literal["rocketchat", "webhook", "console"]
     """`rocketchat`: REST API, one message per incident edited in place; `webhook`: incoming webhook (a new message per change); `console`: stdout."""
     url: str | None = None

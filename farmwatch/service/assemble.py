@@ -34,11 +34,6 @@ if TYPE_CHECKING:
     from farmwatch.detect.scorer import Scorer
 
 
-def open_store(settings: Settings, readonly: bool = False) -> SQLiteStore:
-    """The embedded store the config names (``[store]``)."""
-    return SQLiteStore(settings.store.path, retention=settings.store.retention, readonly=readonly)
-
-
 def build_sources(settings: Settings, only: Sequence[str] = ()) -> list[Source]:
     """The configured sources (or the ones named in ``only``), ready to poll."""
     names = list(only) or list(settings.sources)
@@ -131,4 +126,4 @@ def build_alerting(settings: Settings, store: SQLiteStore, *, clock: Clock | Non
     return Alerting(rules, window, engine, delivery, db, scorer)
 
 
-__all__ = ["Alerting", "build_alerting", "build_notifier", "build_sources", "log_sinks", "open_store"]
+__all__ = ["Alerting", "build_alerting", "build_notifier", "build_sources", "log_sinks"]

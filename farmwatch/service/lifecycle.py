@@ -20,9 +20,9 @@ from typing import Callable, Protocol
 from farmwatch.config.base import ConfigError
 from farmwatch.config.loader import Settings
 from farmwatch.service import systemd
-from farmwatch.service.assemble import open_store
 from farmwatch.service.selfmetrics import SelfMetrics
 from farmwatch.service.signals import ServiceSignals, reload
+from farmwatch.store import open_store
 from farmwatch.store.sqlite import SQLiteStore
 
 log = logging.getLogger("farmwatch")
@@ -87,7 +87,7 @@ def serve(service: str, path: str | os.PathLike[str], settings: Settings, build:
     """Run generations of ``build`` until the service is stopped; returns what all of them wrote
     and dropped. ``reopen_store``: a reload that names another ``[store]`` switches to it (a
     collector); else it is kept, with a warning (the alert state lives in the store)."""
-    store = open_store(settings)
+    store = open_store(settings.store)
     job: Job | None = None
     metrics: SelfMetrics | None = None
     totals = Totals()
@@ -115,7 +115,7 @@ def serve(service: str, path: str | os.PathLike[str], settings: Settings, build:
             if (new.settings.store.path, new.settings.store.retention) != (settings.store.path, settings.store.retention):
                 if reopen_store:
                     store.close()
-                    store = open_store(new.settings)
+                    store = open_store(new.settings.store)
                 elif new.settings.store.path != settings.store.path:
                     log.warning("reload: a new [store] path needs a restart; keeping %s", settings.store.path)
             current.close()

@@ -57,6 +57,8 @@ _NS = 1_000_000_000
 class ZabbixConfig(SourceConfig):
     """``[sources.<name>]`` with ``kind = "zabbix"``."""
 
+    secrets = ("token", "password")
+    secret_aliases = {"api_token": "token"}
     kind: Literal["zabbix"]
     interval: Duration = Field(default=30.0, gt=0)
     timeout: Duration = Field(default=10.0, gt=0)
@@ -97,17 +99,6 @@ class ZabbixConfig(SourceConfig):
     problem_limit: int = Field(default=1000, ge=1)
     backoff: Duration = Field(default=5.0, gt=0)
     backoff_max: Duration = Field(default=300.0, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_inline_secrets(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key, instead in (("token", "token_env or token_file"), ("password", "password_env or password_file"),
-                                 ("api_token", "token_env or token_file")):
-                if key in data:
-                    raise ValueError(f"{key}: secrets never go into the config; name an environment variable or "
-                                     f"a file instead ({instead})")
-        return data
 
     @field_validator("url")
     @classmethod

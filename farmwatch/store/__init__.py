@@ -7,8 +7,15 @@ index (``logs``) and, when configured, Elasticsearch (``elastic``). Parts are ty
         df = store.query("hlt.output.*", {"unit": "hlt01"}, since=time.time() - 600)
 """
 
+from farmwatch.config.sections import StoreSettings
 from farmwatch.matchers import Matcher, parse_matchers
 from farmwatch.store.protocol import SampleStore
 from farmwatch.store.sqlite import SQLiteStore, StoreError
 
-__all__ = ["Matcher", "SQLiteStore", "SampleStore", "StoreError", "parse_matchers"]
+
+def open_store(settings: StoreSettings, readonly: bool = False) -> SQLiteStore:
+    """The embedded store a config's ``[store]`` names (``readonly``: for commands that only read)."""
+    return SQLiteStore(settings.path, retention=settings.retention, readonly=readonly)
+
+
+__all__ = ["Matcher", "SQLiteStore", "SampleStore", "StoreError", "open_store", "parse_matchers"]

@@ -20,6 +20,7 @@ CLIENT_MAJOR = int(version("elasticsearch").split(".")[0])
 class ElasticConfig(Section):
     """The ``[elastic]`` section. Credentials only via ``*_env`` (variable name) or ``*_file`` (path)."""
 
+    secrets = ("api_key", "password")
     hosts: list[str] = Field(default_factory=lambda: ["http://localhost:9200"], min_length=1)
     index_prefix: str = "farmwatch"
     """Logs go to ``<prefix>-logs`` (data stream) or ``<prefix>-logs-YYYY.MM.DD`` (daily, UTC)."""
