@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from farmwatch.clock import SimClock  # noqa: E402
-from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource  # noqa: E402
+from farmwatch.sources.logfiles.source import LogFilesConfig, LogFilesSource  # noqa: E402
 from farmwatch.store.elastic import bulk_body  # noqa: E402
 from farmwatch.sources.base import LogBatch  # noqa: E402
 

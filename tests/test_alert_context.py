@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farmwatch.sources.zabbix import ZabbixContext
+from farmwatch.sources.zabbix.source import ZabbixContext
 from farmwatch.alerting.dispatch import Timers
 from farmwatch.alerting.engine import AlertEngine
 from farmwatch.alerting.message import render

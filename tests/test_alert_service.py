@@ -106,6 +106,7 @@ def _incident(chat: ChatServer, unit: SimUnit, procs: list[subprocess.Popen]) ->
     assert "Unit hlt07: input stalled (0 events/s)" in msg.text and len(msg.history) == 2
 
 
+@pytest.mark.slow
 def test_run_collects_evaluates_and_notifies_in_one_process(tmp_path: Path, unit: SimUnit, chat: ChatServer) -> None:
     cfg, env = _config(tmp_path, unit, chat)
     proc = subprocess.Popen([sys.executable, "-m", "farmwatch", "run", "-c", str(cfg)], env=env,
@@ -119,6 +120,7 @@ def test_run_collects_evaluates_and_notifies_in_one_process(tmp_path: Path, unit
     assert "FIRING UnitInputStalled" in err and "RESOLVED UnitInputStalled" in err
 
 
+@pytest.mark.slow
 def test_watch_alerts_from_the_store_that_a_collector_writes(tmp_path: Path, unit: SimUnit, chat: ChatServer) -> None:
     cfg, env = _config(tmp_path, unit, chat)
     cmd = [sys.executable, "-m", "farmwatch"]

@@ -107,6 +107,7 @@ DEMO_FAULTS = ("HltWorkersDied", "AnomalyScoreHigh", "HltLogErrorBurst", "HltEve
                "HltHistogramsNotMerged", "HltProxyHistogramsNotMerged", "HltProxyHistoServerDown", "HltRunStopIncomplete")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # ~2 min of CPU (shared with the notebook tests); a loaded machine takes a few times that
 def test_demo_runs_the_scenario_and_every_fault_reaches_chat(demo_run):
     out_dir, out = demo_run

@@ -185,6 +185,7 @@ def _filled_store(tmp_path: Path) -> Path:
     ["logs", "search", "--limit", "3000"], ["alerts", "--history", "--since", "2h"],
     ["rules", "test", "--from", "50m", "--step", "1s", "{flap}"],
 ])
+@pytest.mark.slow
 def test_a_closed_pipe_ends_the_command_quietly(argv, tmp_path):
     cfg = _filled_store(tmp_path)
     argv = [a.replace("{flap}", str(tmp_path / "flap.toml")) for a in argv]
@@ -445,6 +446,7 @@ def test_expanding_notation_is_promtools():
 
 
 # ------------------------------------------------------------------------------ demo
+@pytest.mark.slow
 def test_the_demo_timeline_ends_at_the_wall_clock_time(demo_run):
     """Right after the demo, `--since 10m` finds its last minutes and nothing in the future."""
     out, done = demo_run

@@ -258,6 +258,7 @@ def test_train_command_reports_config_problems_in_one_line_each(tmp_path, capsys
     assert "no family nodes (have: worker)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_train_on_a_dask_cluster_gives_the_same_model(tmp_path, capsys):
     """`farmwatch train --dask-scheduler ADDRESS` extracts the features on a real Dask cluster with

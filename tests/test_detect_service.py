@@ -36,7 +36,7 @@ from farmwatch.detect.training import entity_frames, train_from_store
 from farmwatch.model import AlertState
 from farmwatch.service.runner import Runner
 from farmwatch.sim import SimUnit
-from farmwatch.sources.hlt_zmq import HltZmqSource
+from farmwatch.sources.hlt_zmq.source import HltZmqSource
 from farmwatch.store.sqlite import SQLiteStore
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z

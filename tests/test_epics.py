@@ -17,9 +17,11 @@ import pytest
 from farmwatch.config import ConfigError
 from farmwatch.config.loader import parse
 from farmwatch.model import labels
-from farmwatch.sources import epics as epics_source
-from farmwatch.sources.epics import EpicsSource
+from farmwatch.sources.epics import source as epics_source
+from farmwatch.sources.epics.source import EpicsSource
 from sim_helpers import real_ioc
+
+pytestmark = [pytest.mark.real]
 
 
 RC = "B2_nsm:get:RUNCONTROL:rcstate"

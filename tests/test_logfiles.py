@@ -18,7 +18,7 @@ from farmwatch.clock import RealClock, SimClock
 from farmwatch.config.loader import parse
 from farmwatch.service.runner import Runner
 from farmwatch.sim.logwriters import HltLogWriter
-from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource
+from farmwatch.sources.logfiles.source import LogFilesConfig, LogFilesSource
 from farmwatch.store import SQLiteStore
 from farmwatch.sources.base import LogBatch
 from farmwatch.store.logs import LogStore
@@ -469,5 +469,5 @@ def test_config_errors_name_the_key():
 def test_shipped_example_config_is_valid():
     from farmwatch.config.loader import load
 
-    settings = load(Path(__file__).resolve().parent.parent / "collectors" / "logs.toml")
+    settings = load(Path(__file__).resolve().parent.parent / "collectors" / "logfiles.toml")
     assert any(s.kind == "logfiles" for s in settings.sources.values())

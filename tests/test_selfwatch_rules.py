@@ -13,7 +13,7 @@ from farmwatch.config.loader import parse
 from farmwatch.service.runner import Runner
 from farmwatch.sim import SimUnit
 from farmwatch.testing.scenario import ALERTS
-from farmwatch.sources.hlt_zmq import HltZmqSource
+from farmwatch.sources.hlt_zmq.source import HltZmqSource
 from farmwatch.store import SQLiteStore
 
 pytestmark = pytest.mark.timeout(60)

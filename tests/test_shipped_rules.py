@@ -24,7 +24,7 @@ from farmwatch.alerting.rules import load_rules
 from farmwatch.testing.scenario import ALERTS, START, IocRunState, Scenario, describe
 from sim_helpers import real_ioc
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
 INTERVAL = 2.0
 WARMUP = 60.0

@@ -647,6 +647,7 @@ def write_concurrently(path: str, writer: int, start: multiprocessing.synchroniz
             store.write(Batch(T0 + b * WRITERS + writer, keys, [float(writer)] * PER_BATCH))
 
 
+@pytest.mark.slow
 def test_concurrent_writer_processes_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "farm.db"
     ctx = multiprocessing.get_context("spawn")
@@ -677,6 +678,7 @@ def open_new_files(folder: str, rounds: int, start: multiprocessing.synchronize.
         raise
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_file_at_once(tmp_path: Path) -> None:
     """Switching a new file to WAL mode answers "locked" at once to the losers of the race."""
     ctx = multiprocessing.get_context("spawn")

@@ -11,9 +11,9 @@ The names below are imported when first used (PEP 562), so that ``farmwatch --he
 pay for building the config models.
 """
 
-import importlib
 from pathlib import Path
-from typing import Any
+
+from farmwatch.lazy import exports
 
 ENV = "FARMWATCH_CONFIG"
 """The environment variable naming the config file when ``-c`` is not given."""
@@ -28,14 +28,4 @@ _WHERE = {
 
 __all__ = ["DEFAULT_PATHS", "ENV", *sorted(_WHERE)]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'farmwatch.config' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"farmwatch.config.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = exports(__name__, _WHERE)

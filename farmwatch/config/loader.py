@@ -64,12 +64,12 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
             continue
         kind = body.get("kind")
         try:
-            cls = source_registry.source_class(kind)
+            model = source_registry.config_class(kind)
         except LookupError as exc:
             problems.append(f"{where}: {key_path(loc + ('kind',))}: {exc}")
             continue
         try:
-            validated[name] = cls.Config.model_validate(body)
+            validated[name] = model.model_validate(body)
         except ValidationError as exc:
             problems += validation_problems(exc, where, loc)
 

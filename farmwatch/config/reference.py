@@ -1,9 +1,11 @@
-"""The configuration reference, generated from the config models themselves.
+"""The references generated from the code: docs/config.md, docs/series.md and collectors/*.toml.
 
 Every key a config file may contain is a field of a pydantic model (``farmwatch.config.sections``
-for the shared sections, each source kind's ``Config``, ``ElasticConfig``, ``DetectSettings``); their types, defaults and
-docstrings are the truth. ``farmwatch config-reference`` prints this as Markdown; docs/config.md is
-its output, and a test fails when the two differ, so the reference cannot drift from the code.
+for the shared sections, each source kind's ``Config``, ``ElasticConfig``, ``DetectSettings``);
+their types, defaults and docstrings are the truth. Each source carries its series documentation
+(``series.md``) and a commented collector config (``sample.toml``) in its own folder. ``make docs``
+(``python -m farmwatch.config.reference``) writes the files; a test fails when one is not current,
+so a new source is its folder and its test, and nothing elsewhere is edited by hand.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import inspect
 import json
 import types
 import typing
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, Iterator
 
 from pydantic import BaseModel
@@ -21,7 +23,7 @@ from pydantic_core import PydanticUndefined
 from farmwatch.config import sections as config
 from farmwatch.detect.settings import DetectSettings, FamilySettings
 from farmwatch.durations import format_duration
-from farmwatch.sources import known_kinds, source_class
+from farmwatch.sources import known_kinds, source_class, source_file
 from farmwatch.store.elastic.config import ElasticConfig
 
 HEADER = """# Configuration reference
@@ -104,8 +106,7 @@ def sections() -> Iterator[tuple[str, type[BaseModel], str, tuple[str, ...]]]:
     for kind in known_kinds():
         cls = source_class(kind)
         intro = (inspect.getdoc(inspect.getmodule(cls)) or "").split("\n\n")[0].replace("\n", " ").replace("``", "`")
-        example = {"logfiles": "logs"}.get(kind, kind.replace("_", "-"))
-        intro += f" Example: `collectors/{example}.toml`."
+        intro += f" Example: `{collector_path(kind)}`."
         yield f'[sources.NAME] kind = "{kind}"', cls.Config, intro, ("kind",)
 
 
@@ -116,4 +117,44 @@ def reference() -> str:
     return "\n".join(out)
 
 
-__all__ = ["reference", "sections", "table"]
+SERIES_HEADER = """# Series farmwatch produces
+
+A series is a name plus labels (`name{label=value,…}`); its samples are numbers, or *state values*
+(strings such as `connected`), which are stored when they change. Timestamps are the start of the
+poll cycle (UTC), so all endpoints of one cycle line up.
+"""
+
+
+def series_reference() -> str:
+    """docs/series.md: every source's ``series.md``, then farmwatch's own and the anomaly scores."""
+    parts = [SERIES_HEADER] + [source_file(kind, "series.md") for kind in known_kinds()]
+    here = Path(__file__).resolve().parent.parent
+    parts += [(here / "service" / "series.md").read_text(encoding="utf-8"),
+              (here / "detect" / "series.md").read_text(encoding="utf-8")]
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts)
+
+
+def collector_path(kind: str) -> str:
+    """Where the example collector config of a source kind is: ``collectors/hlt-zmq.toml``."""
+    return f"collectors/{kind.replace('_', '-')}.toml"
+
+
+def generated() -> dict[str, str]:
+    """Every generated file: path relative to the repository → its content."""
+    files = {"docs/config.md": reference(), "docs/series.md": series_reference()}
+    files.update({collector_path(kind): source_file(kind, "sample.toml") for kind in known_kinds()})
+    return files
+
+
+def main() -> int:
+    """Write the generated files into the current folder (the repository): ``make docs``."""
+    for path, text in generated().items():
+        Path(path).write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
+__all__ = ["collector_path", "generated", "reference", "sections", "series_reference", "table"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,8 +20,7 @@ The names below are imported when first used (PEP 562): the services and the con
 ``farmwatch.detect.settings`` without paying for pandas, scikit-learn and joblib.
 """
 
-import importlib
-from typing import Any
+from farmwatch.lazy import exports
 
 _WHERE = {
     "default_warmup": "api", "score_frame": "api", "stream_scores": "api",
@@ -34,14 +33,4 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'farmwatch.detect' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"farmwatch.detect.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = exports(__name__, _WHERE)

@@ -26,7 +26,7 @@ from farmwatch.config.sections import NotifierSettings
 from farmwatch.credentials import section_secret
 from farmwatch.sources import source_class
 from farmwatch.sources.base import Source
-from farmwatch.sources.zabbix import ZabbixContext
+from farmwatch.sources.zabbix.source import ZabbixContext
 from farmwatch.store.logs import LogFeed, LogSink, wants_logs
 from farmwatch.store.sqlite import SQLiteStore
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from farmwatch.clock import SimClock
 from farmwatch.sim.unit import SimUnit
-from farmwatch.sources.hlt_zmq import decode_reply
+from farmwatch.sources.hlt_zmq.source import decode_reply
 
 KINDS = ("decline", "latency", "oscillation", "stuck")
 NODE_METRICS = ("sent_rate", "accepted_rate", "credits")

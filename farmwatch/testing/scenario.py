@@ -56,8 +56,8 @@ from farmwatch.sim import SimUnit
 from farmwatch.sim.chat import ChatServer
 from farmwatch.sim.logwriters import HltLogWriter
 from farmwatch.sim.runcontrol import RunController
-from farmwatch.sources.hlt_zmq import HltZmqConfig, HltZmqSource
-from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource
+from farmwatch.sources.hlt_zmq.source import HltZmqConfig, HltZmqSource
+from farmwatch.sources.logfiles.source import LogFilesConfig, LogFilesSource
 from farmwatch.store.logs import LogFeed, LogStore
 from farmwatch.store.sqlite import SQLiteStore
 from farmwatch.store.window import Window
@@ -152,7 +152,7 @@ class IocRunState:
     a CA monitor update and every state carries the simulated time it happened at."""
 
     def __init__(self, rc: RunController, ioc, clock: SimClock, timeout: float = 10.0) -> None:
-        from farmwatch.sources.nsm import NsmSource
+        from farmwatch.sources.nsm.source import NsmSource
 
         body = {"kind": "nsm", "interval": "1s", "timeout": "500ms", "missing_after": "2s", **ioc.ca_config,
                 "vars": [{"node": rc.node, "var": "rcstate"}], "run_control": rc.node}

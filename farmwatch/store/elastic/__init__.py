@@ -36,8 +36,7 @@ The names below are imported when first used (PEP 562): reading a config imports
 not the client library.
 """
 
-import importlib
-from typing import Any
+from farmwatch.lazy import exports
 
 _WHERE = {
     "make_client": "client", "CLIENT_MAJOR": "config", "ElasticConfig": "config",
@@ -48,14 +47,4 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'farmwatch.store.elastic' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"farmwatch.store.elastic.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = exports(__name__, _WHERE)
