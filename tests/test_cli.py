@@ -54,6 +54,7 @@ def test_python_dash_m_mirrors_the_console_script():
     assert out.returncode == 0 and out.stdout.startswith("farmwatch ")
 
 
+@pytest.mark.slow
 def test_collect_stops_cleanly_on_sigterm_with_everything_written(config, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "farmwatch", "collect", "-c", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -70,6 +71,7 @@ def test_collect_stops_cleanly_on_sigterm_with_everything_written(config, tmp_pa
     assert stored_rows(db) == int(m.group(1))  # every sample the runner counted is in the file
 
 
+@pytest.mark.slow
 def test_collect_once_then_query_in_every_format(config, tmp_path):
     assert farmwatch("collect", "-c", str(config), "--once").returncode == 0
     time.sleep(1.0)

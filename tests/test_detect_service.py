@@ -171,6 +171,7 @@ def test_scoring_pauses_while_the_run_is_not_running_and_until_a_window_of_the_n
     assert scorer.stats()["worker_paused_steps"] == 2
 
 
+@pytest.mark.slow
 def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(farm):
     alerting = build_alerting(farm.settings, farm.store, clock=farm.clock, notifiers={})
     assert "AnomalyScoreHigh" in {r.name for r in alerting.rules}

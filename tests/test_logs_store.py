@@ -221,6 +221,7 @@ def test_cli_follow_prints_new_records_as_they_are_stored(collected: Path):
     assert proc.returncode in (0, -15)
 
 
+@pytest.mark.slow
 def test_collect_ships_to_elasticsearch_too_and_search_reads_it_back(collected: Path):
     """With an ``[elastic]`` section the same records also go to Elasticsearch (here the
     protocol-level server of ``farmwatch.sim.es_cluster`` on loopback), with the same ids, and

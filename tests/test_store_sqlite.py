@@ -291,6 +291,7 @@ def write_changing_key_sets(path: str, cycles: int, started: multiprocessing.syn
             started.set()
 
 
+@pytest.mark.slow
 def test_frames_survive_reopen_and_another_process_reads_while_one_writes(tmp_path: Path) -> None:
     path = tmp_path / "farm.db"
     SQLiteStore(path).close()
@@ -700,6 +701,7 @@ def write_slowly(path: str, batches: int, started: multiprocessing.synchronize.E
             started.set()
 
 
+@pytest.mark.slow
 def test_readonly_store_queries_while_another_process_writes(tmp_path: Path) -> None:
     path = tmp_path / "farm.db"
     SQLiteStore(path).close()

@@ -100,6 +100,7 @@ def test_watchdog_pings_only_while_the_work_makes_progress(notify_socket):
         dog.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_collect_service_says_ready_pings_and_says_stopping(tmp_path, notify_socket):
     """`farmwatch collect` as systemd starts it (Type=notify, WatchdogSec=1s): READY=1 once the
@@ -202,6 +203,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_self_metrics_endpoint_is_scraped_and_status_reads_it(tmp_path):
     """`farmwatch run` with [self_metrics]: a Prometheus scrape shows sources, targets, store and

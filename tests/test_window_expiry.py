@@ -49,6 +49,7 @@ def test_forget_after_must_cover_the_horizon():
     assert Window().forget_after == 86400.0
 
 
+@pytest.mark.slow
 def test_churning_worker_pids_keep_the_window_bounded():
     """8 nodes × 20 workers get new pids every hour for 3 days: the window keeps about the live
     ones plus those not yet ``forget_after`` old, not all 11,520 that ever existed."""
@@ -265,6 +266,7 @@ def _snapshot(window: Window, times: list[float]) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_compaction_keeps_history_values_states_and_rule_results():
     """Two units under the shipped rules, plus the series of a unit removed long ago: forgetting it
     and then reclaiming its ids changes nothing for the rest, before or after, nor later on."""

@@ -35,7 +35,9 @@ class Section(BaseModel):
     says so, instead of "unknown key".
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # The docstring under each field documents it (docs/config.md, ``config.reference.attribute_docs``);
+    # pydantic's use_attribute_docstrings would parse every section's source at every start instead.
+    model_config = ConfigDict(extra="forbid", frozen=True)
     secrets: ClassVar[tuple[str, ...]] = ()
     secret_aliases: ClassVar[dict[str, str]] = {}
     """Other names users give a secret (Zabbix' ``api_token`` for ``token``)."""

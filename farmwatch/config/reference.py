@@ -10,8 +10,10 @@ so a new source is its folder and its test, and nothing elsewhere is edited by h
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
+import textwrap
 import types
 import typing
 from pathlib import Path, PurePath
@@ -81,14 +83,35 @@ def _is_duration(field: Any) -> bool:
     return any("duration" in repr(m).lower() for m in field.metadata) or "Duration" in repr(field.annotation)
 
 
+def attribute_docs(model: type[BaseModel]) -> dict[str, str]:
+    """The docstring written under each field of ``model`` and its bases (read here, for the
+    reference, rather than by pydantic at every start: parsing the classes' source costs time)."""
+    docs: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or cls is BaseModel:
+            continue
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+        except (OSError, TypeError, IndexError):
+            continue
+        for node, after in zip(body, body[1:] + [None]):
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            docs.pop(node.target.id, None)  # a field redefined without a docstring has none (as in pydantic)
+            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
 def table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> Iterator[str]:
     yield "| key | type | default | meaning |"
     yield "|---|---|---|---|"
+    docs = attribute_docs(model)
     for name, field in model.model_fields.items():
         if name in skip:
             continue
         type_text = "duration" if _is_duration(field) else _type(field.annotation)
-        doc = " ".join((field.description or "").split()).replace("|", "\\|").replace("``", "`")
+        doc = " ".join((field.description or docs.get(name, "")).split()).replace("|", "\\|").replace("``", "`")
         yield f"| `{name}` | {type_text} | {_default(field, type_text)} | {doc} |"
 
 
@@ -154,7 +177,7 @@ def main() -> int:
     return 0
 
 
-__all__ = ["collector_path", "generated", "reference", "sections", "series_reference", "table"]
+__all__ = ["attribute_docs", "collector_path", "generated", "reference", "sections", "series_reference", "table"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

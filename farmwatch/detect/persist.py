@@ -16,16 +16,18 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import joblib
 import numpy as np
-import sklearn
 
 import farmwatch
-from farmwatch.detect.models import FamilyModel
-from farmwatch.detect.scoring import Calibrator
+
+if TYPE_CHECKING:  # imported where a model is saved or loaded: reading sidecars (`models list`) stays cheap
+    from farmwatch.detect.models import FamilyModel
+
+SKLEARN_VERSION = version("scikit-learn")
 
 FORMAT = 1
 
@@ -36,7 +38,7 @@ class IncompatibleModel(Exception):
 
 def versions() -> dict[str, str]:
     """Library versions that decide whether a saved model can be loaded."""
-    return {"numpy": np.__version__, "sklearn": sklearn.__version__,
+    return {"numpy": np.__version__, "sklearn": SKLEARN_VERSION,
             "farmwatch": getattr(farmwatch, "__version__", "0"), "python": platform.python_version()}
 
 
@@ -78,6 +80,8 @@ def save(model: FamilyModel, path: str | Path) -> tuple[Path, Path]:
                "center": model.center, "scale": model.scale, "ignored": model.ignored,
                "peer_scale": model.peer_scale}
     tmp = model_path.with_name(model_path.name + ".tmp")
+    import joblib
+
     joblib.dump(payload, tmp)
     meta = metadata(model)
     meta["sha256"] = _sha256(tmp)
@@ -105,9 +109,9 @@ def check(meta: dict[str, Any], where: str, *, features: Sequence[str] | None = 
     if meta.get("format") != FORMAT:
         raise IncompatibleModel(f"{where}: model format {meta.get('format')!r}, this farmwatch reads {FORMAT}: retrain it")
     saved = str(meta.get("versions", {}).get("sklearn", "?"))
-    if _major_minor(saved) != _major_minor(sklearn.__version__):
+    if _major_minor(saved) != _major_minor(SKLEARN_VERSION):
         raise IncompatibleModel(
-            f"{where}: trained with scikit-learn {saved}, but {sklearn.__version__} is installed "
+            f"{where}: trained with scikit-learn {saved}, but {SKLEARN_VERSION} is installed "
             f"(models only load with the same major.minor): retrain it with 'farmwatch train'")
     saved_np = str(meta.get("versions", {}).get("numpy", "?"))
     if saved_np.split(".")[0] != np.__version__.split(".")[0]:
@@ -132,6 +136,11 @@ def load(path: str | Path, *, features: Sequence[str] | None = None, window: int
     if meta.get("sha256") != _sha256(model_path):
         raise IncompatibleModel(f"{model_path}: does not match its sidecar {meta_path.name} (checksum differs): "
                                 f"copy both files together or retrain")
+    import joblib
+
+    from farmwatch.detect.models import FamilyModel
+    from farmwatch.detect.scoring import Calibrator
+
     payload = joblib.load(model_path)
     cal = meta["calibration"]
     return FamilyModel(
