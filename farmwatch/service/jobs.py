@@ -17,7 +17,7 @@ from typing import Sequence
 from farmwatch.config.loader import Settings
 from farmwatch.service.assemble import Alerting, build_alerting, build_sources, log_sinks
 from farmwatch.service.lifecycle import Beat
-from farmwatch.service.runner import Runner
+from farmwatch.service.runner import Listener, Runner
 from farmwatch.service.selfmetrics import SelfMetrics
 from farmwatch.sources.base import Source
 from farmwatch.store.logs import LogSink
@@ -34,8 +34,14 @@ def _sources_stale_after(sources: Sequence[Source]) -> float:
     return 3 * max((s.interval for s in sources), default=1.0) + 30
 
 
-def _elastic_stats(metrics: SelfMetrics, sinks: Sequence[LogSink]) -> None:
-    metrics.set_stats("elastic", [sink.stats for sink in sinks if hasattr(sink, "stats")])
+def _runner(sources: Sequence[Source], store: SQLiteStore, sinks: Sequence[LogSink], beat: Beat,
+            metrics: SelfMetrics | None, first: Sequence[Listener] = ()) -> Runner:
+    """The sources → store runner of a generation, with the watchdog and self-metrics listening."""
+    runner = Runner(sources, store, listeners=[*first, beat] + ([metrics.listener] if metrics else []), log_sinks=sinks)
+    if metrics:
+        metrics.runner = runner
+        metrics.set_stats("elastic", [sink.stats for sink in sinks if hasattr(sink, "stats")])
+    return runner
 
 
 def _scorer_stats(metrics: SelfMetrics, alerting: Alerting) -> None:
@@ -60,11 +66,7 @@ class CollectJob:
         return f"{len(self.sources)} source(s)"
 
     def run(self, store: SQLiteStore, wake: threading.Event, beat: Beat, metrics: SelfMetrics | None) -> None:
-        runner = Runner(self.sources, store, listeners=[beat] + ([metrics.listener] if metrics else []),
-                        log_sinks=self.sinks)
-        if metrics:
-            metrics.runner = runner
-            _elastic_stats(metrics, self.sinks)
+        runner = _runner(self.sources, store, self.sinks, beat, metrics)
         runner.run(wake)
         self.written, self.dropped = runner.written, runner.dropped
 
@@ -101,11 +103,9 @@ class RunJob:
 
     def run(self, store: SQLiteStore, wake: threading.Event, beat: Beat, metrics: SelfMetrics | None) -> None:
         alerting = self.alerting
-        runner = Runner(self.sources, store, listeners=[alerting.window, beat] + ([metrics.listener] if metrics else []),
-                        log_sinks=self.sinks)
+        runner = _runner(self.sources, store, self.sinks, beat, metrics, first=[alerting.window])
         if metrics:
-            metrics.runner, metrics.engine, metrics.delivery = runner, alerting.engine, alerting.delivery
-            _elastic_stats(metrics, self.sinks)
+            metrics.engine, metrics.delivery = alerting.engine, alerting.delivery
             _scorer_stats(metrics, alerting)
         threads = [
             threading.Thread(target=alerting.engine.run, args=(wake, self.settings.alerting.evaluation_interval),
