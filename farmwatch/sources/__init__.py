@@ -11,6 +11,7 @@ one new folder and its test.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.resources
 import pkgutil
@@ -23,10 +24,13 @@ if TYPE_CHECKING:
 _NOT_KINDS = {"base"}
 
 
-def known_kinds() -> list[str]:
+@functools.cache
+def known_kinds() -> tuple[str, ...]:
+    """The built-in kinds (the folders here) and those of installed plugins; looked up once per
+    process (scanning the installed packages' entry points costs more than reading a config)."""
     builtin = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name not in _NOT_KINDS]
     plugins = [ep.name for ep in entry_points(group="farmwatch.sources")]
-    return sorted(set(builtin) | set(plugins))
+    return tuple(sorted(set(builtin) | set(plugins)))
 
 
 def source_class(kind: object) -> type["Source"]:
