@@ -339,13 +339,25 @@ def _backtest(settings, alerting, rules, args: argparse.Namespace) -> int:
     step = parse_duration(args.step) if args.step else alerting.evaluation_interval
     store = _open_store(settings, readonly=True)
     try:
-        window = make_window(rules, alerting)
-        names = sorted(set().union(*(r.names() for r in rules)) | {"daq.run_state", "daq.run_state_since"})
+        scorer = None
+        if settings.detect is not None and settings.detect.families:
+            from farmwatch.detect.service import Scorer
+
+            scorer = Scorer(settings.detect)  # the trained models score the replayed history; nothing is written
+        extra = scorer.names() if scorer else set()
+        window = make_window(rules, alerting, extra=extra, min_horizon=scorer.horizon() if scorer else 0.0)
+        names = set().union(*(r.names() for r in rules)) | {"daq.run_state", "daq.run_state_since"} | extra
+        if scorer:  # the models' scores of this replay, not what a service stored then
+            names -= {"anomaly.score", "anomaly.surprise", "anomaly.explanation"}
+        names = sorted(names)
         clock = SimClock(start)
         timers = Timers(tuple(alerting.group_by), alerting.group_wait, alerting.group_interval, alerting.repeat_interval,
                     alerting.new_alert_wait)
         engine = AlertEngine(rules, window, AlertDB(store), timers=timers, notifiers=["backtest"],
                              inhibits=inhibit_rules(alerting), clock=clock, persist=False)
+        if scorer:
+            scorer.window = window
+            engine.before_rules.append(scorer.step)
         window.load(store, start - window.horizon, start, names)
         t, fired, notes = start, 0, 0
         while t <= end:
