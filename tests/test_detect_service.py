@@ -142,7 +142,7 @@ def test_the_scorer_builds_the_same_features_as_training(farm):
 
 def test_scoring_pauses_while_the_run_is_not_running_and_until_a_window_of_the_new_run(farm):
     """Models learn RUNNING only: a run stop must not look like every node failing at once. While the
-    window knows a run state other than RUNNING nothing is scored, nor until a whole family window
+    window knows a run state other than RUNNING nothing is scored, nor until two whole family windows
     (30 × 4 s) of the new run has passed; the pauses are counted. Without a run state (a site
     without run control) scoring goes on, as the other tests show."""
     from farmwatch.model import Batch, labels
@@ -163,10 +163,10 @@ def test_scoring_pauses_while_the_run_is_not_running_and_until_a_window_of_the_n
     ended = scorer.step(now)  # the pause begins: every score series gets NaN (no alert lives on stale scores)
     assert {dict(k[1])["host"] for b in ended for k in b.keys} == set(farm.unit.nodes)
     assert all(math.isnan(v) for b in ended for v in b.values) and scorer.stats()["worker_paused_steps"] == 1
-    state("RUNNING", now - 60, now)  # started a minute ago: the 2-minute windows still hold the stop
+    state("RUNNING", now - 200, now)  # started 200 s ago: the first 2-minute window after it holds the start-up
     assert scorer.step(now) == [] and scorer.stats()["worker_paused_steps"] == 2
     assert scorer.stats()["worker_entities_scored"] == 0
-    state("RUNNING", now - 125, now)
+    state("RUNNING", now - 245, now)
     scored = scorer.step(now)
     assert {dict(k[1])["host"] for b in scored for k in b.keys} == set(farm.unit.nodes)
     assert scorer.stats()["worker_paused_steps"] == 2

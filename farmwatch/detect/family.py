@@ -16,7 +16,7 @@ import pandas as pd
 from farmwatch.detect import features as feats
 from farmwatch.detect.frames import column_names, entity_features, filled
 from farmwatch.detect.models import MIN_PEERS, Explanation, FamilyModel, train
-from farmwatch.detect.scoring import combine, score_of
+from farmwatch.detect.scoring import score_of
 
 
 def _grid(frame: pd.DataFrame, freq: str | None) -> pd.DataFrame:
@@ -142,7 +142,7 @@ def score_history(model: FamilyModel, frames: Mapping[str, pd.DataFrame], freq: 
         for i in range(T):
             pz = model.peer_z(cube[i])
             peer[i] = model.peer_calibrator.surprise(np.max(np.abs(pz), axis=1))
-        total = combine(total, peer)
+        total = model.combined(total, peer)
     out = pd.DataFrame(total if surprise else score_of(total), index=index[model.window - 1:], columns=names)
     if since is not None:
         start = pd.Timestamp(since, unit="s", tz="UTC") if isinstance(since, (int, float)) else pd.Timestamp(since)

@@ -46,6 +46,7 @@ PEER_FLOOR = 0.1  # peer scale never below this fraction of the feature's traini
 FOLDS = 3
 FOLD_CHUNKS = 30
 MAX_FIT_ROWS = 10_000
+MIN_CALIBRATION_ROWS = 50  # rows with model and peers for their joint calibration
 
 MODELS: dict[str, Callable[..., Any]] = {}
 
@@ -183,6 +184,7 @@ class FamilyModel:
     correlations: Correlations | None = None
     t2_calibrator: Calibrator | None = None
     spe_calibrator: Calibrator | None = None
+    total_calibrator: Calibrator | None = None
     peer_scale: np.ndarray | None = None
     target_false_alarm: float = 0.01
     trained: dict[str, Any] = field(default_factory=dict)
@@ -238,14 +240,15 @@ class FamilyModel:
         return total
 
     def calibrate(self, raw: np.ndarray, Z: np.ndarray, random_state: int = 0,
-                  folds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+                  folds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
         """Fit the parts' calibrations and the joint one from the detector's raw statistic on
         normal rows and their robust z-scores ``Z``.
 
         The cross-metric part is calibrated on out-of-fold rows when ``folds`` (held-out block,
         rest) are given: a principal subspace fitted to a few hundred rows of dozens of features
         fits those rows far better than new ones, and in-sample calibration then flags normal
-        windows (seen in the demo, trained on seven minutes).
+        windows (seen in the demo, trained on seven minutes). Returns the model surprises of the
+        rows as new rows would get them (for the calibration of model and peers together).
         """
         self.calibrator = Calibrator.fit(raw)
         self.range_calibrator = Calibrator.fit(np.max(np.abs(Z), axis=1))
@@ -260,8 +263,19 @@ class FamilyModel:
             corr = (t2, spe)
             self.t2_calibrator = Calibrator.fit(t2)
             self.spe_calibrator = Calibrator.fit(spe) if self.correlations.has_residual else None
-        self.joint_calibrator = None
-        self.joint_calibrator = Calibrator.fit(self._parts(raw, Z, corr))
+        parts = self._parts(raw, Z, corr)
+        self.joint_calibrator = Calibrator.fit(parts)
+        return self.joint_calibrator.surprise(parts)
+
+    def combined(self, model: np.ndarray, peer: np.ndarray | None) -> np.ndarray:
+        """Model and peer surprises together: their sum calibrated on the training period (the two
+        see the same anomaly, so a formula for independent parts would overstate agreement);
+        Fisher's formula when the model has no such calibration."""
+        if peer is None:
+            return model
+        if self.total_calibrator is None:
+            return combine(model, peer)
+        return self.total_calibrator.surprise(model + peer)
 
     def peer_z(self, X: np.ndarray) -> np.ndarray | None:
         """Robust z of each row against all rows (the family at one time); None with too few peers."""
@@ -281,7 +295,7 @@ class FamilyModel:
         peer = None
         if pz is not None and self.peer_calibrator is not None:
             peer = self.peer_calibrator.surprise(np.max(np.abs(pz), axis=1))
-        total = model if peer is None else combine(model, peer)
+        total = self.combined(model, peer)
         zn = self.z(X)
         peer_median = None
         if pz is not None:
@@ -424,11 +438,15 @@ def train(
         oof = np.empty(len(X))
         for block, rest in folds:
             oof[block] = -fit(rest).score_samples(Z[block])
-    model.calibrate(oof, Z, random_state, folds)
+    model_surprise = model.calibrate(oof, Z, random_state, folds)
     if times is not None and entities is not None:
         peers = _peer_calibration(X, np.asarray(times), np.asarray(entities), scale)
         if peers is not None:
-            model.peer_calibrator, model.peer_scale = peers
+            model.peer_calibrator, model.peer_scale, peer_stat = peers
+            both = np.isfinite(peer_stat)
+            if both.sum() >= MIN_CALIBRATION_ROWS:
+                peer_surprise = model.peer_calibrator.surprise(peer_stat[both])
+                model.total_calibrator = Calibrator.fit(model_surprise[both] + peer_surprise)
     model.trained.setdefault("n_samples", int(len(X)))
     if entities is not None:
         model.trained.setdefault("n_entities", int(len(set(np.asarray(entities).tolist()))))
@@ -436,9 +454,10 @@ def train(
 
 
 def _peer_calibration(X: np.ndarray, times: np.ndarray, entities: np.ndarray,
-                      train_scale: np.ndarray) -> tuple[Calibrator, np.ndarray] | None:
-    """How far entities normally deviate from their peers (per feature), and the calibration of
-    the peer statistic (largest |peer z|) over the training period.
+                      train_scale: np.ndarray) -> tuple[Calibrator, np.ndarray, np.ndarray] | None:
+    """How far entities normally deviate from their peers (per feature), the calibration of the
+    peer statistic (largest |peer z|) over the training period, and that statistic per row of
+    ``X`` (NaN where its time had too few peers).
 
     Rows are laid out as a (time, entity, feature) cube, NaN where an entity has no row at a
     time, so the medians across peers are computed for all times at once.
@@ -461,5 +480,7 @@ def _peer_calibration(X: np.ndarray, times: np.ndarray, entities: np.ndarray,
     floor = np.where(dev_scale > tiny, dev_scale, np.maximum(dev_std, tiny))
     center, scale = robust_center_scale(cube, axis=1, floor=floor)
     z = np.abs((cube - center[:, None, :]) / scale[:, None, :])
-    stat = np.nanmax(np.nan_to_num(z, nan=0.0), axis=2)[present[enough]]
-    return Calibrator.fit(stat), floor
+    stat = np.nanmax(np.nan_to_num(z, nan=0.0), axis=2)  # (times with enough peers, entity)
+    per_time = np.full(present.shape, np.nan)
+    per_time[enough] = np.where(present[enough], stat, np.nan)
+    return Calibrator.fit(stat[present[enough]]), floor, per_time[t_idx, e_idx]

@@ -68,7 +68,8 @@ def metadata(model: FamilyModel) -> dict[str, Any]:
                         "range": None if model.range_calibrator is None else model.range_calibrator.to_dict(),
                         "joint": None if model.joint_calibrator is None else model.joint_calibrator.to_dict(),
                         "t2": None if model.t2_calibrator is None else model.t2_calibrator.to_dict(),
-                        "spe": None if model.spe_calibrator is None else model.spe_calibrator.to_dict()},
+                        "spe": None if model.spe_calibrator is None else model.spe_calibrator.to_dict(),
+                        "total": None if model.total_calibrator is None else model.total_calibrator.to_dict()},
     }
 
 
@@ -146,6 +147,7 @@ def load(path: str | Path, *, features: Sequence[str] | None = None, window: int
         joint_calibrator=None if cal.get("joint") is None else Calibrator.from_dict(cal["joint"]),
         t2_calibrator=None if cal.get("t2") is None else Calibrator.from_dict(cal["t2"]),
         spe_calibrator=None if cal.get("spe") is None else Calibrator.from_dict(cal["spe"]),
+        total_calibrator=None if cal.get("total") is None else Calibrator.from_dict(cal["total"]),
         correlations=payload.get("correlations"),
         target_false_alarm=float(meta["target_false_alarm"]), trained=dict(meta.get("trained") or {}),
         ignored=payload.get("ignored"), peer_scale=payload.get("peer_scale"))

@@ -29,8 +29,9 @@ node is the ``absent``/``down`` rules' business, not an anomaly of its rate), no
 less than a window of history; both are counted in ``stats()``.
 
 Models learn RUNNING only (training leaves other run states out), so while the window knows the
-run state (``daq.run_state`` of the run-control node) and it is not RUNNING, and until a whole
-family window of the new run has passed, a family is not scored (``<family>_paused_steps``): a run
+run state (``daq.run_state`` of the run-control node) and it is not RUNNING, and until two whole
+family windows of the new run have passed (the first still holds the start-up: pipelines filling,
+rates ramping up), a family is not scored (``<family>_paused_steps``): a run
 stop would otherwise look like every node failing at once. Its score series get NaN when the pause
 begins, so the last scores neither keep an alert firing nor let a pending one fire. Without a known run state (a site
 without run control, or its IOC down) scoring goes on.
@@ -65,6 +66,8 @@ RUNNING = "RUNNING"
 EXPLAIN_ABOVE = 0.9
 """Score from which an entity's explanation is written (the ``anomaly`` rule kind's default threshold)."""
 STALE_BINS = 3
+RESUME_WINDOWS = 2
+"""After a run start, families are scored again once this many family windows have passed."""
 
 
 @dataclass
@@ -169,7 +172,7 @@ class Scorer:
             state, since = self.window.run_state(now)
         for family in self.families:
             if state is not None and (state != RUNNING or (
-                    since is not None and now - since < family.freq * (family.model.window + 1))):
+                    since is not None and now - since < family.freq * (RESUME_WINDOWS * family.model.window + 1))):
                 family.paused_steps += 1
                 family.last_scored = 0
                 family.last_bin = None  # scoring resumes with the first step after the pause
