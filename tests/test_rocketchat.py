@@ -24,7 +24,7 @@ from farmwatch.alerting.notifiers import (
     SecretError,
     secret,
 )
-from farmwatch.alerting.text import ZWSP
+from farmwatch.alerting.text import ZWSP, chat_len
 from farmwatch.clock import SimClock
 from farmwatch.model import Alert, AlertState, Notification
 from farmwatch.sim.chat import ChatServer
@@ -148,6 +148,26 @@ def test_even_absurd_labels_fit_into_max_chars():
     n = incident([stalled("h", summary=huge, description=huge)], labels=(("rule", huge), ("unit", huge)))
     for limit in (200, 1000, 5000):
         assert render(n, max_chars=limit).size() <= limit
+
+
+@pytest.mark.parametrize("max_chars", [300, 5000])
+def test_a_long_group_label_with_a_link_never_wipes_the_headline_or_the_first_alert(max_chars):
+    """Issue 15 item 3: a ~5,000-character group label quoted into the title link made the
+    message "…\n*1 firing*". Over every label length from short to far beyond the limit, the
+    message fits, the link is what goes, and the headline and the first alert line survive."""
+    lengths = sorted({*range(0, 200, 7), *range(200, 20_000, 397), max_chars - 60, max_chars, 4_990, 5_000})
+    for n in lengths:
+        label = "hlt03-" + "x" * n
+        alerts = [stalled("hltwk01"), stalled("hltwk02")]
+        msg = render(incident(alerts, labels=(("rule", "HltInputStalled"), ("unit", label))),
+                     link_template="https://grafana.kek.jp/d/hlt?var-unit={unit}", max_chars=max_chars)
+        text = msg.as_text()
+        assert msg.size() <= max_chars, n
+        assert text.startswith("🔥 FIRING [critical] HltInputStalled — unit hlt03-"), (n, text[:200])
+        assert "• *input of hltwk01 stalled while RUNNING* — host hltwk01" in text, (n, text[:400])
+        if "[dashboard]" not in text:  # the link went: only because the message could not hold it
+            assert len(msg.attachments[0].get("title_link", "")) == 0
+            assert chat_len(f" · [dashboard](https://grafana.kek.jp/d/hlt?var-unit=hlt03-{'x' * n})") > max_chars - msg.size()
 
 
 # -- REST API --------------------------------------------------------------------------------
