@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("query", help="print stored samples of a series")
     q.add_argument("-c", "--config", required=True)
     q.add_argument("name", help="series name, globs allowed (hlt.output.*)")
-    q.add_argument("--label", action="append", default=[], metavar="K=V", help="label matcher: k=v, k!=v, k=~re, k!~re, globs in values")
+    q.add_argument("--label", action="append", default=[], metavar="K=V", help="label matcher: k=v, k!=v (exact), k=~re, k!~re, k*=glob, k!*=glob")
     q.add_argument("--since", help="how far back, e.g. 10m (default: everything)")
     q.add_argument("--limit", type=int, default=None)
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
