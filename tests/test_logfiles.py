@@ -393,6 +393,52 @@ def test_bounded_reads_work_off_a_backlog_over_several_cycles(env):
     src.close()
 
 
+MULTILINE = [
+    ["2026-11-30 05:00:00.000Z [INFO] Processed 100 events seq=1  { module: HLTZMQ2Ds }"],
+    ["2026-11-30 05:00:00.010Z [ERROR] Exception in event processing seq=2  { module: HLTZMQ2Ds }",
+     "Traceback (most recent call last):",
+     '  File "/hlt/scripts/hlt_worker.py", line 42, in unpack',
+     '    raise ValueError(f"bad header {header!r}")',
+     "ValueError: bad header (seq=2)",
+     "",
+     "During handling of the above exception, another exception occurred:",
+     "",
+     "Traceback (most recent call last):",
+     '  File "/hlt/scripts/hlt_worker.py", line 88, in process',
+     "RuntimeError: worker gave up (seq=2)"],
+    ["2026-11-30 05:00:00.020Z [WARNING] worker status seq=3  { module: ZMQDistributor }",
+     "    hltwk01: 20 processes, 0 dead"],
+    ["*** free text without a header, seq=4 ***"],
+    ["2026-11-30 05:00:00.030Z [INFO] Processed 200 events seq=5  { module: HLTZMQ2Ds }"],
+]
+
+
+def test_a_read_that_ends_inside_a_multiline_record_never_splits_it(tmp_path: Path):
+    """Issue 15 item 12 (bench_logs --size 200MB: 1,734,001 records for 1,734,000): a read that
+    ended inside ``Traceback (most recent call last)`` left ``Trace`` as the partial last line,
+    which was taken for the start of the next record, so the error's header was emitted alone and
+    the traceback became a record of its own. Every position of the read boundary, every record
+    whole and once."""
+    path = tmp_path / "app.log"
+    path.write_text("".join(line + "\n" for record in MULTILINE * 3 for line in record))
+    size = path.stat().st_size
+    limit = max(len(line) for record in MULTILINE for line in record) + 1
+    expected = ["\n".join(record) for record in MULTILINE * 3]
+    largest = max(len("\n".join(record)) + 1 for record in MULTILINE)
+    for budget in range(largest + limit, size + 1):  # (a record larger than a read is cut: by design)
+        clock = SimClock()
+        src = source([str(path)], clock, max_bytes=budget, max_line_bytes=limit, multiline_wait="1s")
+        got = []
+        for _ in range(2 * size // budget + 4):
+            for batch in src.poll():
+                if isinstance(batch, LogBatch):
+                    got += [r.fields["event.original"] for r in batch.records]
+                    batch.ack()
+            clock.advance(2.0)
+        src.close()
+        assert got == expected, f"a read of {budget} bytes: {got}"
+
+
 def test_over_long_lines_are_cut_and_counted(env):
     tmp, clock, store, writer = env
     src = source([str(tmp / "app.log")], clock, max_line_bytes=100)

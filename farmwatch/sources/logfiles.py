@@ -505,7 +505,7 @@ class LogFilesSource(Source):
                 pos += len(tail)
             else:
                 waiting = True
-                if pending is not None and text[:1].strip() and self.parser.starts_record(text):
+                if pending is not None and self._begins_next(pending, text):
                     self._emit(f, pending, out)  # the next record has begun: this one is complete
                     pending = None
         if pending is not None:
@@ -515,6 +515,21 @@ class LogFilesSource(Source):
                 pending = None
         end = pending[0] if pending is not None else pos
         return end, skip, len(out) - n_before
+
+    def _begins_next(self, pending: _Pending, partial: str) -> bool:
+        """Whether a partial last line surely starts a new record, so ``pending`` is complete.
+
+        The rule of ``_assemble`` for a whole line, and no while the line could still become one
+        that continues the record: inside a traceback, and for a prefix of a continuation marker
+        (``Trace`` of ``Traceback (most recent call last)``; taking that for a new record split
+        one record in two whenever a read ended there)."""
+        if not pending[2]:
+            return True  # nothing continues a record without a header
+        if pending[4] or not partial[:1].strip():
+            return False
+        if any(marker.startswith(partial) for marker in _CONTINUATIONS):
+            return False
+        return self.parser.starts_record(partial)
 
     def _deleted(self, f: _File) -> bool:
         try:
@@ -692,6 +707,8 @@ _SPACES = frozenset("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u
                     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 """Every character for which ``str.isspace()`` holds: only a line starting with one can be blank."""
 _TRACEBACK = "Traceback (most recent call last)"
+_CONTINUATIONS = (_TRACEBACK, "The above exception", "During handling of the above exception")
+"""Unindented lines that continue a record (``LineParser.starts_record``)."""
 
 
 def _fingerprint(fd: int, length: int) -> str:
