@@ -98,6 +98,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     n_targets = sum(len(getattr(s, "endpoints", ())) for s in settings.sources.values())
     rules = service.load_rule_set(settings.alerting) if settings.alerting.enabled else []
     inhibits = service.inhibit_rules(settings.alerting) if settings.alerting.enabled else []
+    for name, source in settings.sources.items():
+        for warning in source.warnings():
+            print(f"{args.config}: sources.{name}.{warning}", file=sys.stderr)
     print(f"{args.config}: OK: {len(settings.sources)} source(s), {n_targets} endpoint(s), store {settings.store.path}, "
           f"{len(rules)} alert rule(s), {len(inhibits)} inhibit rule(s), "
           f"notify: {', '.join(settings.alerting.notify) or 'nobody'}")

@@ -278,6 +278,7 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
         if not store.path.is_absolute():
             store = store.model_copy(update={"path": base_dir / store.path})
         alerting = alerting.model_copy(update={"rules": [p if p.is_absolute() else base_dir / p for p in alerting.rules]})
+        validated = {n: c.resolved(base_dir) if hasattr(c, "resolved") else c for n, c in validated.items()}
         if detect is not None and not detect.models.is_absolute():
             detect = detect.model_copy(update={"models": base_dir / detect.models})
     return settings.model_copy(update={"sources": validated, "store": store, "alerting": alerting, "elastic": elastic,

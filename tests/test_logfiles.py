@@ -5,8 +5,11 @@ lost, none twice."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -487,6 +490,51 @@ def test_service_host_and_labels_from_the_path(env):
     assert (r.host, r.service, r.level) == ("hltwk07", "worker", "error")
     assert r.fields["labels.unit"] == "hlt03" and r.fields["labels.site"] == "kek"
     src.close()
+
+
+def test_relative_paths_are_relative_to_the_config_file_and_unmatched_patterns_are_reported(tmp_path: Path):
+    """Issue 15 item 8: run from another directory, ``paths = ["logs/*.log"]`` found nothing,
+    silently, and ``check-config`` said OK. Now they resolve against the config file's folder
+    (as docs/config.md says), and a pattern that matches nothing is one line in ``check-config``
+    and one warning when the service starts."""
+    deploy, elsewhere = tmp_path / "deploy [1]", tmp_path / "elsewhere"  # glob characters in the folder too
+    (deploy / "logs").mkdir(parents=True)
+    elsewhere.mkdir()
+    (deploy / "logs" / "app.log").write_text("".join(
+        f"2026-11-30 05:00:0{i}.000Z [INFO] Processed {i} events seq={i}  {{ module: HLTZMQ2Ds }}\n" for i in range(3)))
+    config = deploy / "farmwatch.toml"
+    config.write_text('[store]\npath = "fw.db"\n\n[sources.hlt]\nkind = "logfiles"\n'
+                      'paths = ["logs/*.log", "rotated/*.log.1"]\nmultiline_wait = "0s"\n')
+
+    def farmwatch(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "farmwatch", *args, "-c", str(config)], cwd=elsewhere,
+                              capture_output=True, text=True, timeout=120)
+
+    checked = farmwatch("check-config")
+    assert checked.returncode == 0 and ": OK: 1 source(s)" in checked.stdout, checked.stderr
+    assert checked.stderr.splitlines() == [
+        f"{config}: sources.hlt.paths: no file matches {glob.escape(str(deploy))}/rotated/*.log.1 (yet)"]
+    done = farmwatch("collect", "--once")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no file matches") == 1 and "rotated/*.log.1" in done.stderr
+    with SQLiteStore(deploy / "fw.db") as store:
+        assert sorted(int(SEQ.search(r.message).group(1)) for r in stored(store)) == [0, 1, 2]
+    assert not (elsewhere / "fw.db").exists()
+
+
+def test_a_pattern_that_matches_nothing_is_one_warning_at_start(tmp_path: Path, caplog):
+    clock = SimClock()
+    src = source([str(tmp_path / "*.log"), str(tmp_path / "later" / "*.log")], clock)
+    (tmp_path / "app.log").write_text("[INFO] one\n")
+    with caplog.at_level("WARNING", logger="farmwatch.sources.logfiles"):
+        for _ in range(3):
+            for batch in src.poll():
+                if isinstance(batch, LogBatch):
+                    batch.ack()
+            clock.advance(1.0)
+    src.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"log source hltlogs: paths: no file matches {tmp_path}/later/*.log (yet); looking again every cycle"]
 
 
 def test_own_counters_are_samples(env):

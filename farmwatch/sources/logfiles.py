@@ -61,7 +61,7 @@ class LogFilesConfig(SourceConfig):
 
     kind: Literal["logfiles"]
     paths: list[str] = Field(min_length=1)
-    """Glob patterns (``**`` for any depth), re-globbed every cycle."""
+    """Glob patterns (``**`` for any depth), re-globbed every cycle; relative ones are relative to the config file."""
     exclude: list[str] = Field(default_factory=lambda: list(COMPRESSED))
     """Globs over file names (or whole paths, when they contain ``/``) that are never read."""
     format: Literal["auto", "basf2", "syslog", "json", "raw"] = "auto"
@@ -90,6 +90,17 @@ class LogFilesConfig(SourceConfig):
     fingerprint_bytes: int = Field(default=1024, ge=16)
     keep_original: bool = True
     """Keep the raw line(s) as ``event.original``."""
+
+    def resolved(self, base_dir: Path) -> "LogFilesConfig":
+        """Relative patterns made relative to ``base_dir`` (the config file's folder, like every
+        path of a config), so a service finds its files whatever directory it was started in."""
+        root = glob.escape(str(base_dir))
+        paths = [p if os.path.isabs(os.path.expanduser(p)) else os.path.join(root, p) for p in self.paths]
+        return self.model_copy(update={"paths": paths})
+
+    def warnings(self) -> list[str]:
+        """What is valid but probably wrong: patterns that match no file (``check-config``)."""
+        return [_unmatched(p) for p in self.paths if not _matching_files(p, self.exclude)]
 
     @field_validator("path_pattern")
     @classmethod
@@ -303,12 +314,10 @@ class LogFilesSource(Source):
     def _glob(self) -> list[str]:
         found: list[str] = []
         for pattern in self.config.paths:
-            for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
-                name = os.path.basename(path)
-                if any(fnmatch(path if "/" in ex else name, ex) for ex in self.config.exclude):
-                    continue
-                if os.path.isfile(path):
-                    found.append(path)
+            matched = _matching_files(pattern, self.config.exclude)
+            if not matched and self._first_scan:
+                log.warning("log source %s: %s; looking again every cycle", self.name, _unmatched(pattern))
+            found += matched
         return found
 
     def _open(self, path: str, st: os.stat_result, now: float) -> _File | None:
@@ -709,6 +718,23 @@ _SPACES = frozenset("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u
 _TRACEBACK = "Traceback (most recent call last)"
 _CONTINUATIONS = (_TRACEBACK, "The above exception", "During handling of the above exception")
 """Unindented lines that continue a record (``LineParser.starts_record``)."""
+
+
+def _matching_files(pattern: str, exclude: list[str]) -> list[str]:
+    """The regular files ``pattern`` matches (``~`` expanded, ``**`` any depth), sorted, minus
+    those ``exclude`` names (globs over the file name, or the whole path when they hold ``/``)."""
+    found = []
+    for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
+        name = os.path.basename(path)
+        if any(fnmatch(path if "/" in ex else name, ex) for ex in exclude):
+            continue
+        if os.path.isfile(path):
+            found.append(path)
+    return found
+
+
+def _unmatched(pattern: str) -> str:
+    return f"paths: no file matches {pattern} (yet)"
 
 
 def _fingerprint(fd: int, length: int) -> str:
