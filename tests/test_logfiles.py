@@ -166,6 +166,27 @@ def test_restart_resumes_from_the_stored_offsets(env):
     src.close()
 
 
+@pytest.mark.parametrize("mode", ["copytruncate", "recreate"])
+def test_rotation_while_stopped_carries_the_offset_to_the_copy(env, mode):
+    """Issue 15 item 4, the scenario as reported: 100 records collected, farmwatch stopped,
+    ``cp app.log app.log.1; : > app.log`` (or the original deleted), 10 more, restart: 110
+    records, not 210. The copy's pattern is listed first, so it is found before the original."""
+    tmp, clock, store, writer = env
+    paths = [str(tmp / "app.log.[0-9]"), str(tmp / "app.log")]
+    src = source(paths, clock)
+    writer.write(100)
+    settle(Runner([src], store, clock=clock), clock)
+    src.close()
+    writer.write(7)  # never read before the rotation: only in the copy
+    writer.rotate(mode)
+    writer.write(10)
+    src = source(paths, clock)
+    settle(Runner([src], store, clock=clock), clock)
+    assert_exactly_once(store, writer)
+    assert len(writer.written) == 117
+    src.close()
+
+
 def test_crash_between_storing_and_acknowledging(env):
     """The records and the offsets are committed together; the process dies before ``ack``: the
     next process continues after them."""
