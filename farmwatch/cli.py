@@ -98,6 +98,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     n_targets = sum(len(getattr(s, "endpoints", ())) for s in settings.sources.values())
     rules = service.load_rule_set(settings.alerting) if settings.alerting.enabled else []
     inhibits = service.inhibit_rules(settings.alerting) if settings.alerting.enabled else []
+    for name, source in settings.sources.items():
+        for warning in source.warnings():
+            print(f"{args.config}: sources.{name}.{warning}", file=sys.stderr)
     print(f"{args.config}: OK: {len(settings.sources)} source(s), {n_targets} endpoint(s), store {settings.store.path}, "
           f"{len(rules)} alert rule(s), {len(inhibits)} inhibit rule(s), "
           f"notify: {', '.join(settings.alerting.notify) or 'nobody'}")
@@ -278,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("query", help="print stored samples of a series")
     q.add_argument("-c", "--config", required=True)
     q.add_argument("name", help="series name, globs allowed (hlt.output.*)")
-    q.add_argument("--label", action="append", default=[], metavar="K=V", help="label matcher: k=v, k!=v, k=~re, k!~re, globs in values")
+    q.add_argument("--label", action="append", default=[], metavar="K=V", help="label matcher: k=v, k!=v (exact), k=~re, k!~re, k*=glob, k!*=glob")
     q.add_argument("--since", help="how far back, e.g. 10m (default: everything)")
     q.add_argument("--limit", type=int, default=None)
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")

@@ -82,7 +82,7 @@ class NotifierSettings(Section):
     """One place alerts go. Secrets (token, password, webhook URL) only from environment or files."""
 
     kind: Literal["rocketchat", "webhook", "console"]
-    """`rocketchat`: REST API, one message per incident edited in place; `webhook`: incoming webhook (a new message per change); `console`: stdout."""
+    """`rocketchat`: REST API, one message per incident edited in place, never posted twice; `webhook`: incoming webhook (a new message per change; a post whose answer was lost may show twice, docs/chat.md); `console`: stdout."""
     url: str | None = None
     """Rocket.Chat server URL (rocketchat)."""
     url_env: str | None = None
@@ -278,6 +278,7 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
         if not store.path.is_absolute():
             store = store.model_copy(update={"path": base_dir / store.path})
         alerting = alerting.model_copy(update={"rules": [p if p.is_absolute() else base_dir / p for p in alerting.rules]})
+        validated = {n: c.resolved(base_dir) if hasattr(c, "resolved") else c for n, c in validated.items()}
         if detect is not None and not detect.models.is_absolute():
             detect = detect.model_copy(update={"models": base_dir / detect.models})
     return settings.model_copy(update={"sources": validated, "store": store, "alerting": alerting, "elastic": elastic,

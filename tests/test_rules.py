@@ -557,10 +557,10 @@ def test_window_keeps_only_wanted_series_and_extends_cached_selections(clock):
     w = Window(wants=lambda name: name.startswith("hlt."))
     t0 = clock.time()
     feed(w, t0, {("hlt.a", L(unit="hlt01")): 1.0, ("other", L(unit="hlt01")): 2.0})
-    assert w.select("hlt.*", {"unit": "hlt0*"}) == [("hlt.a", L(unit="hlt01"))]
+    assert w.select("hlt.*", ["unit*=hlt0*"]) == [("hlt.a", L(unit="hlt01"))]
     assert w.last(("other", L(unit="hlt01"))) is None and w.series_count == 1
     feed(w, t0 + 1, {("hlt.a", L(unit="hlt02")): 3.0, ("hlt.b", L(unit="hlt01")): 4.0})
-    assert w.select("hlt.*", {"unit": "hlt0*"}) == [("hlt.a", L(unit="hlt01")), ("hlt.a", L(unit="hlt02")),
+    assert w.select("hlt.*", ["unit*=hlt0*"]) == [("hlt.a", L(unit="hlt01")), ("hlt.a", L(unit="hlt02")),
                                                    ("hlt.b", L(unit="hlt01"))]
     assert w.last(("hlt.b", L(unit="hlt01"))) == (t0 + 1, 4.0) and w.newest == t0 + 1
 

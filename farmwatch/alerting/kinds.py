@@ -86,7 +86,7 @@ class Selector(Spec):
 
     - ``series``: series name, or a glob (``hlt.*.sent_events:rate``);
     - ``match``: label matchers, a table ``{app = "distributor"}`` or a list
-      ``["host=~hltwk0[1-4]", "unit!=hlt20"]`` (``=``, ``!=``, ``=~``, ``!~``; globs in ``=``/``!=``);
+      ``["host=~hltwk0[1-4]", "unit!=hlt20"]`` (``=``/``!=`` exact, ``=~``/``!~`` regex, ``*=``/``!*=`` glob);
     - ``over``: ``last`` (default: the newest sample, ignored when older than ``fresh``), or a
       function of the samples within ``window``: ``avg``, ``min``, ``max``, ``delta`` (last −
       first), ``increase`` (of a counter, resets handled), ``rate`` (increase per second);
