@@ -116,15 +116,21 @@ def deviation(x: np.ndarray, halflife: int) -> np.ndarray:
 def _z(s: pd.Series, ewm: Any, centred: bool = False) -> np.ndarray:
     """|s - (its recent mean if ``centred``)| over its recent standard deviation, from the points before.
 
-    A spread of (nearly) zero — a series constant so far — is floored at rounding noise relative to
-    the level, so the first change is enormous but finite; no spread known yet: 0.
+    No spread known yet: 0. A spread of zero (the series was constant so far) makes any change a
+    novelty whose surprise is Laplace's rule of succession: after n equal points, a different one
+    has odds of about 1 in n + 1, so z = ln(n + 1) (the tail turns that into p = 1/(n + 1)), plus
+    up to ln 2 for the size of the change relative to the level, so equal events in different
+    series do not tie.
     """
-    mean = ewm.mean().shift(1)
-    std = ewm.std().shift(1)
-    num = (s - mean).abs() if centred else s.abs()
-    floor = negligible(mean.fillna(0.0).to_numpy())
+    mean = ewm.mean().shift(1).to_numpy()
+    std = ewm.std().shift(1).to_numpy()
+    values = s.to_numpy()
+    num = np.abs(values - mean) if centred else np.abs(values)
+    flat = std <= negligible(np.nan_to_num(mean))
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = num.to_numpy() / np.maximum(std.to_numpy(), floor)
+        z = num / std
+        novel = np.log(np.arange(len(values)) + 1.0) + np.log1p(num / (np.abs(np.nan_to_num(mean)) + num))
+    z = np.where(flat, np.where(num > negligible(np.nan_to_num(mean)), novel, 0.0), z)
     return np.nan_to_num(z, nan=0.0, posinf=0.0)
 
 
