@@ -20,9 +20,9 @@ node needs no history of its own. A model is a small pipeline:
 Peer comparison: at one time, each entity's features as robust z-scores against the other entities
 (median and MAD across the family; the MAD never below how far entities normally deviate from their
 peers, learned in training), the statistic being the largest |z|; calibrated the same way on
-the training period when it had at least ``MIN_PEERS`` entities. The entity's score is Fisher's
-combination of model and peer surprises (``scoring.combine``), so the false-alarm rate of the
-threshold ``1 - target_false_alarm`` holds for the combination too.
+the training period when it had at least ``MIN_PEERS`` entities. The entity's score is the sum of
+model and peer surprises calibrated on the training period (``FamilyModel.combined``), so the
+false-alarm rate of the threshold ``1 - target_false_alarm`` holds for the combination too.
 
 Every score comes with an ``Explanation``: the features with the largest |robust z| against normal
 history and against the peers, grouped by metric.
