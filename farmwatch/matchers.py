@@ -1,8 +1,10 @@
 """Label matchers in the Prometheus style, used to select series by their labels.
 
-``host=hltwk01``, ``host!=hltwk01``, ``host=~hltwk0[1-4]``, ``host!~hltwk.*`` plus a shell glob
-(``host=hltwk0*``) because operators type globs at a shell all day. As in Prometheus, regular
-expressions must match the whole value and a label that a series does not have matches as "".
+``host=hltwk01``, ``host!=hltwk01``, ``host=~hltwk0[1-4]``, ``host!~hltwk.*``, and shell globs
+through operators of their own, ``host*=hltwk0*`` and ``host!*=hltwk0*``. ``=`` and ``!=`` are
+exact whatever the value holds, so a Zabbix label such as ``item=net.if.in[eth0]`` matches itself;
+the glob operators cannot be read as ``=``/``!=`` followed by a value. As in Prometheus, regular
+expressions and globs match the whole value and a label that a series does not have matches as "".
 """
 
 from __future__ import annotations
@@ -12,17 +14,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Union
 
-_SYNTAX = re.compile(r"\s*([A-Za-z_][\w.:-]*)\s*(=~|!~|!=|=)\s*(.*?)\s*")
-_GLOB_CHARS = frozenset("*?[")
-_EXPECTED = "expected label=value, label!=value, label=~regex or label!~regex"
+_SYNTAX = re.compile(r"\s*([A-Za-z_][\w.:-]*)\s*(=~|!~|!=|=|\*=|!\*=)\s*(.*?)\s*")
+_EXPECTED = "expected label=value, label!=value, label=~regex, label!~regex, label*=glob or label!*=glob"
+_POSITIVE = ("=", "=~", "*=")
 
 
 @dataclass(frozen=True)
 class Matcher:
-    """One condition on one label; ``op`` is ``=``, ``!=``, ``=~`` or ``!~``.
-
-    ``=``/``!=`` values containing ``*``, ``?`` or ``[`` are globs; ``=~``/``!~`` values are
-    regular expressions. Both are compiled once, here, so matching many series stays cheap.
+    """One condition on one label; ``op`` is ``=``, ``!=`` (exact), ``=~``, ``!~`` (regular
+    expression) or ``*=``, ``!*=`` (shell glob). Patterns are compiled once, here, so matching
+    many series stays cheap.
     """
 
     label: str
@@ -31,11 +32,11 @@ class Matcher:
     _pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.op not in ("=", "!=", "=~", "!~"):
+        if self.op not in ("=", "!=", "=~", "!~", "*=", "!*="):
             raise ValueError(f"bad label matcher operator {self.op!r}: {_EXPECTED}")
         if self.op in ("=~", "!~"):
             pattern = re.compile(self.value)
-        elif _GLOB_CHARS.intersection(self.value):
+        elif self.op in ("*=", "!*="):
             pattern = re.compile(fnmatch.translate(self.value))
         else:
             pattern = None
@@ -48,11 +49,13 @@ class Matcher:
             found = actual == self.value
         else:
             found = self._pattern.fullmatch(actual) is not None
-        return found == (self.op in ("=", "=~"))
+        return found == (self.op in _POSITIVE)
 
     def __str__(self) -> str:
         return f"{self.label}{self.op}{self.value}"
 
+
+__all__ = ["Matcher", "MatcherSpec", "parse_matcher", "parse_matchers"]
 
 MatcherSpec = Union[Mapping[str, object], str, Matcher, Iterable[Union[str, Matcher]], None]
 """What the store's ``matchers=`` argument accepts."""

@@ -86,7 +86,7 @@ def test_collect_once_then_query_in_every_format(config, tmp_path):
     assert lines[0]["labels"] == {"unit": "hlt01", "app": "distributor"}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", lines[0]["ts"])
 
-    out = farmwatch("query", "-c", str(config), "hlt.output.sent_events", "--label", "host=hltwk0*", "--since", "10m", "--format", "csv")
+    out = farmwatch("query", "-c", str(config), "hlt.output.sent_events", "--label", "host*=hltwk0*", "--since", "10m", "--format", "csv")
     rows = out.stdout.splitlines()
     assert rows[0] == "ts,name,labels,value" and len(rows) == 1 + 2 * 6
 

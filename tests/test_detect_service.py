@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,9 +128,11 @@ def test_the_scorer_builds_the_same_features_as_training(farm):
     scores = {dict(k[1])["host"]: v for b in out for k, v in zip(b.keys, b.values) if k[0] == SCORE}
 
     fam = farm.settings.detect.families["worker"]
-    frames = entity_frames(farm.store, fam, now - 40 * 4.0, now)
+    end = math.floor(now / 4.0) * 4.0  # the scorer scores complete grid bins only: up to here
+    frames = entity_frames(farm.store, fam, end - 40 * 4.0, end - 0.5)
     names, X = latest_features(family.model, frames, fam.freq)
     expected = {n.split("host=")[1]: e.score for n, e in zip(names, family.model.score_entities(X, names))}
+    assert scorer.step(now + 1.0) == []  # the same bin is still filling: the scores stand
     assert sorted(scores) == sorted(expected) == farm.unit.nodes
     for host in expected:
         assert scores[host] == pytest.approx(expected[host], abs=1e-9), host
@@ -141,7 +144,7 @@ def test_the_scorer_builds_the_same_features_as_training(farm):
 
 def test_scoring_pauses_while_the_run_is_not_running_and_until_a_window_of_the_new_run(farm):
     """Models learn RUNNING only: a run stop must not look like every node failing at once. While the
-    window knows a run state other than RUNNING nothing is scored, nor until a whole family window
+    window knows a run state other than RUNNING nothing is scored, nor until two whole family windows
     (30 × 4 s) of the new run has passed; the pauses are counted. Without a run state (a site
     without run control) scoring goes on, as the other tests show."""
     from farmwatch.model import Batch, labels
@@ -162,17 +165,17 @@ def test_scoring_pauses_while_the_run_is_not_running_and_until_a_window_of_the_n
     ended = scorer.step(now)  # the pause begins: every score series gets NaN (no alert lives on stale scores)
     assert {dict(k[1])["host"] for b in ended for k in b.keys} == set(farm.unit.nodes)
     assert all(math.isnan(v) for b in ended for v in b.values) and scorer.stats()["worker_paused_steps"] == 1
-    state("RUNNING", now - 60, now)  # started a minute ago: the 2-minute windows still hold the stop
+    state("RUNNING", now - 200, now)  # started 200 s ago: the first 2-minute window after it holds the start-up
     assert scorer.step(now) == [] and scorer.stats()["worker_paused_steps"] == 2
     assert scorer.stats()["worker_entities_scored"] == 0
-    state("RUNNING", now - 125, now)
+    state("RUNNING", now - 245, now)
     scored = scorer.step(now)
     assert {dict(k[1])["host"] for b in scored for k in b.keys} == set(farm.unit.nodes)
     assert scorer.stats()["worker_paused_steps"] == 2
 
 
 @pytest.mark.slow
-def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(farm):
+def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(farm, capsys):
     alerting = build_alerting(farm.settings, farm.store, clock=farm.clock, notifiers={})
     assert "AnomalyScoreHigh" in {r.name for r in alerting.rules}
     runner = Runner([farm.source], farm.store, clock=farm.clock, listeners=[alerting.window])
@@ -201,8 +204,10 @@ def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(fa
     when, alert = fired[SLOW]
     labels = dict(alert.labels)
     assert labels["family"] == "worker" and labels["entity"] == f"hlt01/{SLOW}" and labels["unit"] == "hlt01"
-    assert labels["explanation"].endswith(":rate")  # the rate metric explains it
-    assert f"hlt01/{SLOW}" in alert.summary and labels["explanation"] in alert.summary
+    assert "explanation" not in labels                # one alert per entity, whatever explains it
+    assert alert.values["metric"].endswith(":rate")   # the annotation: the rate metric explains it
+    assert f"hlt01/{SLOW}" in alert.summary and alert.values["metric"] in alert.summary
+    assert alert.values["explanation"].split(";")[0] in alert.description
     assert f"{alert.value:.3f}" in alert.summary and alert.value > 0.99
     assert when - clean_end < 4 * 60.0 + 60.0  # within the slow-down (plus `for`)
     others = [v for host, vs in scores.items() if host != SLOW for v in vs]
@@ -212,6 +217,8 @@ def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(fa
     # The scores and the explanation text are in the store too (notebooks, `farmwatch query`).
     stored = farm.store.query(SCORE, {"host": SLOW}, since=clean_end)
     assert stored["value"].dropna().between(0, 1).all() and stored["value"].max() > 0.99
+    surprise = farm.store.query("anomaly.surprise", {"host": SLOW}, since=clean_end)["value"].dropna()
+    assert surprise.max() > 2 and np.isfinite(surprise).all()   # -log10(1 - score): 2 at 0.99
     texts = farm.store.query("anomaly.explanation", {"host": SLOW}, since=clean_end)["state"].dropna()
     assert len(texts) and ":rate" in texts.iloc[-1] and "peers" in texts.iloc[-1]
     # The window of `run` keeps only its horizon (the runner feeds it; the engine forgets the rest).
@@ -220,6 +227,18 @@ def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(fa
     assert ts[0] >= farm.clock.time() - POLL - alerting.window.horizon
     stats = alerting.scorer.stats()
     assert stats["worker_entities_scored"] == 6 and stats["families_skipped"] == 0
+
+    # Backtest: `farmwatch rules test` replays the stored samples; the trained model scores them
+    # again (the stored scores are not reused) and the shipped rule fires for the same node.
+    from farmwatch.cli import main
+
+    fmt = "%Y-%m-%dT%H:%M:%S"
+    args = ["rules", "test", "-c", str(farm.config), "--from", time.strftime(fmt, time.gmtime(clean_end - 60)),
+            "--to", time.strftime(fmt, time.gmtime(farm.clock.time())), "--step", "4s"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    fired = [line for line in out if "FIRING" in line and "AnomalyScoreHigh" in line]
+    assert len(fired) == 1 and f"host={SLOW}" in fired[0], out
 
 
 def test_missing_and_incompatible_models_are_one_line_each_and_the_rest_is_scored(farm, tmp_path, caplog):
@@ -247,8 +266,9 @@ def test_missing_and_incompatible_models_are_one_line_each_and_the_rest_is_score
     alerting.window.load(farm.store, now - alerting.window.horizon, now, alerting.names())
     alerting.engine.evaluate(now + 1.0)  # the hook scores before the rules
     ids = alerting.window.select_ids(SCORE, {"family": "worker"})
-    ts, values = alerting.window.latest(ids, now + 1.0, 0.5)
-    assert np.isfinite(values).sum() == len(farm.unit.nodes) and np.all(ts[np.isfinite(values)] == now + 1.0)
+    ts, values = alerting.window.latest(ids, now + 1.0, 8.0)
+    bin_end = math.floor((now + 1.0) / 4.0) * 4.0  # scores are stamped with the end of the window's last bin
+    assert np.isfinite(values).sum() == len(farm.unit.nodes) and np.all(ts[np.isfinite(values)] == bin_end)
     assert alerting.window.select_ids(SCORE, {"family": "old"}).size == 0
 
 
@@ -276,32 +296,32 @@ def test_without_detect_nothing_is_scored(tmp_path):
     assert "anomaly.score" in alerting.names()  # the shipped AnomalyScoreHigh reads it (and stays silent)
 
 
-def test_the_explanation_label_is_sticky_and_a_change_ends_the_old_series(farm):
-    """An alert is its rule plus its labels: the explanation label changes only while the entity is
-    anomalous and its metric left the top contributions; the old series then gets NaN (its alert
-    resolves at once) and the score continues under the new label."""
+def test_one_score_series_per_entity_and_the_explanation_beside_it(farm):
+    """An alert is its rule plus its labels: the score series has no label that changes with the
+    explanation; the explanation is a state series of its own, written while the entity is anomalous."""
     from farmwatch.detect.models import Contribution, Explanation
-    from farmwatch.detect.scorer import EXPLANATION, Family, Scorer
+    from farmwatch.detect.scorer import EXPLANATION, SURPRISE, Family, Scorer
     from farmwatch.detect.settings import DetectSettings
 
     family = Family("worker", farm.settings.detect.families["worker"], farm.model, 4.0, np.zeros(2), 0.0)
     scorer = Scorer(DetectSettings())
     key = ("hlt01", "hltwk01")
 
-    def step(score: float, metrics: list[str]) -> dict[tuple, float | str]:
+    def step(score: float, metrics: list[str]) -> dict[str, float | str]:
         e = Explanation("unit=hlt01,host=hltwk01", score, score, None, 0.99,
-                        [Contribution(m, "mean", 1.0, 0.0, 5.0 - i) for i, m in enumerate(metrics)])
-        return {(k[0], dict(k[1]).get("explanation")): v
-                for b in scorer._samples(family, [key], [e], START) for k, v in zip(b.keys, b.values)}
+                        [Contribution(m, "mean", 1.0, 0.0, 5.0 - i) for i, m in enumerate(metrics)],
+                        surprise=-math.log10(1 - score))
+        out = {}
+        for b in scorer._samples(family, [key], [e], START):
+            for (name, lbls), v in zip(b.keys, b.values):
+                assert dict(lbls) == {"family": "worker", "entity": "hlt01/hltwk01", "unit": "hlt01", "host": "hltwk01"}
+                out[name] = v
+        return out
 
-    assert step(0.5, ["a"]) == {(SCORE, None): 0.5}                       # normal: no explanation yet
-    out = step(0.95, ["a", "b"])
-    assert out[(SCORE, None)] != out[(SCORE, None)] and out[(SCORE, "a")] == 0.95   # NaN ends the old series
-    assert out[(EXPLANATION, None)].startswith("score 0.950: a mean = 1")
-    assert step(0.3, ["b"]) == {(SCORE, "a"): 0.3}                        # below 0.9: the label stays
-    assert set(step(0.97, ["b", "a"])) == {(SCORE, "a"), (EXPLANATION, None)}   # still among the top 3
-    out = step(0.999, ["b", "c", "d"])
-    assert math.isnan(out[(SCORE, "a")]) and out[(SCORE, "b")] == 0.999
+    assert step(0.5, ["a"]) == {SCORE: 0.5, SURPRISE: pytest.approx(0.30103)}   # normal: no explanation
+    out = step(0.999, ["b", "a"])
+    assert out[SCORE] == 0.999 and out[SURPRISE] == pytest.approx(3.0)
+    assert out[EXPLANATION].startswith("b mean = 1 (normal 0")
 
 
 def test_score_from_store_gives_at_every_time_what_the_family_scores_then(farm):

@@ -86,6 +86,17 @@ def test_search_phrases_prefixes_exclusions_and_log_text_with_syntax_characters(
     assert fts_query('a "b c" d* -e') == ('"a" AND "b c" AND "d"*', '"e"')
 
 
+def test_terms_made_only_of_underscores_or_punctuation_are_ignored(sample):
+    """Issue 15 item 11: FTS5 keeps letters and digits only, so ``_`` became an empty phrase
+    that nothing matches and ``worker _`` found nothing while ``worker`` found three."""
+    worker = messages(sample.search("worker"))
+    assert len(worker) == 3
+    for extra in ("_", "__", "-_", '"_"', "_*", "·", "…", "_-_", "'"):
+        assert messages(sample.search(f"worker {extra}")) == worker, extra
+    assert fts_query("worker _ __ -_ x_y") == ('"worker" AND "x_y"', "")
+    assert messages(sample.search("4711_")) == ["worker process 4711 died"]  # a word with an underscore still counts
+
+
 def test_search_filters(sample):
     assert messages(sample.search(host="hltwk0*", level="error")) == [
         "Exception in event processing", "worker process 4711 died", "No event from tcp://hltin01:5000 for 12 s; worker may be stuck"]
@@ -200,6 +211,9 @@ def test_cli_search_text_and_json(collected: Path):
     assert docs[1]["@timestamp"] == "2026-11-30T05:00:03Z" and docs[1]["log.level"] == "error"
     assert docs[1]["log.file.path"].endswith("hlt01/hltwk11.log") and docs[1]["log.offset"] == 0
     assert farmwatch("logs", "search", "nothing-like-this", "-c", "farmwatch.toml", cwd=collected).stdout == ""
+    alone = farmwatch("logs", "search", "died", "--since", "3650d", "-c", "farmwatch.toml", cwd=collected).stdout
+    underscored = farmwatch("logs", "search", "died _", "--since", "3650d", "-c", "farmwatch.toml", cwd=collected)
+    assert len(alone.splitlines()) == 2 and underscored.stdout == alone, underscored.stderr
     bad = farmwatch("logs", "search", "x", "--since", "yesterday-ish", "-c", "farmwatch.toml", cwd=collected)
     assert bad.returncode == 2 and "yesterday-ish" in bad.stderr
 

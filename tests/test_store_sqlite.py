@@ -341,10 +341,10 @@ def test_glob_names(store: SQLiteStore) -> None:
         ("app=~dist.*", {("hlt01", "distributor"), ("hlt02", "distributor")}),
         ("app=~dist", set()),  # regular expressions match the whole value
         ("app!~dist.*", {("hlt01", "collector"), ("hlt02", "collector")}),
-        ("unit=hlt0*", {("hlt01", "distributor"), ("hlt01", "collector"),
+        ("unit*=hlt0*", {("hlt01", "distributor"), ("hlt01", "collector"),
                         ("hlt02", "distributor"), ("hlt02", "collector")}),
-        ("unit=hlt0[2]", {("hlt02", "distributor"), ("hlt02", "collector")}),
-        ("unit!=*1", {("hlt02", "distributor"), ("hlt02", "collector")}),
+        ("unit*=hlt0[2]", {("hlt02", "distributor"), ("hlt02", "collector")}),
+        ("unit!*=*1", {("hlt02", "distributor"), ("hlt02", "collector")}),
         ('app="collector"', {("hlt01", "collector"), ("hlt02", "collector")}),
         ("host=", {("hlt01", "distributor"), ("hlt01", "collector"),
                    ("hlt02", "distributor"), ("hlt02", "collector")}),  # missing label is ""
@@ -363,8 +363,8 @@ def test_matchers_select_series(store: SQLiteStore, matchers: object, expected: 
 
 def test_matcher_semantics() -> None:
     assert parse_matchers(None) == []
-    (glob,) = parse_matchers("host = hltwk0*")
-    assert (glob.label, glob.op, glob.value) == ("host", "=", "hltwk0*")
+    (glob,) = parse_matchers("host *= hltwk0*")
+    assert (glob.label, glob.op, glob.value) == ("host", "*=", "hltwk0*")
     assert glob.matches({"host": "hltwk07"}) and not glob.matches({"host": "hltwk10"})
     assert not glob.matches({})
     (absent,) = parse_matchers("pid!~.+")

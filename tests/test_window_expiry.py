@@ -68,7 +68,7 @@ def test_churning_worker_pids_keep_the_window_bounded():
                        for (node, _), pid in pids.items()]
             w.ingest([batch(now, series)])
             w.prune(now)
-            rule_ids = w.select_ids(wanted, {"host": "hltwk0*"})
+            rule_ids = w.select_ids(wanted, ["host*=hltwk0*"])
             most_keys = max(most_keys, len(w.keys))
             most_ids = max(most_ids, len(w._ids))
     # Live pids (160) + those seen within forget_after (2 h: 320) + what waits for a compaction.

@@ -89,6 +89,8 @@ class Tracker:
                 if extra:
                     description = "\n".join([*extra, description]) if description else "\n".join(extra)
             alert = self.alerts.get(fp)
+            if (alert is None or alert.state == AlertState.RESOLVED) and not getattr(active, "starts", True):
+                continue  # hysteresis: this value keeps an alert active but does not start one
             if alert is None or alert.state == AlertState.RESOLVED:
                 if alert is not None:
                     self._replaced[fp] = alert

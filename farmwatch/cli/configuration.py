@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from farmwatch.cli.common import EXIT_OK, add_config
 
@@ -15,6 +16,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     n_targets = sum(len(getattr(s, "endpoints", ())) for s in settings.sources.values())
     rules = load_rule_set(settings.alerting) if settings.alerting.enabled else []
     inhibits = inhibit_rules(settings.alerting) if settings.alerting.enabled else []
+    for name, source in settings.sources.items():
+        for warning in source.warnings():
+            print(f"{settings.file}: sources.{name}.{warning}", file=sys.stderr)
     print(f"{settings.file}: OK: {len(settings.sources)} source(s), {n_targets} endpoint(s), store {settings.store.path}, "
           f"{len(rules)} alert rule(s), {len(inhibits)} inhibit rule(s), "
           f"notify: {', '.join(settings.alerting.notify) or 'nobody'}")

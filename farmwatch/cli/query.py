@@ -54,7 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_config(q)
     q.add_argument("name", help="series name, globs allowed (hlt.output.*)")
     q.add_argument("--label", action="append", default=[], metavar="K=V",
-                   help="label matcher: k=v, k!=v, k=~re, k!~re, globs in values")
+                   help="label matcher: k=v, k!=v (exact), k=~re, k!~re, k*=glob, k!*=glob")
     q.add_argument("--since", type=time_arg, metavar="TIME",
                    help="from: a duration ago (10m) or an ISO time (default: everything)")
     q.add_argument("--limit", type=int, default=None)

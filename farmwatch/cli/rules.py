@@ -64,11 +64,23 @@ def _backtest(settings, alerting, rules, args: argparse.Namespace) -> int:
     logging.getLogger("farmwatch.alerting").setLevel(logging.WARNING)  # each transition is printed below, once
     store = open_store(settings.store, readonly=True)
     try:
-        window = make_window(rules, alerting)
-        names = sorted(set().union(*(r.names() for r in rules)) | {"daq.run_state", "daq.run_state_since"})
+        scorer = None
+        if settings.detect is not None and settings.detect.families:
+            from farmwatch.detect.scorer import Scorer
+
+            scorer = Scorer(settings.detect)  # the trained models score the replayed history; nothing is written
+        extra = scorer.names() if scorer else set()
+        window = make_window(rules, alerting, extra=extra, min_horizon=scorer.horizon() if scorer else 0.0)
+        names = set().union(*(r.names() for r in rules)) | {"daq.run_state", "daq.run_state_since"} | extra
+        if scorer:  # the models' scores of this replay, not what a service stored then
+            names -= {"anomaly.score", "anomaly.surprise", "anomaly.explanation"}
+        names = sorted(names)
         clock = SimClock(start)
         engine = AlertEngine(rules, window, AlertDB(store), timers=timers(alerting), notifiers=["backtest"],
                              inhibits=inhibit_rules(alerting), clock=clock, persist=False)
+        if scorer:
+            scorer.window = window
+            engine.before_rules.append(scorer.step)
         window.load(store, start - window.horizon, start, names)
         t, fired, notes = start, 0, 0
         while t <= end:

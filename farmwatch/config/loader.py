@@ -75,6 +75,8 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
 
     if problems:
         raise ConfigError(problems)
+    if base_dir is not None:  # a source's paths (logfiles patterns) mean "next to the config file" too
+        validated = {n: c.resolved(base_dir) if hasattr(c, "resolved") else c for n, c in validated.items()}
     update: dict[str, Any] = {"sources": validated}
     if base_dir is not None:
         update.update(_resolved(settings, base_dir))

@@ -64,7 +64,7 @@ class NotifierSettings(Section):
 
     secrets = ("token", "password")
     kind: Literal["rocketchat", "webhook", "console"]
-    """`rocketchat`: REST API, one message per incident edited in place; `webhook`: incoming webhook (a new message per change); `console`: stdout."""
+    """`rocketchat`: REST API, one message per incident edited in place, never posted twice; `webhook`: incoming webhook (a new message per change; a post whose answer was lost may show twice, docs/chat.md); `console`: stdout."""
     url: str | None = None
     """Rocket.Chat server URL (rocketchat)."""
     url_env: str | None = None

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # imported where a model is saved or loaded: reading sidecars
 
 SKLEARN_VERSION = version("scikit-learn")
 
-FORMAT = 1
+FORMAT = 2  # 2: bounded surprises, cross-metric part (format 1 models must be retrained)
 
 
 class IncompatibleModel(Exception):
@@ -68,7 +68,10 @@ def metadata(model: FamilyModel) -> dict[str, Any]:
         "calibration": {"model": model.calibrator.to_dict(),
                         "peers": None if model.peer_calibrator is None else model.peer_calibrator.to_dict(),
                         "range": None if model.range_calibrator is None else model.range_calibrator.to_dict(),
-                        "joint": None if model.joint_calibrator is None else model.joint_calibrator.to_dict()},
+                        "joint": None if model.joint_calibrator is None else model.joint_calibrator.to_dict(),
+                        "t2": None if model.t2_calibrator is None else model.t2_calibrator.to_dict(),
+                        "spe": None if model.spe_calibrator is None else model.spe_calibrator.to_dict(),
+                        "total": None if model.total_calibrator is None else model.total_calibrator.to_dict()},
     }
 
 
@@ -78,7 +81,7 @@ def save(model: FamilyModel, path: str | Path) -> tuple[Path, Path]:
     model_path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"estimator": model.estimator, "columns": list(model.columns),
                "center": model.center, "scale": model.scale, "ignored": model.ignored,
-               "peer_scale": model.peer_scale}
+               "peer_scale": model.peer_scale, "correlations": model.correlations}
     tmp = model_path.with_name(model_path.name + ".tmp")
     import joblib
 
@@ -151,6 +154,10 @@ def load(path: str | Path, *, features: Sequence[str] | None = None, window: int
         peer_calibrator=None if cal.get("peers") is None else Calibrator.from_dict(cal["peers"]),
         range_calibrator=None if cal.get("range") is None else Calibrator.from_dict(cal["range"]),
         joint_calibrator=None if cal.get("joint") is None else Calibrator.from_dict(cal["joint"]),
+        t2_calibrator=None if cal.get("t2") is None else Calibrator.from_dict(cal["t2"]),
+        spe_calibrator=None if cal.get("spe") is None else Calibrator.from_dict(cal["spe"]),
+        total_calibrator=None if cal.get("total") is None else Calibrator.from_dict(cal["total"]),
+        correlations=payload.get("correlations"),
         target_false_alarm=float(meta["target_false_alarm"]), trained=dict(meta.get("trained") or {}),
         ignored=payload.get("ignored"), peer_scale=payload.get("peer_scale"))
 

@@ -12,27 +12,26 @@ model and their peers (``FamilyModel.score_entities``, what ``score_family`` cal
 
 Written per entity and step, into the window (the rules of this step see them) and the store:
 
-* ``anomaly.score{family, entity, <entity labels>, explanation}``: the calibrated score in [0, 1];
+* ``anomaly.score{family, entity, <entity labels>}``: the calibrated score in [0, 1);
   ``entity`` is the entity's label values joined by ``/`` (``hlt01/hltwk05``), so that one rule
-  template names the entity of any family.
-  ``explanation`` names the metric that contributes most. It is *sticky*, so that an alert keeps
-  its identity (an alert is its rule plus its labels): it changes only while the entity scores at
-  least ``EXPLAIN_ABOVE`` and its current metric is no longer among the top contributions. Then
-  the old series gets NaN (a staleness marker: its alert resolves at once instead of lingering
-  for the rule's ``fresh``) and the new one starts. Until an entity's first anomaly its score
-  has no ``explanation`` label. At most one explanation value per entity and
-  step; the values are the family's metrics, so the label's cardinality is bounded.
-* ``anomaly.explanation{family, entity, <entity labels>}`` (a state) while the score is at least
-  ``EXPLAIN_ABOVE``: the top contributions with values, what is normal and what the peers show,
-  for ``farmwatch query`` and notebooks.
+  template names the entity of any family. One series per entity, whatever explains it: an
+  alert is its rule plus its labels, and an explanation that changes while the anomaly lasts
+  must not make it a new alert.
+* ``anomaly.surprise{...}``: the same on a log scale, ``-log10(1 - score)`` up to 6 (1 in a
+  million windows) and growing only logarithmically beyond, never infinite: for plots and ranking.
+* ``anomaly.explanation{...}`` (a state) while the score is at least ``EXPLAIN_ABOVE``: the top
+  contributions with values, what is normal and what the peers show. The ``anomaly`` rule kind
+  hands it to its alert as an annotation (``{explanation}``, ``{metric}``), which may change
+  while the alert lives.
 
 Entities whose newest point is older than ``STALE_BINS`` grid points are not scored (a silent
 node is the ``absent``/``down`` rules' business, not an anomaly of its rate), nor those with
 less than a window of history; both are counted in ``stats()``.
 
 Models learn RUNNING only (training leaves other run states out), so while the window knows the
-run state (``daq.run_state`` of the run-control node) and it is not RUNNING, and until a whole
-family window of the new run has passed, a family is not scored (``<family>_paused_steps``): a run
+run state (``daq.run_state`` of the run-control node) and it is not RUNNING, and until two whole
+family windows of the new run have passed (the first still holds the start-up: pipelines filling,
+rates ramping up), a family is not scored (``<family>_paused_steps``): a run
 stop would otherwise look like every node failing at once. Its score series get NaN when the pause
 begins, so the last scores neither keep an alert firing nor let a pending one fire. Without a known run state (a site
 without run control, or its IOC down) scoring goes on.
@@ -64,14 +63,14 @@ from farmwatch.store.window import Window
 log = logging.getLogger("farmwatch.detect")
 
 SCORE = "anomaly.score"
+SURPRISE = "anomaly.surprise"
 EXPLANATION = "anomaly.explanation"
 RUNNING = "RUNNING"
 EXPLAIN_ABOVE = 0.9
-"""Score from which an entity's explanation label may change and its text is written (the
-``anomaly`` rule kind's default threshold)."""
-TOP_METRICS = 3
-"""The explanation label stays while its metric is among this many top contributions."""
+"""Score from which an entity's explanation is written (the ``anomaly`` rule kind's default threshold)."""
 STALE_BINS = 3
+RESUME_WINDOWS = 2
+"""After a run start, families are scored again once this many family windows have passed."""
 
 
 @dataclass
@@ -95,9 +94,9 @@ class Family:
     fill: np.ndarray
     loaded_at: float
     selection: _Selection = field(default_factory=_Selection)
-    explained: dict[tuple[str, ...], str] = field(default_factory=dict)
     unknown_metrics: set[str] = field(default_factory=set)
     last_scored: int = 0
+    last_bin: int | None = None
     last_anomalous: int = 0
     paused_steps: int = 0
     live: list = field(default_factory=list)
@@ -176,9 +175,10 @@ class Scorer:
             state, since = self.window.run_state(now)
         for family in self.families:
             if state is not None and (state != RUNNING or (
-                    since is not None and now - since < family.freq * (family.model.window + 1))):
+                    since is not None and now - since < family.freq * (RESUME_WINDOWS * family.model.window + 1))):
                 family.paused_steps += 1
                 family.last_scored = 0
+                family.last_bin = None  # scoring resumes with the first step after the pause
                 if family.live:  # the last scores must not keep (or make) alerts while nothing is scored
                     out.append(Batch(now, list(family.live), [math.nan] * len(family.live)))
                     family.live = []
@@ -206,12 +206,19 @@ class Scorer:
 
     def _score(self, family: Family, now: float) -> list[Batch]:
         model, window = family.model, self.window
-        last_bin = math.floor(now / family.freq)
+        # The newest *complete* grid bin: with the bin still filling, a step early in a bin and one
+        # late in it saw different windows, and the score jumped between them at every step.
+        last_bin = math.floor(now / family.freq) - 1
+        if last_bin == family.last_bin:
+            return []  # no new bin since the last step: its scores stand
+        family.last_bin = last_bin
         first_bin = last_bin - model.window  # one bin before the window: the forward-fill seed
+        now = (last_bin + 1) * family.freq  # the scores are of the window that ended then
         since = first_bin * family.freq
         with window.lock:
             sel = self._select(family)
-            chunks = [window.points(window.keys[sid], since, now) for sid in sel.sids.tolist()]
+            # [since, now): a sample exactly at the bin boundary belongs to the bin in progress
+            chunks = [window.points(window.keys[sid], since, now - 1e-9) for sid in sel.sids.tolist()]
         if not sel.entities:
             family.last_scored = 0
             return []
@@ -277,15 +284,12 @@ class Scorer:
         for key, e in zip(entities, explanations):
             base = [("family", family.name), ("entity", "/".join(v for v in key if v) or "-")]
             base += [(k, v) for k, v in zip(family.settings.entity, key) if v and k not in ("family", "entity")]
-            current = family.explained.get(key)
+            labels = tuple(sorted(base))
             if e.score >= EXPLAIN_ABOVE:
                 anomalous += 1
-                top = e.metrics[:TOP_METRICS]
-                if top and current not in top:
-                    batch.add((SCORE, _labels(base, current)), math.nan)  # the old series ends: its alert resolves now
-                    current = family.explained[key] = top[0]
-                texts.add((EXPLANATION, _labels(base, None)), explanation_text(e))
-            batch.add((SCORE, _labels(base, current)), float(np.clip(e.score, 0.0, 1.0)))
+                texts.add((EXPLANATION, labels), explanation_text(e))
+            batch.add((SCORE, labels), float(e.score))
+            batch.add((SURPRISE, labels), float(e.surprise))
         family.last_anomalous = anomalous
         family.live = [k for k, v in zip(batch.keys, batch.values) if not math.isnan(v)]
         return [b for b in (batch, texts) if len(b)]
@@ -309,14 +313,15 @@ class Scorer:
 
 
 def explanation_text(e: Explanation, limit: int = 3) -> str:
-    """One line: the top contributions with value, normal value and peers, e.g.
-    ``hlt.output.sent_events:rate linear_trend__attr_"slope" = -1.4 (normal -0.06, peers 0.97, z -17)``."""
+    """One line, the metric that contributes most first: the top contributions with value, normal
+    value and peers, e.g. ``hlt.output.sent_events:rate linear_trend__attr_"slope" = -1.4 (normal
+    -0.06, peers 0.97, z -17); …``."""
     parts = []
     for c in e.contributions[:limit]:
         z = c.z_peers if c.z_peers is not None and abs(c.z_peers) > abs(c.z_normal) else c.z_normal
         peers = "" if c.peers is None else f", peers {c.peers:.4g}"
         parts.append(f"{c.metric} {c.feature} = {c.value:.4g} (normal {c.normal:.4g}{peers}, z {z:+.1f})")
-    return f"score {e.score:.3f}: " + "; ".join(parts)
+    return "; ".join(parts)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -374,11 +379,6 @@ def _fill_leading(values: np.ndarray, fill: np.ndarray) -> np.ndarray:
     first_val = np.where(has, np.take_along_axis(values, first_idx[..., None], axis=-1)[..., 0], 0.0)
     value = np.where(np.isfinite(fill)[None, :], fill[None, :], first_val)
     return np.where(missing, value[..., None], values)
-
-
-def _labels(base: list[tuple[str, str]], explanation: str | None) -> Labels:
-    items = list(base) if explanation is None else [*base, ("explanation", explanation)]
-    return tuple(sorted(items))
 
 
 def _entity_text(labels: Iterable[str], key: tuple[str, ...]) -> str:

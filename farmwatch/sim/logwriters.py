@@ -4,8 +4,9 @@ The lines look like what ``b2hlt_*`` processes write through basf2's logging (``
 { module: HLTZMQ2Ds }``, optionally behind an absolute time), with the odd multi-line error and
 Python traceback. Every record carries ``seq=<n>`` so a test can check, record by record, that
 what farmwatch stored is exactly what was written: nothing lost, nothing twice. Rotation works the
-two ways logrotate does it: ``rename`` (move the file away, start a new one) and ``copytruncate``
-(copy it, then empty it in place while the writer keeps appending).
+ways logrotate does it: ``rename`` (move the file away, start a new one), ``copytruncate`` (copy
+it, then empty it in place while the writer keeps appending) and ``recreate`` (copy it, delete it,
+start a new one: the content lives on only in the copy, under another inode).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class HltLogWriter:
         self._file.flush()
 
     def rotate(self, mode: str = "rename", keep: int = 3) -> None:
-        """logrotate's two ways: ``rename`` (``create``) or ``copytruncate``; keeps ``keep`` old files."""
+        """``rename`` (logrotate's ``create``), ``copytruncate`` or ``recreate``; keeps ``keep`` old files."""
         for i in range(keep - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")
             if older.exists():
@@ -106,8 +107,13 @@ class HltLogWriter:
             self._file.flush()
             shutil.copyfile(self.path, first)
             os.truncate(self.path, 0)  # the writer appends (O_APPEND): its next line lands at offset 0
+        elif mode == "recreate":
+            self._file.close()
+            shutil.copyfile(self.path, first)
+            os.unlink(self.path)
+            self._file = open(self.path, "a", encoding="utf-8")
         else:
-            raise ValueError(f"unknown rotation {mode!r}: rename or copytruncate")
+            raise ValueError(f"unknown rotation {mode!r}: rename, copytruncate or recreate")
         self.rotations += 1
 
     def close(self) -> None:

@@ -29,6 +29,10 @@ class SourceConfig(Section):
     labels: dict[str, str] = Field(default_factory=dict)
     """Extra labels added to every series of this source (e.g. ``site = "kek"``)."""
 
+    def warnings(self) -> list[str]:
+        """What is valid but probably a mistake (``check-config`` prints it), one line each."""
+        return []
+
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> "SourceConfig":
         if self.timeout >= self.interval:

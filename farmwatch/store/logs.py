@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 _COLUMNS = "id, ts, host, service, level, message, fields"
 _TOKEN = re.compile(r'-?"[^"]*"?|\S+')
-_WORD = re.compile(r"\w", re.UNICODE)
+_WORD = re.compile(r"[^\W_]")
+"""A letter or digit: what FTS5's unicode61 tokenizer keeps. A term without one (``_``, ``·``) is
+an empty phrase that matches nothing, so it is left out like other punctuation."""
 RETENTION_BATCH = 20_000
 
 
@@ -48,7 +50,8 @@ def fts_query(text: str) -> tuple[str, str]:
 
     Words are ANDed; ``"a phrase"`` is a phrase; ``word*`` a prefix; ``-word`` excludes. Every
     word is quoted, so characters FTS5 would read as syntax (``:``, ``-``, ``(``…) in log text
-    such as ``tcp://hltin01:5000`` are searched for instead of being a syntax error.
+    such as ``tcp://hltin01:5000`` are searched for instead of being a syntax error. A term with
+    no letter or digit (``_``, ``-``, ``…``) is ignored: the tokenizer has nothing to match it to.
     """
     positive: list[str] = []
     negative: list[str] = []

@@ -3,7 +3,11 @@ reading a config does not import what the source needs to run."""
 
 from __future__ import annotations
 
+import glob
+import os
 import re
+from fnmatch import fnmatch
+from pathlib import Path
 from typing import Literal
 
 from pydantic import ByteSize, Field, field_validator
@@ -20,7 +24,7 @@ class LogFilesConfig(SourceConfig):
 
     kind: Literal["logfiles"]
     paths: list[str] = Field(min_length=1)
-    """Glob patterns (``**`` for any depth), re-globbed every cycle."""
+    """Glob patterns (``**`` for any depth), re-globbed every cycle; relative ones are relative to the config file."""
     exclude: list[str] = Field(default_factory=lambda: list(COMPRESSED))
     """Globs over file names (or whole paths, when they contain ``/``) that are never read."""
     format: Literal["auto", "basf2", "syslog", "json", "raw"] = "auto"
@@ -50,6 +54,17 @@ class LogFilesConfig(SourceConfig):
     keep_original: bool = True
     """Keep the raw line(s) as ``event.original``."""
 
+    def resolved(self, base_dir: Path) -> "LogFilesConfig":
+        """Relative patterns made relative to ``base_dir`` (the config file's folder, like every
+        path of a config), so a service finds its files whatever directory it was started in."""
+        root = glob.escape(str(base_dir))
+        paths = [p if os.path.isabs(os.path.expanduser(p)) else os.path.join(root, p) for p in self.paths]
+        return self.model_copy(update={"paths": paths})
+
+    def warnings(self) -> list[str]:
+        """What is valid but probably wrong: patterns that match no file (``check-config``)."""
+        return [unmatched(p) for p in self.paths if not matching_files(p, self.exclude)]
+
     @field_validator("path_pattern")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
@@ -72,4 +87,22 @@ class LogFilesConfig(SourceConfig):
 
 CONFIG = LogFilesConfig
 
-__all__ = ["COMPRESSED", "CONFIG", "LogFilesConfig"]
+
+def matching_files(pattern: str, exclude: list[str]) -> list[str]:
+    """The regular files ``pattern`` matches (``~`` expanded, ``**`` any depth), sorted, minus
+    those ``exclude`` names (globs over the file name, or the whole path when they hold ``/``)."""
+    found = []
+    for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
+        name = os.path.basename(path)
+        if any(fnmatch(path if "/" in ex else name, ex) for ex in exclude):
+            continue
+        if os.path.isfile(path):
+            found.append(path)
+    return found
+
+
+def unmatched(pattern: str) -> str:
+    return f"paths: no file matches {pattern} (yet)"
+
+
+__all__ = ["COMPRESSED", "CONFIG", "LogFilesConfig", "matching_files", "unmatched"]

@@ -15,7 +15,10 @@ pattern, and a new ``app.log`` is a new file. ``copytruncate`` empties the file 
 drops below the offset (or its first bytes change), so it is read again from 0 under the next
 generation, and a copy whose first bytes are those of the truncated content (``app.log.1``, when a
 pattern matches it) is read from where the original was left, so lines written just before the
-copy are not lost and nothing is read twice. Inode reuse (a file deleted, a new one given its
+copy are not lost and nothing is read twice. Content is followed, not names: whenever a stored or
+open file stops holding content it had read (truncated, rewritten, deleted, also while farmwatch
+was stopped), its offset goes to the copy that holds that content now; a copy of a file still
+being read waits until the original lets go. Inode reuse (a file deleted, a new one given its
 inode) shows as a different fingerprint. A deleted file is read to its end, then closed.
 
 Records: a line that does not start a record (indented, a Python traceback) continues the
@@ -38,7 +41,6 @@ import re
 import socket
 import threading
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,7 +49,7 @@ from farmwatch.durations import format_duration
 from farmwatch.sources.logfiles.parse import LineParser, zone
 from farmwatch.model import Batch, LogRecord, labels as make_labels
 from farmwatch.sources.base import LogBatch, Source
-from farmwatch.sources.logfiles.config import COMPRESSED, LogFilesConfig
+from farmwatch.sources.logfiles.config import COMPRESSED, LogFilesConfig, matching_files, unmatched
 
 log = logging.getLogger(__name__)
 
@@ -208,17 +210,22 @@ class LogFilesSource(Source):
                 log.info("log file %s was renamed to %s; following it", f.path, found[0])
                 f.path = found[0]
             self._check(f, now)
-        for ident, (path, st) in seen.items():
+        first, stored = self._first_scan, self._stored or {}
+        if first:
+            for ident, (key, value) in list(stored.items()):  # files gone while farmwatch was down
+                if ident not in seen:
+                    self._remember_copy(int(value.get("fp_len", 0)), str(value.get("fp")), int(value.get("offset", 0)))
+                    self._drop.add(key)
+                    del stored[ident]
+        # Files with a stored offset first: one whose content changed while farmwatch was down
+        # hands its offset on (``_remember_copy``) before a copy of that content is opened.
+        for ident, (path, st) in sorted(seen.items(), key=lambda item: item[0] not in stored):
             if ident not in self._files:
                 f = self._open(path, st, now)
                 if f is not None:
                     self._files[(f.dev, f.ino)] = f
-        first, self._first_scan = self._first_scan, False
-        if first and self._stored:
-            for ident, (key, value) in self._stored.items():  # files gone while farmwatch was down
-                if ident not in seen:
-                    self._copies[(int(value.get("fp_len", 0)), str(value.get("fp")))] = int(value.get("offset", 0))
-                    self._drop.add(key)
+        self._first_scan = False
+        if first:
             self._stored = {}
 
     def _forget_offsets(self, now: float) -> None:
@@ -243,17 +250,20 @@ class LogFilesSource(Source):
     def _glob(self) -> list[str]:
         found: list[str] = []
         for pattern in self.config.paths:
-            for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
-                name = os.path.basename(path)
-                if any(fnmatch(path if "/" in ex else name, ex) for ex in self.config.exclude):
-                    continue
-                if os.path.isfile(path):
-                    found.append(path)
+            matched = matching_files(pattern, self.config.exclude)
+            if not matched and self._first_scan:
+                log.warning("log source %s: %s; looking again every cycle", self.name, unmatched(pattern))
+            found += matched
         return found
 
     def _open(self, path: str, st: os.stat_result, now: float) -> _File | None:
-        if st.st_size == 0:
-            return None  # nothing to fingerprint yet: picked up once it has content
+        if st.st_size == 0:  # nothing to fingerprint yet: picked up once it has content
+            gone = (self._stored or {}).pop((st.st_dev, st.st_ino), None)
+            if gone is not None:  # emptied while farmwatch was down: its content may live on in a copy
+                key, value = gone
+                self._remember_copy(int(value.get("fp_len", 0)), str(value.get("fp")), int(value.get("offset", 0)))
+                self._drop.add(key)
+            return None
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
@@ -275,14 +285,22 @@ class LogFilesSource(Source):
             if 0 < s_len <= st.st_size and _fingerprint(fd, s_len) == value.get("fp"):
                 fp_len, offset, gen, skip = s_len, int(value["offset"]), int(value.get("gen", 0)), bool(value.get("skip"))
             else:
-                log.info("log file %s: inode %d was reused by another file; reading it from the start", path, st.st_ino)
+                # Truncated or rewritten while farmwatch was down (copytruncate), or the inode
+                # reused: the content read up to the stored offset may live on in a copy.
+                log.info("log file %s: its first bytes changed while it was not watched (truncated, or the inode "
+                         "reused by another file); reading it from the start", path)
+                self._remember_copy(s_len, str(value.get("fp")), int(value.get("offset", 0)))
                 self._drop.add(key)
         fp = _fingerprint(fd, fp_len)
         if stored is None:
             copied = self._copy_of(fd, st.st_size)
+            if copied is _STILL_READ:
+                os.close(fd)  # a copy of a file that is still being read: looked at again next cycle
+                return None
             if copied is not None:
                 offset = copied  # a copy of content already read up to there (copytruncate)
-                log.info("log file %s holds the content of a truncated file; reading it from offset %d", path, offset)
+                log.info("log file %s holds the content of a truncated or deleted file; reading it from offset %d",
+                         path, offset)
             elif self._first_scan and self.config.start_at == "end":
                 offset = st.st_size
         # Last growth: its modification time, so a file that is already quiet (a cron run, a
@@ -293,15 +311,19 @@ class LogFilesSource(Source):
             self._truncated(f, now)
         return f
 
-    def _copy_of(self, fd: int, size: int) -> int | None:
-        """Where reading stopped in content this new file is a copy of, if it is one: a file that
-        was truncated since (``copytruncate`` done), or one still open and not yet truncated (the
-        copy seen between logrotate's copy and its truncation; the last 4 KiB before the offset
-        must be equal too, so two files that merely begin alike are not taken for copies)."""
+    def _copy_of(self, fd: int, size: int) -> int | object | None:
+        """Where reading stopped in content this new file is a copy of, if it is one.
+
+        The content of a file that let it go (truncated, deleted, changed while farmwatch was
+        down): its offset, or the copy's size when the copy is shorter (all of it was read).
+        The content of a file still open (the copy seen between logrotate's copy and its
+        truncation or deletion; the last 4 KiB before the offset must be equal too, so two files
+        that merely begin alike are not taken for copies): ``_STILL_READ``, as the original reads
+        it on until it lets go, and then hands its offset over."""
         for (length, fp), offset in list(self._copies.items()):
-            if 0 < length <= size and offset <= size and _fingerprint(fd, length) == fp:
+            if 0 < length <= size and _fingerprint(fd, length) == fp:
                 del self._copies[(length, fp)]
-                return offset
+                return min(offset, size)
         for f in self._files.values():
             if 0 < f.offset <= size and f.fp_len <= size and _fingerprint(fd, f.fp_len) == f.fp:
                 lo = max(0, f.offset - 4096)
@@ -310,8 +332,15 @@ class LogFilesSource(Source):
                 except OSError:
                     continue
                 if len(theirs) == f.offset - lo and os.pread(fd, f.offset - lo, lo) == theirs:
-                    return f.offset
+                    return _STILL_READ
         return None
+
+    def _remember_copy(self, fp_len: int, fp: str, offset: int) -> None:
+        """Content read up to ``offset`` that its file no longer holds: a copy of it continues there."""
+        if fp_len > 0:
+            self._copies[(fp_len, fp)] = offset
+            while len(self._copies) > 64:
+                del self._copies[next(iter(self._copies))]
 
     def _describe(self, path: str) -> tuple[str, str, dict[str, Any]]:
         host, service = self.host, self.config.service
@@ -357,9 +386,7 @@ class LogFilesSource(Source):
         self.stats.truncations += 1
         log.info("log file %s was truncated (size %d < offset %d, or its first bytes changed); reading it from the start",
                  f.path, f.size, f.offset)
-        self._copies[(f.fp_len, f.fp)] = f.offset
-        while len(self._copies) > 64:
-            del self._copies[next(iter(self._copies))]
+        self._remember_copy(f.fp_len, f.fp, f.offset)
         self._drop.add(f.key)
         f.gen += 1
         f.fp_len = min(self.config.fingerprint_bytes, f.size)
@@ -383,6 +410,7 @@ class LogFilesSource(Source):
                 os.close(f.fd)
                 self._files.pop((f.dev, f.ino), None)
                 self._closing.remove(f)
+                self._remember_copy(f.fp_len, f.fp, f.offset)  # a copy of its content goes on from here
                 if deleted:
                     self._drop.add(f.key)
                     log.info("log file %s was deleted and is read to its end; closed", f.path)
@@ -445,7 +473,7 @@ class LogFilesSource(Source):
                 pos += len(tail)
             else:
                 waiting = True
-                if pending is not None and text[:1].strip() and self.parser.starts_record(text):
+                if pending is not None and self._begins_next(pending, text):
                     self._emit(f, pending, out)  # the next record has begun: this one is complete
                     pending = None
         if pending is not None:
@@ -455,6 +483,21 @@ class LogFilesSource(Source):
                 pending = None
         end = pending[0] if pending is not None else pos
         return end, skip, len(out) - n_before
+
+    def _begins_next(self, pending: _Pending, partial: str) -> bool:
+        """Whether a partial last line surely starts a new record, so ``pending`` is complete.
+
+        The rule of ``_assemble`` for a whole line, and no while the line could still become one
+        that continues the record: inside a traceback, and for a prefix of a continuation marker
+        (``Trace`` of ``Traceback (most recent call last)``; taking that for a new record split
+        one record in two whenever a read ended there)."""
+        if not pending[2]:
+            return True  # nothing continues a record without a header
+        if pending[4] or not partial[:1].strip():
+            return False
+        if any(marker.startswith(partial) for marker in _CONTINUATIONS):
+            return False
+        return self.parser.starts_record(partial)
 
     def _deleted(self, f: _File) -> bool:
         try:
@@ -628,10 +671,14 @@ if _record(1.0, "h", "s", "info", "m", {}) != LogRecord(1.0, "h", "s", "info", "
     raise ImportError("farmwatch.sources.logfiles: _record no longer builds a LogRecord equal to LogRecord(...); "
                       "update it to LogRecord's fields")
 _NO_FIELDS: dict[str, Any] = {}
+_STILL_READ = object()
+"""``_copy_of``: the new file is a copy of one that is still being read."""
 _SPACES = frozenset("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
                     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 """Every character for which ``str.isspace()`` holds: only a line starting with one can be blank."""
 _TRACEBACK = "Traceback (most recent call last)"
+_CONTINUATIONS = (_TRACEBACK, "The above exception", "During handling of the above exception")
+"""Unindented lines that continue a record (``LineParser.starts_record``)."""
 
 
 def _fingerprint(fd: int, length: int) -> str:
