@@ -9,21 +9,22 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farmwatch.cli.common import (EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, add_config, duration_arg, iso, load_settings,
                                   time_arg)
 from farmwatch.durations import format_duration
 
+if TYPE_CHECKING:
+    from farmwatch.config.loader import Settings
 
-def _settings(path: str | None):
+
+def _settings(path: str | None) -> Settings | None:
     """The config when one is given or found; None (shipped rules only) when there is none."""
-    import os
+    from farmwatch.config.loader import find
 
-    from farmwatch.config import DEFAULT_PATHS, ENV
-
-    if path is None and not os.environ.get(ENV) and not any(p.is_file() for p in DEFAULT_PATHS):
-        return None
-    return load_settings(path)
+    found = find(path, required=False)
+    return None if found is None else load_settings(str(found))
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING, Sequence
 
 from farmwatch.cli.common import EXIT_FAIL, EXIT_OK, add_config, load_settings
+
+if TYPE_CHECKING:
+    from farmwatch.config.loader import Settings
 
 log = logging.getLogger("farmwatch")
 
@@ -26,10 +30,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return EXIT_OK if totals.dropped == 0 else EXIT_FAIL
 
 
-def _collect_once(settings, only) -> int:
+def _collect_once(settings: Settings, only: Sequence[str]) -> int:
     from farmwatch.service.assemble import build_sources, log_sinks
-    from farmwatch.store import open_store
     from farmwatch.service.runner import Runner
+    from farmwatch.store import open_store
 
     sources = build_sources(settings, only)
     store = open_store(settings.store)

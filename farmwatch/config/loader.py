@@ -96,9 +96,9 @@ def _resolved(settings: Settings, base_dir: Path) -> dict[str, Any]:
     return {"store": store, "alerting": alerting, "detect": detect, "elastic": elastic}
 
 
-def find(given: str | os.PathLike[str] | None = None) -> Path:
+def find(given: str | os.PathLike[str] | None = None, *, required: bool = True) -> Path | None:
     """The config file to use: ``given`` (``-c``), ``$FARMWATCH_CONFIG``, or the first default that
-    exists; ConfigError naming all three when there is none."""
+    exists; when there is none, ConfigError naming all three (or None if not ``required``)."""
     if given:
         return Path(given)
     if os.environ.get(ENV):
@@ -106,6 +106,8 @@ def find(given: str | os.PathLike[str] | None = None) -> Path:
     for path in DEFAULT_PATHS:
         if path.is_file():
             return path
+    if not required:
+        return None
     looked = " or ".join(str(p) for p in DEFAULT_PATHS)
     raise ConfigError([f"no config file: pass -c FILE, or set {ENV}, or create {looked}"])
 
@@ -113,6 +115,7 @@ def find(given: str | os.PathLike[str] | None = None) -> Path:
 def load(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read and validate a config file (``find(path)``); raises ConfigError listing every problem."""
     p = find(path)
+    assert p is not None
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
