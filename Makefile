@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test bench docs clean
+.PHONY: venv demo test quicktest bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/farmwatch demo
 
-test: $(STAMP)
+test: $(STAMP)   # everything, real components included (CI=true: a component that cannot start fails)
 	$(PY) -m pytest -q
+
+quicktest: $(STAMP)   # a quick round while working (< 2 min): without the tests marked slow or real
+	$(PY) -m pytest -q -m "not slow and not real"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_store_ingest.py
@@ -32,9 +35,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_zabbix.py   # a real Zabbix (scripts/zabbix_testenv.py, as root) or FARMWATCH_TEST_ZABBIX_URL
 	$(PY) benchmarks/bench_logs.py --size 1GB
 	$(PY) benchmarks/bench_alert_scenario.py
+	$(PY) benchmarks/bench_startup.py   # CPU of the read commands with a [detect] section, against the commit before the architecture step
 
-docs: $(STAMP)
-	$(VENV)/bin/farmwatch config-reference > docs/config.md
+docs: $(STAMP)   # docs/config.md, docs/series.md and collectors/*.toml, from the code and the sources' folders
+	$(PY) -m farmwatch.config.reference
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

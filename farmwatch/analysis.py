@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import pandas as pd
 
-from farmwatch.durations import parse_duration
+from farmwatch.durations import parse_duration, parse_time
 from farmwatch.store import SQLiteStore
-from farmwatch.store.matchers import MatcherSpec
+from farmwatch.matchers import MatcherSpec
 from farmwatch.store.rollup import choose
 
 if TYPE_CHECKING:
@@ -43,11 +43,12 @@ def open_prometheus(url: str, **options: Any) -> "PrometheusReader":
 
 
 def _epoch(t: float | str | pd.Timestamp | None, now: float) -> float | None:
-    """Epoch seconds from a number, a timestamp, or a duration back from ``now`` (``"10m"``)."""
+    """Epoch seconds from a number, a timestamp, or the words of every time option of the command
+    line (``"10m"`` back from ``now``, ``"2026-11-22T10:00"``, ``"now"``: ``durations.parse_time``)."""
     if t is None or isinstance(t, (int, float)):
         return t
-    if isinstance(t, str) and t[:1].isdigit() and not t[:4].isdigit():
-        return now - parse_duration(t)
+    if isinstance(t, str):
+        return parse_time(t, now)
     return pd.Timestamp(t).timestamp()
 
 

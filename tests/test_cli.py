@@ -13,7 +13,7 @@ import pytest
 
 from farmwatch.alerting.rules import load_rules
 from farmwatch.sim import SimUnit
-from farmwatch.sim.scenario import ALERTS
+from farmwatch.testing.scenario import ALERTS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,6 +50,7 @@ def test_python_dash_m_mirrors_the_console_script():
     assert out.returncode == 0 and out.stdout.startswith("farmwatch ")
 
 
+@pytest.mark.slow
 def test_collect_stops_cleanly_on_sigterm_with_everything_written(config, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "farmwatch", "collect", "-c", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -66,6 +67,7 @@ def test_collect_stops_cleanly_on_sigterm_with_everything_written(config, tmp_pa
     assert stored_rows(db) == int(m.group(1))  # every sample the runner counted is in the file
 
 
+@pytest.mark.slow
 def test_collect_once_then_query_in_every_format(config, tmp_path):
     assert farmwatch("collect", "-c", str(config), "--once").returncode == 0
     time.sleep(1.0)
@@ -80,7 +82,7 @@ def test_collect_once_then_query_in_every_format(config, tmp_path):
     assert lines[0]["labels"] == {"unit": "hlt01", "app": "distributor"}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", lines[0]["ts"])
 
-    out = farmwatch("query", "-c", str(config), "hlt.output.sent_events", "--label", "host=hltwk0*", "--since", "10m", "--format", "csv")
+    out = farmwatch("query", "-c", str(config), "hlt.output.sent_events", "--label", "host*=hltwk0*", "--since", "10m", "--format", "csv")
     rows = out.stdout.splitlines()
     assert rows[0] == "ts,name,labels,value" and len(rows) == 1 + 2 * 6
 
@@ -113,6 +115,7 @@ DEMO_FAULTS = ("HltWorkersDied", "AnomalyScoreHigh", "HltLogErrorBurst", "HltEve
                "HltHistogramsNotMerged", "HltProxyHistogramsNotMerged", "HltProxyHistoServerDown", "HltRunStopIncomplete")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # ~2 min of CPU (shared with the notebook tests); a loaded machine takes a few times that
 def test_demo_runs_the_scenario_and_every_fault_reaches_chat(demo_run):
     out_dir, out = demo_run

@@ -114,6 +114,8 @@ def wait_for(check, timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.real
+@pytest.mark.slow
 def test_every_sample_arrives_once_across_an_outage_and_a_kill_9(tsdb, unit, tmp_path) -> None:
     config = tmp_path / "farmwatch.toml"
     config.write_text('[store]\npath = "fw.db"\n\n' + unit.config_toml(source_name="hlt", interval="1s", timeout="300ms")
@@ -131,10 +133,12 @@ def test_every_sample_arrives_once_across_an_outage_and_a_kill_9(tsdb, unit, tmp
     tsdb.start()
     collector = farmwatch("collect", "-c", str(config))
     wait_for(lambda: queued(db) == 0, 60)  # the backlog is sent after the restart
-    time.sleep(2)
+    collector.send_signal(signal.SIGHUP)  # a reload: the next generation's writer takes over the queue
+    time.sleep(3)
     collector.send_signal(signal.SIGTERM)  # a clean stop sends what is queued first
     _, err = collector.communicate(timeout=60)
     assert collector.returncode == 0, err
+    assert "reloaded" in err, err
     assert queued(db) == 0, err
     until = time.time() + 1
     expected = stored(db)
@@ -282,5 +286,7 @@ def test_naming_relabelling_and_the_library_agree() -> None:
                 for series in message.timeseries][:4] == [([("__name__", "a"), ("b", "c")], [(ts, v)]) for v in values[:4]]
         assert math.isnan(message.timeseries[4].samples[0].value)
         assert wire.decode(body)[3] == ({"__name__": "a", "b": "c"}, [(ts, 1.5)])
-    assert selector("hlt.output.*", ["unit=hlt0[12]", "host!=", "app=~dist.*"]) == (
-        '{__name__=~"hlt_output_.*",unit=~"hlt0\\\\[12\\\\]",host!="",app=~"dist.*"}')
+    assert selector("hlt.output.*", ["unit*=hlt0[12]", "host!=", "app=~dist.*", "item=net.if.in[eth0]",
+                                     "pv!*=B2_*?"]) == (
+        '{__name__=~"hlt_output_.*",unit=~"hlt0[12]",host!="",app=~"dist.*",item="net.if.in[eth0]",pv!~"B2_.*."}')
+    assert selector("hlt.out[!p]ut.x", prefix="fw.") == '{__name__=~"fw_hlt_out[^p]ut_x"}'

@@ -21,11 +21,14 @@ from pathlib import Path
 import pytest
 
 from farmwatch.clock import SimClock
-from farmwatch.config import ConfigError, parse
-from farmwatch.runner import Runner
-from farmwatch.sources.zabbix import ZabbixConfig, ZabbixSource, problem_context
+from farmwatch.config import ConfigError
+from farmwatch.config.loader import parse
+from farmwatch.service.runner import Runner
+from farmwatch.sources.zabbix.source import ZabbixConfig, ZabbixSource, problem_context
 from farmwatch.store import SQLiteStore
 from zabbix_helpers import zabbix_env
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 KEYS = {"system.cpu.util": 0, "vm.memory.size[available]": 3, "net.if.in[eth0]": 3, "proc.num[basf2]": 3}
 """The item keys of every test host, with their value types (0 float, 3 unsigned)."""

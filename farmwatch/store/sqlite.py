@@ -39,17 +39,19 @@ from datetime import datetime, timezone
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import orjson
-import pandas as pd
 
 from farmwatch.clock import Clock, RealClock
 from farmwatch.model import Batch, Labels, Sample, SeriesKey, Value, format_series
+from farmwatch.matchers import Matcher, MatcherSpec, parse_matchers
 from farmwatch.store import chunks, compact, rollup
 from farmwatch.store.chunks import BLOCK_MS, Points
-from farmwatch.store.matchers import Matcher, MatcherSpec, parse_matchers
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where frames are made: commands that make none start without it
 
 APPLICATION = "farmwatch"
 CACHE_KIB = 64 * 1024
@@ -785,12 +787,16 @@ class _Catalog:
         )
 
     def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         columns: dict[str, object] = {"id": np.array(self.ids, dtype=np.int64), "name": self.names}
         columns["labels"] = _objects(self.labels)
         columns.update(self._label_columns(np.arange(len(self.ids)), _SERIES_COLUMNS))
         return pd.DataFrame(columns)
 
     def long(self, samples: Points, states: list[StateRow]) -> pd.DataFrame:
+        import pandas as pd
+
         sid_s, ts_s, seq_s, value_s = samples
         sid_t, ts_t, seq_t, texts = _unzip(states)
         pos = self.positions(np.concatenate([sid_s, sid_t]))
@@ -814,6 +820,8 @@ class _Catalog:
     def wide(self, samples: Points) -> pd.DataFrame:
         """What ``pivot(index="ts", columns=series, values="value")`` gives, without its MultiIndex
         detour; of several values of a series at one ms, the last."""
+        import pandas as pd
+
         sid, ts, seq, value = samples
         if seq.any():
             order = np.argsort(seq, kind="stable")
@@ -826,6 +834,8 @@ class _Catalog:
         return pd.DataFrame(matrix, index=_datetimes(times).rename("ts"), columns=columns)
 
     def rolled(self, rows: rollup.Rolled) -> pd.DataFrame:
+        import pandas as pd
+
         pos = self.positions(rows.sid)
         order = np.lexsort((pos, rows.ts))
         pos = pos[order]
@@ -846,6 +856,8 @@ class _Catalog:
 
     def positions(self, sids: np.ndarray) -> np.ndarray:
         """Display positions of series ids."""
+        import pandas as pd
+
         return pd.Index(self.ids).get_indexer(sids)
 
     def _label_columns(self, pos: np.ndarray, reserved: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -1314,6 +1326,8 @@ def _unzip(rows: list[StateRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray, li
 
 
 def _datetimes(ms: np.ndarray) -> pd.DatetimeIndex:
+    import pandas as pd
+
     return pd.DatetimeIndex((ms * 1_000_000).astype("datetime64[ns]")).tz_localize("UTC")
 
 
@@ -1322,3 +1336,7 @@ def _objects(items: list) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     out[:] = items
     return out
+
+
+__all__ = ["APPLICATION", "CACHE_KIB", "COMPACT_AFTER", "FRAME_DTYPE", "ID_DTYPE", "MIGRATIONS", "Points", "Raw",
+           "SQLiteStore", "StateRow", "StoreError"]

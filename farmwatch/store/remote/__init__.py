@@ -4,36 +4,23 @@
     url = "http://vm01:8428/api/v1/write"
     query_url = "http://vm01:8428"
 
-``RemoteWriter`` queues each cycle's samples in the store file (same transaction) and POSTs them
-in order; ``naming`` says how series are named there; ``PrometheusReader``
-(``farmwatch.store.remote.reader``) reads them back as the store's DataFrames. Operations, naming
-and the scale-out story: docs/remote-write.md.
+``RemoteWriter`` (``writer``) queues each cycle's samples in the store file (same transaction) and
+POSTs them in order; ``naming`` says how series are named there; ``PrometheusReader``
+(``reader``) reads them back as the store's DataFrames; ``settings`` is the config section and
+``wire`` the protobuf messages. Operations, naming and the scale-out story: docs/remote-write.md.
+
+The names below are imported when first used (PEP 562): reading a config imports ``settings``
+only, not the HTTP, protobuf and numpy parts.
 """
 
-from __future__ import annotations
+from farmwatch.lazy import exports
 
-import socket
-from pathlib import Path
-from typing import Any, Sequence
+_WHERE = {
+    "Relabel": "naming", "label_name": "naming", "metric_name": "naming", "prometheus_labels": "naming",
+    "RemoteWriteSettings": "settings", "RemoteWriter": "writer", "owner": "writer", "writers": "writer",
+    "PrometheusReader": "reader", "QueryError": "reader", "open_reader": "reader",
+}
 
-from farmwatch.store.remote.naming import Relabel, label_name, metric_name
-from farmwatch.store.remote.settings import RemoteWriteSettings
-from farmwatch.store.remote.writer import RemoteWriter
+__all__ = sorted(_WHERE)
 
-__all__ = ["Relabel", "RemoteWriteSettings", "RemoteWriter", "label_name", "metric_name", "owner", "writers"]
-
-
-def owner(config: Path | None, sources: Sequence[str]) -> str:
-    """The default queue name of a service: its config file and sources, and the host."""
-    name = config.stem if config is not None else "farmwatch"
-    return f"{name}[{','.join(sorted(sources))}]@{socket.gethostname()}"
-
-
-def writers(settings: Any, store: Any, sources: Sequence[str]) -> list[RemoteWriter]:
-    """The remote writers a service's config asks for (none without ``[remote_write]``), started."""
-    cfg: RemoteWriteSettings | None = getattr(settings, "remote_write", None)
-    if cfg is None:
-        return []
-    writer = RemoteWriter(cfg, store, cfg.queue or owner(settings.file, sources))
-    writer.start()
-    return [writer]
+__getattr__, __dir__ = exports(__name__, _WHERE)

@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field, field_validator
 
-from farmwatch.config import Section
+from farmwatch.config.base import Section
 from farmwatch.model import Labels
 
 __all__ = ["Relabel", "label_name", "metric_name", "prometheus_labels", "relabel"]

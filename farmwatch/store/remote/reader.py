@@ -17,32 +17,54 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
 import requests
 
-from farmwatch.store.matchers import MatcherSpec, parse_matchers
+from farmwatch.matchers import MatcherSpec, parse_matchers
 from farmwatch.store.remote.naming import _METRIC_BAD, label_name, metric_name
 from farmwatch.store.rollup import RESOLUTIONS
+from farmwatch.store.sqlite import StoreError
 
-__all__ = ["PrometheusReader", "QueryError", "selector"]
+if TYPE_CHECKING:
+    from farmwatch.store.remote.settings import RemoteWriteSettings
+
+__all__ = ["PrometheusReader", "QueryError", "open_reader", "selector"]
 
 _GLOB = re.compile(r"[*?\[]")
 _LONG = ("ts", "name", "value", "state", "labels")
 _ROLLUP = ("ts", "name", "value", "min", "max", "last", "count", "labels")
 
 
-class QueryError(RuntimeError):
-    """The query API failed or refused a query; the message names the URL and the reason."""
+class QueryError(StoreError):
+    """The query API failed or refused a query; the message names the URL and the reason (one line,
+    as the embedded store's errors: the command line prints it and exits 1)."""
 
 
 def _glob_regex(glob: str, name: bool = False) -> str:
-    """A glob (``*`` and ``?``) as a regular expression; for metric names, the other characters as
-    the writer renames them (``.`` → ``_``)."""
-    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(_METRIC_BAD.sub("_", c) if name else c)
-                   for c in glob)
+    """A shell glob (``*``, ``?``, ``[…]`` and ``[!…]`` as in the store's ``*=``) as a regular
+    expression; for metric names, the other characters as the writer renames them (``.`` → ``_``)."""
+    out, i = [], 0
+    while i < len(glob):
+        c = glob[i]
+        end = glob.find("]", i + 2 if glob[i + 1:i + 2] in ("!", "]") else i + 1) if c == "[" else -1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif end > 0:
+            body = glob[i + 1:end]
+            negate = body.startswith("!")
+            body = "".join(ch if ch == "-" else re.escape(_METRIC_BAD.sub("_", ch) if name else ch)
+                           for ch in body[negate:])
+            out.append(f"[{'^' if negate else ''}{body}]")
+            i = end
+        else:
+            out.append(re.escape(_METRIC_BAD.sub("_", c) if name else c))
+        i += 1
+    return "".join(out)
 
 
 def _quote(value: str) -> str:
@@ -61,8 +83,8 @@ def selector(name: str | None, matchers: MatcherSpec = None, prefix: str = "") -
         parts.append(f"__name__={_quote(metric_name(name, prefix))}")
     for m in parse_matchers(matchers):
         label = label_name(m.label)
-        if m.op in ("=", "!=") and _GLOB.search(m.value):
-            op, value = ("=~" if m.op == "=" else "!~"), _glob_regex(m.value)
+        if m.op in ("*=", "!*="):
+            op, value = ("=~" if m.op == "*=" else "!~"), _glob_regex(m.value)
         else:
             op, value = m.op, m.value
         parts.append(f"{label}{op}{_quote(value)}")
@@ -226,3 +248,14 @@ class PrometheusReader:
 def _duration(seconds: float) -> str:
     """A PromQL duration in whole milliseconds."""
     return f"{int(np.ceil(seconds * 1000))}ms"
+
+
+def open_reader(settings: RemoteWriteSettings) -> PrometheusReader:
+    """The query API of ``[remote_write] query_url``, with the writer's credentials and TLS settings
+    (``ValueError`` when the section names no ``query_url``; ``SecretError`` for a secret)."""
+    if settings.query_url is None:
+        raise ValueError("query_url is not set (the TSDB's Prometheus query API, e.g. http://vm01:8428)")
+    headers, auth = settings.credentials()
+    verify = str(settings.ca_file) if settings.ca_file else settings.verify
+    return PrometheusReader(settings.query_url, prefix=settings.prefix, timeout=settings.timeout, headers=headers,
+                            auth=auth, verify=verify)

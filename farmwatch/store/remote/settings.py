@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pydantic import ByteSize, Field, field_validator, model_validator
 
-from farmwatch.config import Duration, Section
+from farmwatch.config.base import Duration, Section
+from farmwatch.credentials import section_secret
 from farmwatch.store.remote.naming import Relabel
 
 __all__ = ["RemoteWriteSettings"]
@@ -16,6 +17,8 @@ __all__ = ["RemoteWriteSettings"]
 class RemoteWriteSettings(Section):
     """``[remote_write]``: send every stored sample to a Prometheus-compatible TSDB (VictoriaMetrics,
     Prometheus with ``--web.enable-remote-write-receiver``, Mimir, Thanos receive)."""
+
+    secrets = ("bearer_token", "password")
 
     url: str
     """The receiver's write endpoint, e.g. `http://vm01:8428/api/v1/write` or `http://prom:9090/api/v1/write`."""
@@ -81,3 +84,15 @@ class RemoteWriteSettings(Section):
         update = {k: base_dir / p for k in ("bearer_token_file", "password_file", "ca_file")
                   if (p := getattr(self, k)) is not None and not p.is_absolute()}
         return self.model_copy(update=update)
+
+    def credentials(self) -> tuple[dict[str, str], tuple[str, str] | None]:
+        """(headers, basic auth) of a request, ``headers`` included: the bearer token or the password
+        read now, so a rotated file is picked up (``SecretError`` names the variable or file)."""
+        headers = dict(self.headers)
+        token = section_secret(self, "bearer_token", "remote_write bearer token")
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+            return headers, None
+        if self.username:
+            return headers, (self.username, section_secret(self, "password", "remote_write password") or "")
+        return headers, None

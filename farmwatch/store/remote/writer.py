@@ -17,21 +17,23 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import requests
 
 from farmwatch.model import Batch, SeriesKey
-from farmwatch.secrets import SecretError, secret
+from farmwatch.credentials import SecretError
 from farmwatch.store.remote import wire
 from farmwatch.store.remote.naming import prometheus_labels
 from farmwatch.store.remote.settings import RemoteWriteSettings
 
-__all__ = ["RemoteWriter"]
+__all__ = ["RemoteWriter", "owner", "writers"]
 
 log = logging.getLogger(__name__)
 Record = tuple[int, bytes]
@@ -164,6 +166,15 @@ class RemoteWriter:
             self._thread.join(timeout)
         self.session.close()
 
+    def finish(self) -> None:
+        """A service ends: send what is queued (for up to the request timeout), then stop; the rest
+        waits in the store for the next start."""
+        if not self.drain(self.settings.timeout):
+            requests_left, samples = self.pending()
+            log.warning("remote write: %d samples (%d requests) still queued; they are sent at the next start",
+                        samples, requests_left)
+        self.close()
+
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the queue to empty (a service stopping, a cron run);
         True when it did. What is left is sent by the next start."""
@@ -231,17 +242,10 @@ class RemoteWriter:
     def _post(self, body: bytes) -> tuple[str, float]:
         """("sent" | "retry" | "rejected", seconds to wait before a retry)."""
         cfg = self.settings
-        headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
-                   "X-Prometheus-Remote-Write-Version": "0.1.0", "User-Agent": "farmwatch", **cfg.headers}
-        auth = None
         try:
-            if cfg.bearer_token_env or cfg.bearer_token_file:
-                token = secret(cfg.bearer_token_env, str(cfg.bearer_token_file) if cfg.bearer_token_file else None,
-                               "remote_write bearer token")
-                headers["Authorization"] = f"Bearer {token}"
-            elif cfg.username:
-                auth = (cfg.username, secret(cfg.password_env, str(cfg.password_file) if cfg.password_file else None,
-                                             "remote_write password"))
+            extra, auth = cfg.credentials()
+            headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+                       "X-Prometheus-Remote-Write-Version": "0.1.0", "User-Agent": "farmwatch", **extra}
             response = self.session.post(cfg.url, data=body, headers=headers, auth=auth, timeout=cfg.timeout)
         except SecretError as exc:
             return self._failed(str(exc), 0.0)
@@ -274,3 +278,19 @@ def _retry_after(value: str | None) -> float:
         return min(300.0, max(0.0, float(value))) if value else 0.0
     except ValueError:
         return 0.0
+
+
+def owner(config: Path | None, sources: Sequence[str]) -> str:
+    """The default queue name of a service: its config file and sources, and the host."""
+    name = config.stem if config is not None else "farmwatch"
+    return f"{name}[{','.join(sorted(sources))}]@{socket.gethostname()}"
+
+
+def writers(settings: Any, store: Any, sources: Sequence[str]) -> list[RemoteWriter]:
+    """The remote writers a service's config asks for (none without ``[remote_write]``), started."""
+    cfg: RemoteWriteSettings | None = getattr(settings, "remote_write", None)
+    if cfg is None:
+        return []
+    writer = RemoteWriter(cfg, store, cfg.queue or owner(settings.file, sources))
+    writer.start()
+    return [writer]
