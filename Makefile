@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test bench docs clean
+.PHONY: venv demo test quicktest bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,11 +16,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/farmwatch demo
 
-test: $(STAMP)
+test: $(STAMP)   # everything, real components included (CI=true: a component that cannot start fails)
 	$(PY) -m pytest -q
+
+quicktest: $(STAMP)   # a quick round while working (< 2 min): without the tests marked slow or real
+	$(PY) -m pytest -q -m "not slow and not real"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_store_ingest.py
+	$(PY) benchmarks/bench_store_density.py   # runs farmwatch demo for its data; promtool and VictoriaMetrics from Debian (installed as root)
 	$(PY) benchmarks/bench_hlt_poll.py
 	$(PY) benchmarks/bench_epics.py --seconds 8
 	$(PY) benchmarks/bench_nsmvget.py --cycles 2
@@ -33,9 +37,10 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'   # drain3, the baseline of:
 	$(PY) benchmarks/bench_log_templates.py   # log templates: accuracy on Loghub-dev vs drain3, pipeline speed with/without
 	$(PY) benchmarks/bench_alert_scenario.py
+	$(PY) benchmarks/bench_startup.py   # CPU of the read commands with a [detect] section, against the commit before the architecture step
 
-docs: $(STAMP)
-	$(VENV)/bin/farmwatch config-reference > docs/config.md
+docs: $(STAMP)   # docs/config.md, docs/series.md and collectors/*.toml, from the code and the sources' folders
+	$(PY) -m farmwatch.config.reference
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -4,7 +4,7 @@ Issue 4's operator-facing promise, measured end to end on a simulated clock: a s
 (3 worker nodes × 4 workers, 100 Hz, real ZeroMQ monitor sockets) polled every 2 s by the real
 ``hlt_zmq`` source, the shipped rules (alerts/*.toml) in the real ``AlertEngine`` (lifecycle,
 inhibition, grouping, outbox in SQLite), delivered over HTTP to the Rocket.Chat stand-in
-(``farmwatch.sim.scenario.Scenario``). The run state comes from the simulated run control
+(``farmwatch.testing.scenario.Scenario``). The run state comes from the simulated run control
 directly, except in the clean hour and for ``RunStateUnknown``, where it goes through a real IOC
 and the real ``nsm`` source, as deployed.
 
@@ -62,11 +62,11 @@ from farmwatch.alerting.dispatch import Timers  # noqa: E402
 from farmwatch.alerting.engine import AlertEngine  # noqa: E402
 from farmwatch.alerting.notifiers import RocketChatREST  # noqa: E402
 from farmwatch.alerting.rules import Rule, load_rules  # noqa: E402
-from farmwatch.alerting.service import file_inhibits  # noqa: E402
+from farmwatch.alerting.ruleset import file_inhibits  # noqa: E402
 from farmwatch.alerting.state import AlertDB  # noqa: E402
 from farmwatch.sim.chat import ChatServer, StoredMessage  # noqa: E402
 from farmwatch.sim.ioc import SimIOC  # noqa: E402
-from farmwatch.sim.scenario import ALERTS, Scenario  # noqa: E402
+from farmwatch.testing.scenario import ALERTS, Scenario  # noqa: E402
 from farmwatch.store import SQLiteStore  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

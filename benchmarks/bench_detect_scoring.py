@@ -50,10 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_store_ingest import machine  # noqa: E402
 
-from farmwatch.alerting.window import Window  # noqa: E402
+from farmwatch.store.window import Window  # noqa: E402
 from farmwatch.detect import save, score_family, stream_scores, train_family  # noqa: E402
-from farmwatch.detect.service import SCORE, Scorer  # noqa: E402
-from farmwatch.detect.training import DetectSettings  # noqa: E402
+from farmwatch.detect.scorer import SCORE, Scorer  # noqa: E402
+from farmwatch.detect.settings import DetectSettings  # noqa: E402
 from farmwatch.model import Batch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -137,13 +137,14 @@ def trained_scorer(folder: Path, farm: Farm, minutes: int = 30) -> Scorer:
 def frames_baseline(scorer: Scorer, window: Window, now: float) -> dict[str, float]:
     """The straightforward path: per-entity DataFrames of the window's points, then ``score_family``."""
     family = scorer.families[0]
-    since = (np.floor(now / family.freq) - family.model.window) * family.freq
+    end = np.floor(now / family.freq) * family.freq  # the scorer scores the newest complete grid bin
+    since = end - (family.model.window + 1) * family.freq
     cols: dict[str, dict[str, pd.Series]] = {}
     with window.lock:
         for sid in window.select_ids("hlt.worker.*").tolist():
             name, lbls = window.keys[sid]
             d = dict(lbls)
-            ts, vals = window.points(window.keys[sid], since, now)
+            ts, vals = window.points(window.keys[sid], since, end - 1e-6)
             cols.setdefault(f"unit={d['unit']},host={d['host']}", {})[name] = pd.Series(vals, index=pd.to_datetime(ts, unit="s"))
     frames = {e: pd.DataFrame(c) for e, c in cols.items()}
     return {e.entity: e.score for e in score_family(family.model, frames, family.settings.freq)}

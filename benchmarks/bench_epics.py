@@ -106,8 +106,8 @@ def summarize(rows: list[dict], n_pvs: int, rate_hz: float) -> dict:
 
 # -- the children -----------------------------------------------------------------------------------
 def child_farmwatch(args: argparse.Namespace, names: list[str]) -> dict:
-    from farmwatch.config import parse
-    from farmwatch.sources.epics import EpicsSource
+    from farmwatch.config.loader import parse
+    from farmwatch.sources.epics.source import EpicsSource
     from farmwatch.store import SQLiteStore
 
     body = {"kind": "epics", "interval": "1s", "timeout": "500ms", "missing_after": "60s",

@@ -47,7 +47,7 @@ from bench_store_ingest import machine  # noqa: E402
 from farmwatch.clock import SimClock  # noqa: E402
 from farmwatch.detect import features as F  # noqa: E402
 from farmwatch.sim.unit import SimUnit  # noqa: E402
-from farmwatch.sources.hlt_zmq import decode_reply  # noqa: E402
+from farmwatch.sources.hlt_zmq.source import decode_reply  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_S = 0.5

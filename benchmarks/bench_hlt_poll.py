@@ -32,8 +32,8 @@ import logging
 import pandas as pd
 import zmq
 
-from farmwatch.config import load
-from farmwatch.sources.hlt_zmq import HltZmqSource
+from farmwatch.config.loader import load
+from farmwatch.sources.hlt_zmq.source import HltZmqSource
 from farmwatch.store import SQLiteStore
 
 HERE = Path(__file__).resolve().parent

@@ -19,7 +19,7 @@ else the shared machine runs), median over ``--runs``:
   every record its message template, ``farmwatch.logtemplates``; its target: >= 80k lines/s/core with them);
 - **naive baseline** (``--baseline-lines`` lines, as it is slow): line by line, ``json.loads`` or
   each format's regex in turn with ``datetime.strptime``, one ``Elasticsearch.index()`` call per
-  line with the official client, against the protocol-level test server (``farmwatch.sim.elastic``)
+  line with the official client, against the protocol-level test server (``farmwatch.sim.es_cluster``)
   in another process; CPU of the shipping process and wall time.
 
 Writes ``benchmarks/results/logs.json`` and prints a table. The log file goes to ``--dir``
@@ -53,9 +53,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from farmwatch.clock import SimClock  # noqa: E402
-from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource  # noqa: E402
+from farmwatch.sources.logfiles.source import LogFilesConfig, LogFilesSource  # noqa: E402
 from farmwatch.store.elastic import bulk_body  # noqa: E402
-from farmwatch.store.logs import LogBatch  # noqa: E402
+from farmwatch.sources.base import LogBatch  # noqa: E402
 
 UNITS = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "b": 1}
 MODULES = ("HLTZMQ2Ds", "HLTDs2ZMQ", "ZMQDistributor", "ZMQCollector", "StorageSerializer")
@@ -216,7 +216,7 @@ def naive(path: Path, n: int, url: str) -> int:
 
 
 def _serve(port: int, ready, stop) -> None:  # in a child process: the server's CPU is not ours
-    from farmwatch.sim.elastic import ElasticSim
+    from farmwatch.sim.es_cluster import ElasticSim
 
     sim = ElasticSim(port=port).start()
     ready.set()

@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from farmwatch.config import parse
-from farmwatch.sources.nsm import NsmSource
+from farmwatch.config.loader import parse
+from farmwatch.sources.nsm.source import NsmSource
 
 HERE = Path(__file__).resolve().parent
 STANDIN = HERE.parent / "tests" / "nsm_standin"

@@ -44,7 +44,7 @@ from bench_store_ingest import machine  # noqa: E402
 
 from farmwatch.alerting import kinds  # noqa: E402
 from farmwatch.alerting.rules import Rule, parse_rules  # noqa: E402
-from farmwatch.alerting.window import Window  # noqa: E402
+from farmwatch.store.window import Window  # noqa: E402
 from farmwatch.model import Batch, LogRecord, SeriesKey, labels  # noqa: E402
 from farmwatch.store import SQLiteStore  # noqa: E402
 

@@ -9,7 +9,7 @@ Series names and labels are synthetic but shaped like the flattened HLT state du
 
 Ingest, samples/s (wall and CPU), median over ``--runs``:
 - fresh file: ``--cycles`` cycles into a new file (the first registers 75k series, 340 layouts);
-- steady state: the day's table already holds ``--prefill`` cycles (written through the store,
+- steady state: the hour's head table already holds ``--prefill`` cycles (written through the store,
   50 cycles per ``write``); ``--cycles`` more, on a fresh copy of that file per run, after an
   untimed resend of the last pre-filled cycle (a running collector's store has its series' ids
   and layouts cached);
@@ -22,8 +22,9 @@ counter is the whole machine's, so the least of 3 passes); and file growth per c
 pre-fill. (``/proc/self/io`` write_bytes is no use here: on recent kernels it counts whole large
 page-cache folios and reported 4-5x what the device received.)
 
-Reads, ms (a second process's view: the store opened read-only; warm cache; median over
-``--runs``): the pre-filled file is extended to ``--read-cycles`` cycles (3,600 = one hour) for
+Reads, ms wall and CPU (a second process's view: the store opened read-only; warm cache; median
+and range over ``--runs``), once with everything in the head tables and once after compaction
+into chunks (timed: compaction samples/s CPU): the pre-filled file is extended to ``--read-cycles`` cycles (3,600 = one hour) for
 the 34 batches of one unit only (the whole farm's hour takes ~90 s and ~6 GB to write); then one
 series over that hour (in a 147-series and in a 1,400-series frame), all series of one 1,400-series
 batch over 10 min (long and wide), ``latest()`` of one name across the farm (340 series in 340
@@ -64,7 +65,7 @@ from farmwatch.model import Batch, SeriesKey, labels, with_labels  # noqa: E402
 from farmwatch.store import SQLiteStore  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-T0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z: every cycle lands in day chunk frames_20240101
+T0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z: the first hour's cycles land in head table head_20240101T00
 POLL = 1.0
 TARGET = 200_000
 UNITS, WORKERS, PEERS = 10, 32, 69
@@ -196,14 +197,16 @@ def device_bytes_per_cycle(path: Path, cycles: list[list[Batch]], warmup: list[B
 
 
 def timed_read(runs: int, read: Callable[[], pd.DataFrame]) -> dict[str, float]:
-    times, points = [], 0
+    times, cpus, points = [], [], 0
     read()  # warm the cache and the reader's connection
     for _ in range(runs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         frame = read()
         times.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
         points = int(frame.count().sum()) if frame.index.name == "ts" else len(frame)
-    return {"ms": 1000 * statistics.median(times), "points": points}
+    return {"ms": 1000 * statistics.median(times), "cpu_ms": 1000 * statistics.median(cpus),
+            "cpu_ms_range": [1000 * min(cpus), 1000 * max(cpus)], "points": points}
 
 
 def naive(path: Path, samples: int, series: int) -> dict[str, float]:
@@ -245,7 +248,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cycles", type=int, default=10, help="timed cycles per run")
-    parser.add_argument("--prefill", type=int, default=300, help="cycles already in the day table")
+    parser.add_argument("--prefill", type=int, default=300, help="cycles already in the hour's head table")
     parser.add_argument("--read-cycles", type=int, default=3600, help="cycles of the read unit's batches")
     parser.add_argument("--baseline-samples", type=int, default=5_000)
     parser.add_argument("--dir", type=Path, default=RESULTS, help="where the store files are written")
@@ -293,7 +296,7 @@ def main() -> None:
                 cold.append(timed_writes(work / "steady.db", steady[:1]))
                 for leftover in work.glob("steady.db*"):
                     leftover.unlink()
-        label = f"steady state ({args.prefill} cycles in the day table)"
+        label = f"steady state ({args.prefill} cycles in the hour's head table)"
         ingest[label] = median([rates(t) for t in runs])
         ingest["  first write after opening it (cold caches)"] = median([rates(t) for t in cold])
         device = []
@@ -319,19 +322,26 @@ def main() -> None:
         peer = {"unit": READ_UNIT, "app": "distributor", "peer": "hltwk0105"}
         big = {"unit": READ_UNIT, "app": "distributor"}
         minute = {"since": T0 + (args.prefill - 60) * POLL, "until": T0 + (args.prefill - 1) * POLL}
-        with SQLiteStore(prefilled, readonly=True) as reader:
-            cases: dict[str, Callable[[], pd.DataFrame]] = {
-                "one series, 1 h, in a 147-series frame": lambda: reader.query(WORKER[5], worker, **hour),
-                "one series, 1 h, in a 1,400-series frame": lambda: reader.query(PER_PEER[3], peer, **hour),
-                "1,400-series batch, 10 min, long": lambda: reader.query(None, big, since=end - 599 * POLL),
-                "1,400-series batch, 10 min, wide": lambda: reader.query(None, big, since=end - 599 * POLL,
-                                                                         form="wide"),
-                "  of which selecting its series (series())": lambda: reader.series(None, big),
-                "latest() of one name across the farm": lambda: reader.latest("up"),
-                "one name across the farm, 1 min": lambda: reader.query(WORKER[5], **minute),
-            }
-            for name, read in cases.items():
-                reads[name] = timed_read(args.runs, read)
+        compacted = work / "compacted.db"
+        shutil.copyfile(prefilled, compacted)
+        with SQLiteStore(compacted) as store:
+            cpu = time.process_time()
+            size["compacted_samples"] = store.compact(everything=True)
+            size["compaction_cpu_s"] = time.process_time() - cpu
+        for where, path in (("head", prefilled), ("chunks", compacted)):
+            with SQLiteStore(path, readonly=True) as reader:
+                cases: dict[str, Callable[[], pd.DataFrame]] = {
+                    "one series, 1 h, in a 147-series frame": lambda: reader.query(WORKER[5], worker, **hour),
+                    "one series, 1 h, in a 1,400-series frame": lambda: reader.query(PER_PEER[3], peer, **hour),
+                    "1,400-series batch, 10 min, long": lambda: reader.query(None, big, since=end - 599 * POLL),
+                    "1,400-series batch, 10 min, wide": lambda: reader.query(None, big, since=end - 599 * POLL,
+                                                                             form="wide"),
+                    "  of which selecting its series (series())": lambda: reader.series(None, big),
+                    "latest() of one name across the farm": lambda: reader.latest("up"),
+                    "one name across the farm, 1 min": lambda: reader.query(WORKER[5], **minute),
+                }
+                for name, read in cases.items():
+                    reads[f"{where}: {name}"] = timed_read(args.runs, read)
 
         baseline = "baseline: naive execute per sample, autocommit"
         ingest[baseline] = median([naive(work / f"naive{r}.db", args.baseline_samples, per_cycle)
@@ -371,9 +381,13 @@ def main() -> None:
     device_mb = "n/a" if device is None else f"{device / 1e6:.1f}"
     print(f"{'':<{width}}{size['wal_bytes_per_cycle'] / 1e6:>11.1f}{device_mb:>11}"
           f"{size['file_bytes_per_cycle'] / 1e6:>11.2f}")
-    print(f"{'reads (store opened read-only)':<{width}}{'ms':>11}{'points':>11}")
+    print(f"compaction (the read unit's hour and the prefill into chunks and rollups): {size['compacted_samples']:,} "
+          f"samples, {size['compacted_samples'] / size['compaction_cpu_s']:,.0f}/s CPU")
+    width = max(map(len, reads)) + 2
+    print(f"{'reads (store opened read-only)':<{width}}{'wall ms':>9}{'CPU ms':>9}{'range':>15}{'points':>10}")
     for name, row in reads.items():
-        print(f"{name:<{width}}{row['ms']:>11.1f}{row['points']:>11,}")
+        lo, hi = row["cpu_ms_range"]
+        print(f"{name:<{width}}{row['ms']:>9.1f}{row['cpu_ms']:>9.1f}{f'{lo:.1f}-{hi:.1f}':>15}{row['points']:>10,}")
     verdict = "meets" if report["meets_target"] else "MISSES"
     print(f"steady-state ingest is {report['speedup_vs_baseline']:,.0f}x the baseline and {verdict} the "
           f"{TARGET:,} samples/s target; {report['workload']['benchmark_s']:.0f} s; "

@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from zabbix_helpers import zabbix_env  # noqa: E402
 
-from farmwatch.sources.zabbix import ZabbixConfig, ZabbixSource  # noqa: E402
+from farmwatch.sources.zabbix.source import ZabbixConfig, ZabbixSource  # noqa: E402
 from farmwatch.store import SQLiteStore  # noqa: E402
 
 

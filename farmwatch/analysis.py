@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import pandas as pd
 
-from farmwatch.durations import parse_duration
+from farmwatch.durations import parse_duration, parse_time
 from farmwatch.store import SQLiteStore
-from farmwatch.store.matchers import MatcherSpec
+from farmwatch.matchers import MatcherSpec
+from farmwatch.store.rollup import choose
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+
+    from farmwatch.store.remote.reader import PrometheusReader
 
 RUN_STATE = "daq.run_state"
 
@@ -29,12 +32,23 @@ def open_store(path: str | Path) -> SQLiteStore:
     return SQLiteStore(path, readonly=True)
 
 
+def open_prometheus(url: str, **options: Any) -> "PrometheusReader":
+    """A Prometheus-compatible query API (VictoriaMetrics, Prometheus, Mimir, Thanos) that
+    ``[remote_write]`` feeds, read like the store: ``frame``, ``states`` and ``newest`` work on it
+    (``alerts`` and ``log_counts`` need the store). Options: ``prefix``, ``headers``, ``auth``,
+    ``verify``, ``timeout``, ``lookback`` (``farmwatch.store.remote.reader.PrometheusReader``)."""
+    from farmwatch.store.remote.reader import PrometheusReader
+
+    return PrometheusReader(url, **options)
+
+
 def _epoch(t: float | str | pd.Timestamp | None, now: float) -> float | None:
-    """Epoch seconds from a number, a timestamp, or a duration back from ``now`` (``"10m"``)."""
+    """Epoch seconds from a number, a timestamp, or the words of every time option of the command
+    line (``"10m"`` back from ``now``, ``"2026-11-22T10:00"``, ``"now"``: ``durations.parse_time``)."""
     if t is None or isinstance(t, (int, float)):
         return t
-    if isinstance(t, str) and t[:1].isdigit() and not t[:4].isdigit():
-        return now - parse_duration(t)
+    if isinstance(t, str):
+        return parse_time(t, now)
     return pd.Timestamp(t).timestamp()
 
 
@@ -47,7 +61,8 @@ def newest(store: SQLiteStore) -> float:
 
 
 def frame(store: SQLiteStore, name: str, matchers: MatcherSpec = None, *, since: Any = None, until: Any = None,
-          by: str | Iterable[str] | None = None, aggregate: str = "sum", resample: str | None = None) -> pd.DataFrame:
+          by: str | Iterable[str] | None = None, aggregate: str = "sum", resample: str | None = None,
+          resolution: str = "auto") -> pd.DataFrame:
     """Numeric series as a wide DataFrame: UTC time index, one column per series.
 
     Columns are named by the labels that differ between the selected series (``by`` chooses them:
@@ -55,11 +70,18 @@ def frame(store: SQLiteStore, name: str, matchers: MatcherSpec = None, *, since:
     "hlt.output.sent_events:rate", ["app=distributor", "host!="], by="host")`` has columns hltwk01, …
     (the events the distributor sent each worker node: its worker processes summed, ``aggregate``).
     ``since``/``until``: epoch seconds, timestamps, or durations back from the newest data (``"10m"``).
-    ``resample``: a pandas offset (``"10s"``) averaging onto a regular grid.
+    ``resample``: a pandas offset (``"10s"``) averaging onto a regular grid. ``resolution``: ``raw``
+    samples, or the means of ``1m``/``10m`` rollups; ``auto`` picks by the range (raw up to 6 h,
+    1m up to 3 days, else 10m: months of history stay a few hundred points per series).
     """
     now = newest(store)
-    df = store.query(name, matchers, since=_epoch(since, now), until=_epoch(until, now), form="long")
-    df = df[df["state"].isna()] if not df.empty else df
+    lo, hi = _epoch(since, now), _epoch(until, now)
+    res = choose(lo, hi, now) if resolution == "auto" else resolution
+    if res == "raw":
+        df = store.query(name, matchers, since=lo, until=hi, form="long")
+        df = df[df["state"].isna()] if not df.empty else df
+    else:
+        df = store.rollup(name, matchers, since=lo, until=hi, resolution=res)
     if df.empty:
         return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="ts"))
     keys = _varying(df["labels"], by)
@@ -316,5 +338,5 @@ def _column(lbls: Mapping[str, str], keys: list[str], name: str) -> str:
     return ",".join(p for p in parts if p) or name
 
 
-__all__ = ["align", "alerts", "context", "frame", "log_counts", "log_patterns", "log_templates", "newest", "open_store",
-           "plot", "states", "timeline"]
+__all__ = ["align", "alerts", "context", "frame", "log_counts", "log_patterns", "log_templates", "newest",
+           "open_prometheus", "open_store", "plot", "states", "timeline"]

@@ -89,3 +89,6 @@ class SimClock:
             return True
         self.sleep(seconds)
         return event.is_set()
+
+
+__all__ = ["Clock", "RealClock", "SimClock"]

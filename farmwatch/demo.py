@@ -40,8 +40,8 @@ from farmwatch.overview import LatestValues, render, summarize
 from farmwatch.report import write_report
 from farmwatch.sim import faults as slow
 from farmwatch.sim.ioc import SimIOC
-from farmwatch.sim.scenario import RUN_CONTROL, Scenario
-from farmwatch.sim.unit import endpoints_toml
+from farmwatch.testing.scenario import RUN_CONTROL, Scenario
+from farmwatch.sim.sockets import endpoints_toml
 from farmwatch.store import SQLiteStore
 
 INTERVAL = 2.0
@@ -178,7 +178,10 @@ def run_demo(speed: float = 10.0, out: Path = Path("demo-out")) -> int:
     faults, run_control = _plan()
     latest = LatestValues()
     seen_messages: dict[str, int] = {}
-    clock = SimClock(float(int(time.time())))  # simulated time starts now, so `--since 30m` finds it
+    # The simulated timeline ends when the demo does (the fast-forwarded start takes a few seconds
+    # more), never in the future: right afterwards `--since 10m` finds its last ten minutes.
+    paced_wall = (END - TRAIN_AT) / speed if speed else 0.0
+    clock = SimClock(float(int(time.time() - END + paced_wall)))
     family_series = WORKER["series"]
     with SimIOC() as ioc:
         store = SQLiteStore(store_path, retention=86400.0, clock=clock)
@@ -273,15 +276,17 @@ def _train(console: Console, live: Live | None, s: Scenario, cfg: Path, store: S
     """``farmwatch train`` on the quiet start, then score every step as ``farmwatch run`` does; the
     families are the ``[detect]`` section of the config the demo wrote (what ``farmwatch models``
     and ``farmwatch run -c`` on it see)."""
-    from farmwatch.config import load
+    from farmwatch.alerting.state import AlertDB
+    from farmwatch.config.loader import load
     from farmwatch.detect import save
-    from farmwatch.detect.service import Scorer
+    from farmwatch.detect.scorer import Scorer
     from farmwatch.detect.training import train_from_store
 
     detect = load(cfg).detect
     began = time.perf_counter()
+    alert_periods = AlertDB(store).firing_periods(until=s.now)
     for name, fam in detect.families.items():
-        save(train_from_store(store, name, fam, start, s.now), detect.models / name)
+        save(train_from_store(store, name, fam, start, s.now, alert_periods=alert_periods), detect.models / name)
     scorer = Scorer(detect, store)
     s.attach_scorer(scorer)
     _note(console, live, t, f"anomaly models ({', '.join(detect.families)}: the worker nodes of each unit) trained "
@@ -408,3 +413,7 @@ def _new_patterns(console: Console, s: Scenario) -> bool:
 def _mmss(seconds: float) -> str:
     m, sec = divmod(int(round(seconds)), 60)
     return f"{m:02d}:{sec:02d}"
+
+
+__all__ = ["END", "INTERVAL", "NODES", "ROTATE_AT", "TIMERS", "TRAIN_AT", "UNITS", "WORKER", "Fault", "families",
+           "run_demo"]

@@ -190,3 +190,7 @@ def fingerprint(rule: str, lbls: Labels) -> str:
     for k, v in lbls:
         h.update(b"\0" + k.encode() + b"\0" + v.encode())
     return h.hexdigest()
+
+
+__all__ = ["Alert", "AlertState", "Batch", "Labels", "LogRecord", "Notification", "Sample", "SeriesKey", "Value",
+           "fingerprint", "format_series", "labels", "with_labels"]

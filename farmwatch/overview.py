@@ -146,3 +146,6 @@ def render(summaries: list[UnitSummary], title: str = "farmwatch top"):
             ", ".join(s.slow_nodes) or "-", ", ".join(s.down) or "-",
         )
     return t
+
+
+__all__ = ["LatestValues", "UnitSummary", "render", "summarize"]

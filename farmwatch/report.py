@@ -123,3 +123,6 @@ def _logs_section(store: SQLiteStore, episodes: pd.DataFrame, run_state: pd.Seri
     totals = [{"host": host, "log records": int(everything[host].sum()), "ERROR/FATAL": int(errors[host].sum()),
                "most errors in a minute": int(errors[host].max())} for host in everything.columns]
     return ["<h2>Application logs</h2>", _png(fig), _table(totals)]
+
+
+__all__ = ["write_report"]

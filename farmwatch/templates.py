@@ -95,3 +95,6 @@ def expand_entry(entry: Any, fields: tuple[str, ...], reserved: set[str]) -> lis
     for e in expand({**{"\0" + f: v for f, v in values.items()}, **lbls}):
         out.append(({f: e.pop("\0" + f) for f in fields}, e))
     return out
+
+
+__all__ = ["MAX_EXPANSION", "expand", "expand_entry"]

@@ -156,28 +156,13 @@ def missing_programs() -> list[str]:
 
 def install_packages() -> None:
     """apt-get install (non-interactive) with a policy-rc.d so no service starts system-wide."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise TestEnvError(f"missing {', '.join(missing_programs())} and cannot install them (needs root and apt-get); "
-                           f"install {' '.join(PACKAGES)} or point the tests at a Zabbix with FARMWATCH_TEST_ZABBIX_URL")
-    policy = Path("/usr/sbin/policy-rc.d")
-    created = not policy.exists()
-    if created:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
-    try:
-        log("installing " + " ".join(PACKAGES))
-        t0 = time.monotonic()
-        if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            proc = subprocess.run(cmd, env=env, capture_output=True)
-            if proc.returncode != 0:
-                raise TestEnvError("apt-get install failed: " + proc.stderr.decode(errors="replace").strip()[-800:])
-        log(f"packages installed in {time.monotonic() - t0:.0f}s")
-    finally:
-        if created:
-            policy.unlink()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from debian_packages import apt_install
+
+    t0 = time.monotonic()
+    apt_install(PACKAGES, TestEnvError, log, f"; missing {', '.join(missing_programs())}: install them or point the "
+                "tests at a Zabbix with FARMWATCH_TEST_ZABBIX_URL")
+    log(f"packages installed in {time.monotonic() - t0:.0f}s")
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def real_ioc(purpose: str) -> Iterator["SimIOC"]:
     Without epicscorelibs the tests are skipped, except in CI where that is a failure.
     """
     from farmwatch.sim.ioc import SimIOC
-    from farmwatch.sources import epics as epics_source
+    from farmwatch.sources.epics import source as epics_source
 
     if importlib.util.find_spec("epicscorelibs") is None:
         if IN_CI:

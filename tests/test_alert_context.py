@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farmwatch.alerting.context import HostContext
+from farmwatch.sources.zabbix.source import ZabbixContext
 from farmwatch.alerting.dispatch import Timers
 from farmwatch.alerting.engine import AlertEngine
 from farmwatch.alerting.message import render
@@ -54,7 +54,7 @@ def test_a_node_alert_says_what_zabbix_reports_about_the_node(tmp_path: Path):
     store = SQLiteStore(tmp_path / "fw.db", clock=clock)
     rule = NodeSlow()
     engine = AlertEngine([rule], None, AlertDB(store), timers=Timers(group_wait=0), notifiers=["chat"], clock=clock,
-                         context=HostContext(store, tz="UTC"))
+                         context=ZabbixContext(store, tz="UTC"))
     zabbix_poll(store, T0 - 30, {"hltwk07": [("High CPU temperature on hltwk07", "high", T0 - 600)], "hltwk02": []})
     rule.on = {labels(unit="hlt01", host="hltwk07"): 3.0, labels(unit="hlt01", host="hltwk02"): 4.0}
     clock.advance(5)
@@ -74,6 +74,6 @@ def test_a_node_alert_says_what_zabbix_reports_about_the_node(tmp_path: Path):
 def test_without_zabbix_data_nothing_is_added(tmp_path: Path):
     clock = SimClock(T0)
     store = SQLiteStore(tmp_path / "fw.db", clock=clock)
-    context = HostContext(store)
+    context = ZabbixContext(store)
     assert context(labels(unit="hlt01", host="hltwk07"), T0) == []
     assert context(labels(unit="hlt01"), T0) == []

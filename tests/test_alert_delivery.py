@@ -29,8 +29,10 @@ ROOM = "hlt-alerts"
 class Service:
     """An alerting service (engine + delivery) on a store file, restartable, talking to ``server``."""
 
-    def __init__(self, path: Path, server: ChatServer, clock: SimClock, rules, webhook: bool = False) -> None:
+    def __init__(self, path: Path, server: ChatServer, clock: SimClock, rules, webhook: bool = False,
+                 timeout: float = 2.0) -> None:
         self.path, self.server, self.clock, self.rules, self.webhook = path, server, clock, rules, webhook
+        self.timeout = timeout
         self.hook_url = server.add_webhook("#" + ROOM) if webhook else None
         self.token, self.uid = server.personal_token()
         self.start()
@@ -39,10 +41,10 @@ class Service:
         self.store = SQLiteStore(self.path, clock=self.clock)
         db = AlertDB(self.store)
         if self.webhook:
-            notifier = RocketChatWebhook(self.hook_url, clock=self.clock, timeout=2)
+            notifier = RocketChatWebhook(self.hook_url, clock=self.clock, timeout=self.timeout)
         else:
             notifier = RocketChatREST(self.server.url, channel="#" + ROOM, token=self.token, user_id=self.uid,
-                                      clock=self.clock, timeout=2)
+                                      clock=self.clock, timeout=self.timeout)
         self.engine = AlertEngine(self.rules, None, db, notifiers=["chat"], clock=self.clock,
                                   timers=Timers(group_wait=10, group_interval=30, repeat_interval=7200))
         self.delivery = Delivery(db, {"chat": notifier}, clock=self.clock, backoff=(1.0, 60.0))
@@ -86,7 +88,7 @@ def test_one_incident_is_one_message_updated_until_it_resolves(tmp_path: Path, s
     (msg,) = svc.messages()
     assert "RESOLVED" in msg.text and "hltwk07" in msg.text
     assert len(msg.history) == 3  # posted, updated with hltwk07, updated as resolved
-    assert server.count("chat.postMessage") == 1 and server.count("chat.update") == 2
+    assert server.count("chat.sendMessage") == 1 and server.count("chat.update") == 2
     rule.on[labels(unit="hlt02", host="hltwk03")] = 1
     svc.run(15)
     assert len(svc.messages()) == 2, "a new incident of the same group is a new message"
@@ -115,6 +117,27 @@ def test_chat_down_for_minutes_loses_nothing_and_keeps_order(tmp_path: Path, ser
     assert not [o for o in outcomes if o.startswith("failed")]
 
 
+def test_a_post_whose_answer_was_lost_stays_one_message_across_a_restart(tmp_path: Path, server: ChatServer,
+                                                                         clock) -> None:
+    """Issue 15 item 2 on the whole chain: the server stores the post but answers too late; the
+    incident grows and farmwatch restarts before the post is confirmed. The retry (of the newest
+    state, by the next process) names the same message: one message, showing everything."""
+    rule = SetRule("HltInputStalled")
+    svc = Service(tmp_path / "farm.db", server, clock, [rule], timeout=0.3)
+    server.slow(1.0, endpoints=("chat.postMessage", "chat.sendMessage"))
+    rule.on[labels(unit="hlt03", host="hltwk01")] = 0
+    svc.run(15)
+    assert len(svc.messages()) == 1 and svc.engine.db.outbox_depth() == {"chat": 1}  # stored, not confirmed
+    server.slow(0)
+    rule.on[labels(unit="hlt03", host="hltwk02")] = 0
+    svc.restart()
+    svc.run(60)
+    (msg,) = svc.messages()
+    assert "hltwk01" in msg.text and "hltwk02" in msg.text
+    assert svc.engine.db.outbox_depth() == {}
+    assert server.count("chat.getMessage", 200) >= 1  # it was sent again, found taken, and looked up
+
+
 def test_a_429_storm_delays_but_never_drops(tmp_path: Path, server: ChatServer, clock) -> None:
     server.set_rate_limit(2, 60.0)
     rule = SetRule("HltInputStalled")
@@ -125,7 +148,7 @@ def test_a_429_storm_delays_but_never_drops(tmp_path: Path, server: ChatServer, 
     assert len(svc.messages()) == 2
     svc.run(300)
     assert len(svc.messages()) == 8
-    limited = server.count("chat.postMessage", 429)
+    limited = server.count("chat.sendMessage", 429)
     assert limited <= 4, f"the notifier must wait for X-RateLimit-Reset, not hammer the server ({limited} × 429)"
     assert svc.engine.db.outbox_depth() == {}
 

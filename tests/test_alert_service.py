@@ -106,6 +106,7 @@ def _incident(chat: ChatServer, unit: SimUnit, procs: list[subprocess.Popen]) ->
     assert "Unit hlt07: input stalled (0 events/s)" in msg.text and len(msg.history) == 2
 
 
+@pytest.mark.slow
 def test_run_collects_evaluates_and_notifies_in_one_process(tmp_path: Path, unit: SimUnit, chat: ChatServer) -> None:
     cfg, env = _config(tmp_path, unit, chat)
     proc = subprocess.Popen([sys.executable, "-m", "farmwatch", "run", "-c", str(cfg)], env=env,
@@ -119,6 +120,7 @@ def test_run_collects_evaluates_and_notifies_in_one_process(tmp_path: Path, unit
     assert "FIRING UnitInputStalled" in err and "RESOLVED UnitInputStalled" in err
 
 
+@pytest.mark.slow
 def test_watch_alerts_from_the_store_that_a_collector_writes(tmp_path: Path, unit: SimUnit, chat: ChatServer) -> None:
     cfg, env = _config(tmp_path, unit, chat)
     cmd = [sys.executable, "-m", "farmwatch"]
@@ -132,3 +134,35 @@ def test_watch_alerts_from_the_store_that_a_collector_writes(tmp_path: Path, uni
     finally:
         results = [_stop(watch), _stop(collect)]
     assert [code for code, _ in results] == [0, 0], results
+
+
+def test_kill_9_while_a_post_is_in_flight_gives_no_second_message(tmp_path: Path, unit: SimUnit, chat: ChatServer) -> None:
+    """Issue 15 item 2 with a real process: the chat server has the FIRING post but holds its
+    answer back; ``farmwatch run`` is killed (-9) meanwhile. The next process sends the queued
+    notification again, with the same message id: one message, edited to RESOLVED in the end."""
+    cfg, env = _config(tmp_path, unit, chat)
+    cmd = [sys.executable, "-m", "farmwatch", "run", "-c", str(cfg)]
+    chat.slow(60, endpoints=("chat.postMessage", "chat.sendMessage"))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        unit.stall_input(True)
+        _wait(lambda: any("FIRING" in m.text for m in chat.room_messages("hlt-alerts")), 30, "the FIRING post to arrive")
+        proc.send_signal(signal.SIGKILL)  # its answer is still held back
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    chat.slow(0)
+    unit.stall_input(False)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(lambda: any("RESOLVED" in m.text for m in chat.room_messages("hlt-alerts")), 60, "the RESOLVED edit")
+        time.sleep(2)  # a second message would come now
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err
+    (msg,) = chat.room_messages("hlt-alerts")
+    assert "FIRING" in msg.history[0][1] and "RESOLVED" in msg.text
+    assert "already has message" in err  # the retry found the post of the killed process

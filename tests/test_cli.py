@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 
 from farmwatch.alerting.rules import load_rules
 from farmwatch.sim import SimUnit
-from farmwatch.sim.scenario import ALERTS
+from farmwatch.testing.scenario import ALERTS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,16 +36,13 @@ def config(unit, tmp_path) -> Path:
 
 
 def stored_rows(db: Path) -> int:
-    """Values in the store: numbers in frames (one row per batch, n values each) plus states."""
-    con = sqlite3.connect(db)
-    try:
-        if not con.execute("select count(*) from sqlite_master where name = 'chunks'").fetchone()[0]:
-            return 0
-        frames = [r[0] for r in con.execute("select name from chunks")]
-        values = sum(con.execute(f'select total(l.n) from "{t}" join layouts as l on l.id = layout_id').fetchone()[0] for t in frames)
-        return int(values) + con.execute("select count(*) from states").fetchone()[0]
-    finally:
-        con.close()
+    """Values in the store: numbers (head frames, extras and compressed chunks) plus states."""
+    if not db.exists():
+        return 0
+    from farmwatch.store import SQLiteStore
+
+    with SQLiteStore(db, readonly=True) as store:
+        return len(store.query())
 
 
 def test_python_dash_m_mirrors_the_console_script():
@@ -54,6 +50,7 @@ def test_python_dash_m_mirrors_the_console_script():
     assert out.returncode == 0 and out.stdout.startswith("farmwatch ")
 
 
+@pytest.mark.slow
 def test_collect_stops_cleanly_on_sigterm_with_everything_written(config, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "farmwatch", "collect", "-c", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -70,6 +67,7 @@ def test_collect_stops_cleanly_on_sigterm_with_everything_written(config, tmp_pa
     assert stored_rows(db) == int(m.group(1))  # every sample the runner counted is in the file
 
 
+@pytest.mark.slow
 def test_collect_once_then_query_in_every_format(config, tmp_path):
     assert farmwatch("collect", "-c", str(config), "--once").returncode == 0
     time.sleep(1.0)
@@ -84,7 +82,7 @@ def test_collect_once_then_query_in_every_format(config, tmp_path):
     assert lines[0]["labels"] == {"unit": "hlt01", "app": "distributor"}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", lines[0]["ts"])
 
-    out = farmwatch("query", "-c", str(config), "hlt.output.sent_events", "--label", "host=hltwk0*", "--since", "10m", "--format", "csv")
+    out = farmwatch("query", "-c", str(config), "hlt.output.sent_events", "--label", "host*=hltwk0*", "--since", "10m", "--format", "csv")
     rows = out.stdout.splitlines()
     assert rows[0] == "ts,name,labels,value" and len(rows) == 1 + 2 * 6
 
@@ -93,6 +91,16 @@ def test_collect_once_then_query_in_every_format(config, tmp_path):
 
     out = farmwatch("query", "-c", str(config), "up", "--label", "app=~(")
     assert out.returncode == 2 and "app=~(" in out.stderr
+
+    # Rollups: asked for, or chosen by a long --since; the two cycles fall into one or two minutes.
+    for args in (["--resolution", "1m"], ["--since", "3d"]):
+        out = farmwatch("query", "-c", str(config), "up", "--label", "app=distributor", "--format", "json", *args)
+        assert out.returncode == 0, out.stderr
+        rows = [json.loads(line) for line in out.stdout.splitlines()]
+        assert set(rows[0]) == {"ts", "name", "labels", "value", "min", "max", "last", "count"}
+        assert sum(r["count"] for r in rows) == 2 and {r["value"] for r in rows} == {1.0}
+    out = farmwatch("query", "-c", str(config), "up", "--store", "remote")
+    assert out.returncode == 2 and "remote_write.query_url" in out.stderr
 
 
 def test_top_once_shows_the_unit(config):
@@ -108,6 +116,7 @@ DEMO_FAULTS = ("HltWorkersDied", "AnomalyScoreHigh", "HltLogErrorBurst", "HltEve
                "LogPatternRateAnomalous", "LogNewErrorPattern")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # ~2 min of CPU (shared with the notebook tests); a loaded machine takes a few times that
 def test_demo_runs_the_scenario_and_every_fault_reaches_chat(demo_run):
     out_dir, out = demo_run

@@ -53,7 +53,7 @@ def test_silence_with_a_bad_matcher_is_one_clear_line(config: Path, capsys) -> N
     assert main(["silence", "add", "unit", "--for", "2h", "--comment", "x", "-c", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "farmwatch silence add: bad label matcher 'unit': expected label=value, label!=value, " \
-                  "label=~regex or label!~regex"
+                  "label=~regex, label!~regex, label*=glob or label!*=glob"
 
 
 def test_a_silence_from_the_shell_mutes_the_running_engine(config: Path) -> None:

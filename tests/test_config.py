@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from farmwatch.cli import main
-from farmwatch.config import ConfigError, load
+from farmwatch.config import ConfigError
+from farmwatch.config.loader import load
 from farmwatch.durations import format_duration, parse_duration
 from farmwatch.templates import expand
 

@@ -1,8 +1,12 @@
 """The library API: ``stream_scores`` and ``score_frame`` on a small labelled synthetic set.
 
-The set crosses anomaly kinds (spikes, level shifts, variance changes, drifts, stuck-at-constant)
-with backgrounds (seasonal + noise, random walk + noise, white noise). Run this file as a script
-(``python tests/test_detect_api.py``) to print the per-kind AUC table quoted in docs/detection.md.
+A synthetic set shows that a mechanism works; how good the detectors are is measured on real,
+labelled data (benchmarks/bench_detect_public.py; tests/test_detect_public.py keeps a regression
+on a slice of it). The set crosses anomaly kinds (spikes, level shifts, variance changes, drifts,
+stuck-at-constant) with backgrounds: seasonal, random walk and white noise, and the shapes real
+metrics have and Gaussian noise has not: heavy-tailed, quantised (small counts) and bursty (mostly
+quiet, now and then a burst). Run this file as a script (``python tests/test_detect_api.py``) to
+print the per-kind table quoted in docs/detection.md.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from farmwatch.detect import default_warmup, score_frame, stream_scores
+from farmwatch.detect.scoring import score_of
 
 KINDS = ("spike", "level_shift", "variance", "drift", "stuck")
 BACKGROUNDS = ("seasonal", "random_walk", "noise")
+REAL_SHAPES = ("heavy_tailed", "quantised", "bursty")
 N, WARMUP, ONSET, LENGTH = 1500, 500, 1000, 60
 
 
@@ -25,6 +31,12 @@ def background(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
         return 10 + 3 * np.sin(2 * np.pi * t / 100) + rng.normal(0, 0.5, n)
     if kind == "random_walk":
         return 10 + np.cumsum(rng.normal(0, 0.1, n)) + rng.normal(0, 0.3, n)
+    if kind == "heavy_tailed":
+        return 10 + rng.standard_t(2.5, n)
+    if kind == "quantised":
+        return rng.poisson(3.0, n).astype(float)
+    if kind == "bursty":
+        return 1 + (rng.uniform(size=n) < 0.03) * rng.exponential(20.0, n) + rng.normal(0, 0.05, n)
     return 10 + rng.normal(0, 1, n)
 
 
@@ -56,7 +68,7 @@ def inject(x: np.ndarray, kind: str, start: int, length: int, rng: np.random.Gen
 
 
 def case(kind: str, bg: str, seed: int = 0) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([seed, KINDS.index(kind), BACKGROUNDS.index(bg)])
+    rng = np.random.default_rng([seed, KINDS.index(kind), (BACKGROUNDS + REAL_SHAPES).index(bg)])
     x, labels = inject(background(bg, N, rng), kind, ONSET, LENGTH, rng)
     return pd.date_range("2026-11-01", periods=N, freq="1min"), x, labels
 
@@ -67,30 +79,41 @@ def auc(kind: str, bg: str, seed: int = 0) -> float:
     return roc_auc_score(labels[WARMUP:], scores[WARMUP:])
 
 
+def found(kind: str, bg: str, seed: int = 0) -> bool:
+    """The anomaly's highest score beats every normal point after warmup (no false alarm at that threshold)."""
+    ts, x, labels = case(kind, bg, seed)
+    scores = stream_scores(ts, x, warmup=WARMUP)
+    window = slice(ONSET, ONSET + LENGTH)
+    return bool(scores[window].max() > scores[WARMUP:ONSET].max())
+
+
 # -- stream_scores: quality -----------------------------------------------------------------------
-@pytest.mark.parametrize("bg", ["seasonal", "noise"])
+@pytest.mark.parametrize("bg", BACKGROUNDS)
 @pytest.mark.parametrize("kind", ["spike", "level_shift", "variance"])
-def test_easy_anomalies_score_clearly_higher_than_normal_points(kind, bg):
-    assert auc(kind, bg) >= 0.9
+def test_spikes_steps_and_noise_bursts_are_found_before_any_false_alarm(kind, bg):
+    assert np.mean([found(kind, bg, seed) for seed in range(5)]) >= (1.0 if bg != "random_walk" else 0.8)
 
 
-@pytest.mark.parametrize("kind", ["spike", "level_shift", "variance"])
-def test_easy_anomalies_on_a_random_walk_which_wanders_out_of_any_normal_range(kind):
-    assert np.mean([auc(kind, "random_walk", seed) for seed in range(3)]) >= 0.85
-
-
-@pytest.mark.parametrize("bg", ["seasonal", "noise"])
-@pytest.mark.parametrize("kind", ["stuck", "drift"])
-def test_stuck_and_drift_are_found_on_stationary_backgrounds(kind, bg):
-    assert auc(kind, bg) >= {"stuck": 0.75, "drift": 0.8}[kind]
+@pytest.mark.parametrize("bg", ("noise",) + REAL_SHAPES)
+def test_false_alarms_on_normal_data_match_the_threshold_whatever_its_shape(bg):
+    """Heavy tails, small counts and bursts are where a robust (IQR/MAD) spread said "anomaly" at
+    every burst; the standard deviation of the series' own history keeps 0.99 meaning 1 %."""
+    rng = np.random.default_rng([7, REAL_SHAPES.index(bg) if bg in REAL_SHAPES else 9])
+    n, warm = 8000, 1000
+    x = background(bg, n, rng)
+    s = stream_scores(np.arange(n), x, warmup=warm)[warm:]
+    assert 0.002 <= np.mean(s >= 0.99) <= 0.025, np.mean(s >= 0.99)
+    assert np.mean(s >= 0.999) <= 0.006
+    top = np.sort(s)[-100:]
+    assert top[-1] < 1.0 and np.unique(top).size == top.size   # never saturated, never tied
 
 
 def test_a_spike_scores_high_at_the_spike_not_a_window_later():
-    ts, x, labels = case("spike", "seasonal")
+    ts, x, labels = case("spike", "noise")
     scores = stream_scores(ts, x, warmup=WARMUP)
     for i in np.flatnonzero(labels):
         assert scores[i] > 0.999
-        assert scores[i] > scores[i - 1]
+        assert scores[i] > scores[i - 1] and scores[i] > scores[i + 2]
 
 
 def test_normal_points_after_warmup_raise_about_the_target_rate_of_false_alarms():
@@ -102,15 +125,24 @@ def test_normal_points_after_warmup_raise_about_the_target_rate_of_false_alarms(
     assert 0.3 <= np.median(scores) <= 0.7
 
 
-def test_a_lasting_level_shift_is_flagged_then_becomes_the_new_normal():
+def test_a_lasting_level_shift_is_flagged_when_it_happens_not_for_as_long_as_it_lasts():
     ts, x, labels = case("level_shift", "noise")
     scores = stream_scores(ts, x, warmup=WARMUP)
-    assert np.mean(scores[ONSET:ONSET + 20] >= 0.99) >= 0.8
-    assert np.mean(scores[ONSET + 300:] >= 0.99) <= 0.05
+    assert scores[ONSET:ONSET + 3].max() >= 0.999
+    assert np.mean(scores[ONSET + 20:] >= 0.99) <= 0.03
 
 
-# -- stream_scores: contract and edge cases --------------------------------------------------------
-@pytest.mark.parametrize("bg", ["seasonal", "noise"])
+def test_surprise_is_the_score_on_a_log_scale():
+    ts, x, _ = case("spike", "noise")
+    surprise = stream_scores(ts, x, warmup=WARMUP, surprise=True)
+    scores = stream_scores(ts, x, warmup=WARMUP)
+    np.testing.assert_allclose(scores, score_of(surprise))
+    low = surprise < 5
+    np.testing.assert_allclose(scores[low], 1 - 10.0 ** -surprise[low], rtol=1e-9, atol=1e-12)
+    assert np.all(np.isfinite(surprise)) and np.all(surprise >= 0)
+
+
+@pytest.mark.parametrize("bg", ["seasonal", "noise", "bursty"])
 def test_scores_are_causal_appending_points_never_changes_earlier_scores(bg):
     ts, x, _ = case("level_shift", bg)
     full = stream_scores(ts, x, warmup=WARMUP)
@@ -218,13 +250,16 @@ def test_score_frame_finds_anomalies_in_one_metric_among_others_on_other_scales(
     train, test, labels = frames
     s = score_frame(train, test)
     assert isinstance(s, pd.Series) and s.index.equals(test.index)
-    assert np.all((s >= 0) & (s <= 1))
-    assert roc_auc_score(labels, s) >= 0.9
+    assert np.all((s >= 0) & (s < 1))
+    assert roc_auc_score(labels, s) >= 0.85
     assert s.iloc[650] > 0.999
-    # False alarms on normal rows, leaving out the window after each anomaly (16 rows: windows
-    # that still contain anomalous rows are expected to score high, and do).
-    after = np.convolve(labels, np.ones(16), mode="full")[: len(labels)] > 0
+    # False alarms on normal rows, leaving out a few rows after each anomaly (smoothing echoes it).
+    after = np.convolve(labels, np.ones(4), mode="full")[: len(labels)] > 0
     assert np.mean(s[~after] >= 0.99) <= 0.02
+    for start, stop in ((300, 340), (500, 540)):  # each anomaly above every normal row
+        assert s.iloc[start:stop].max() > s[~after].max()
+    surprise = score_frame(train, test, surprise=True)
+    np.testing.assert_allclose(score_of(surprise.to_numpy()), s.to_numpy())
 
 
 def frame_case(kind: str, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
@@ -259,9 +294,26 @@ def frame_auc(kind: str, seed: int = 0) -> float:
     return roc_auc_score(labels, score_frame(train, test))
 
 
-@pytest.mark.parametrize("kind", ["spike", "level_shift", "variance", "stuck"])
-def test_score_frame_per_anomaly_kind(kind):
-    assert frame_auc(kind) >= 0.85
+@pytest.mark.parametrize("kind", KINDS)
+def test_score_frame_finds_every_kind_before_any_false_alarm(kind):
+    """Stuck and drift too: a metric that stops following the others breaks their correlation."""
+    for seed in range(3):
+        train, test, labels = frame_case(kind, seed)
+        s = score_frame(train, test).to_numpy()
+        first = int(np.flatnonzero(labels)[0])
+        assert s[labels].max() > s[:first].max(), (kind, seed)
+
+
+def test_score_frame_follow_lets_a_lasting_change_become_the_new_normal():
+    train, test, labels = frame_case("level_shift")
+    span = pd.Timedelta(minutes=200)
+    still = score_frame(train, test).to_numpy()
+    followed = score_frame(train, test, follow=span).to_numpy()
+    assert followed[400:410].max() > 0.999                  # flagged when it happens
+    assert np.mean(still[600:] >= 0.99) > 0.5               # judged against training alone: for ever
+    assert np.mean(followed[600:] >= 0.99) <= 0.3           # against its recent past: mostly no longer
+    with pytest.raises(ValueError, match="time index"):
+        score_frame(train.reset_index(drop=True), test.reset_index(drop=True), follow="1D")
 
 
 def test_score_frame_is_causal_and_trained_on_train_only(frames):
@@ -271,20 +323,22 @@ def test_score_frame_is_causal_and_trained_on_train_only(frames):
     np.testing.assert_array_equal(score_frame(train, test.iloc[:1]).to_numpy(), full.iloc[:1].to_numpy())
 
 
-def test_a_metric_constant_in_training_is_flagged_when_it_changes_not_forever(frames):
+def test_a_metric_constant_in_training_is_left_out(frames):
+    """Training says nothing about how it varies; its change is stream_scores' job (tested above)."""
     train, test, _ = frames
     test = test.copy()
     test.iloc[100:, 3] = 3.0  # a disk disappears and stays gone
     s = score_frame(train, test)
-    assert s.iloc[100] > 0.999
-    assert np.mean(s.iloc[200:300] >= 0.99) <= 0.1
+    assert np.mean(s.iloc[100:300] >= 0.99) <= 0.02
 
 
 def test_score_frame_edge_cases(frames):
     train, test, _ = frames
     assert len(score_frame(train, test.iloc[:0])) == 0
-    short = score_frame(train.iloc[:15], test.iloc[:30])  # too little history for a window model
-    assert len(short) == 30 and np.all((short >= 0) & (short <= 1))
+    short = score_frame(train.iloc[:15], test.iloc[:30])  # little history
+    assert len(short) == 30 and np.all((short >= 0) & (short < 1))
+    with pytest.raises(ValueError, match="at least 2"):
+        score_frame(train.iloc[:1], test)
     # Test before/overlapping train (no usable history): windows start at the first test row.
     early = score_frame(train.iloc[1000:], train.iloc[:200])
     assert len(early) == 200 and np.all(np.isfinite(early))
@@ -292,21 +346,28 @@ def test_score_frame_edge_cases(frames):
         score_frame(pd.DataFrame({"host": ["a", "b"]}), test)
 
 
-def rolling_z_auc(kind: str, bg: str, seed: int = 0) -> float:
+def rolling_z_found(kind: str, bg: str, seed: int = 0) -> bool:
     """Baseline for the table below: |z| of each point against the mean/std of the 100 points before it."""
     _, x, labels = case(kind, bg, seed)
     s = pd.Series(x)
     z = ((s - s.rolling(100, min_periods=2).mean().shift(1)) / s.rolling(100, min_periods=2).std().shift(1)).abs()
-    return roc_auc_score(labels[WARMUP:], z.fillna(0).to_numpy()[WARMUP:])
+    z = z.fillna(0).to_numpy()
+    return bool(z[ONSET:ONSET + LENGTH].max() > z[WARMUP:ONSET].max())
+
+
+def frame_found(kind: str, seed: int = 0) -> bool:
+    train, test, labels = frame_case(kind, seed)
+    s = score_frame(train, test).to_numpy()
+    return bool(s[labels].max() > s[:int(np.flatnonzero(labels)[0])].max())
 
 
 if __name__ == "__main__":
-    print("stream_scores: mean AUC over 5 seeds (points after warmup)")
-    print(f"{'kind':12s}" + "".join(f"{bg:>13s}" for bg in BACKGROUNDS) + f"{'mean':>8s}"
-          + f"{'rolling z':>11s}" + f"{'score_frame':>13s}")
+    seeds = range(5)
+    shapes = BACKGROUNDS + REAL_SHAPES
+    print("Share of 5 seeds in which the anomaly's highest score beats every normal point before it")
+    print(f"{'kind':12s}" + "".join(f"{bg:>13s}" for bg in shapes) + f"{'rolling z':>11s}" + f"{'score_frame':>13s}")
     for kind in KINDS:
-        values = [np.mean([auc(kind, bg, seed) for seed in range(5)]) for bg in BACKGROUNDS]
-        base = np.mean([rolling_z_auc(kind, bg, seed) for bg in BACKGROUNDS for seed in range(5)])
-        frame = np.mean([frame_auc(kind, seed) for seed in range(5)])
-        print(f"{kind:12s}" + "".join(f"{v:13.3f}" for v in values) + f"{np.mean(values):8.3f}"
-              + f"{base:11.3f}" + f"{frame:13.3f}")
+        values = [np.mean([found(kind, bg, seed) for seed in seeds]) for bg in shapes]
+        base = np.mean([rolling_z_found(kind, bg, seed) for bg in shapes for seed in seeds])
+        frame = np.mean([frame_found(kind, seed) for seed in seeds])
+        print(f"{kind:12s}" + "".join(f"{v:13.1f}" for v in values) + f"{base:11.2f}" + f"{frame:13.1f}")

@@ -21,7 +21,7 @@ import tsfresh  # the reference; a test dependency, so a missing tsfresh fails t
 from farmwatch.clock import SimClock
 from farmwatch.detect import features as F
 from farmwatch.sim.unit import SimUnit
-from farmwatch.sources.hlt_zmq import decode_reply
+from farmwatch.sources.hlt_zmq.source import decode_reply
 
 RTOL = 1e-9
 ATOL = 1e-12

@@ -49,9 +49,22 @@ def test_calibrator_is_uniform_on_fresh_normal_data_and_ranks_the_tail():
     cal = Calibrator.fit(rng.gamma(2.0, size=5000))
     fresh = cal(rng.gamma(2.0, size=5000))
     assert stats.kstest(fresh, "uniform").statistic < 0.03
+    assert 0.005 <= np.mean(fresh >= 0.99) <= 0.015 and np.mean(fresh >= 0.999) <= 0.003
     far = cal(np.array([14.0, 17.0, 20.0]))  # beyond every training value (max ≈ 13)
     assert np.all(np.diff(far) > 0) and np.all(far < 1.0) and far[0] > 0.999
     assert cal(np.array([np.nan]))[0] != cal(np.array([np.nan]))[0]  # NaN stays NaN
+
+
+def test_far_beyond_the_sample_scores_stay_ordered_below_one_and_surprises_finite():
+    cal = Calibrator.fit(np.random.default_rng(3).normal(size=1000))
+    far = np.array([10.0, 1e2, 1e4, 1e8, 1e16, 1e64, 1e300, np.inf])
+    scores, surprises = cal(far[:-1]), cal.surprise(far[:-1])
+    assert np.all(np.diff(scores) > 0) and np.all(scores < 1.0)      # never saturates at 1.0
+    assert np.all(np.diff(surprises) > 0) and np.all(np.isfinite(surprises))
+    assert surprises[-1] < 1e4                                          # not p = e^-100000
+    # Up to the knee the surprise is -log10 of an honest p-value: 1 in ~1,000 normal values.
+    assert cal.surprise(np.array([np.quantile(np.random.default_rng(4).normal(size=10**6), 0.999)]))[0] \
+        == pytest.approx(3.0, abs=0.35)
 
 
 def test_calibrator_of_a_constant_statistic_scores_any_excess_as_anomalous():
@@ -60,11 +73,15 @@ def test_calibrator_of_a_constant_statistic_scores_any_excess_as_anomalous():
     assert cal(np.array([1e-3]))[0] > 0.999
 
 
-def test_sidak_combination_keeps_uniform_scores_uniform():
+def test_fisher_combination_keeps_independent_p_values_calibrated():
     rng = np.random.default_rng(4)
-    combined = combine(rng.uniform(size=20000), rng.uniform(size=20000), rng.uniform(size=20000))
+    parts = [-np.log10(rng.uniform(size=20000)) for _ in range(3)]
+    combined = 10.0 ** -combine(*parts)  # back to p-values
     assert stats.kstest(combined, "uniform").statistic < 0.02
-    assert combine(np.array([np.nan, 0.5]), np.array([np.nan, np.nan]))[1] == 0.5
+    assert combine(np.array([np.nan, 2.0]), np.array([np.nan, np.nan]))[1] == pytest.approx(2.0)
+    assert np.isnan(combine(np.array([np.nan]), np.array([np.nan]))[0])
+    # Agreement counts: two parts at 1 in 100 are stronger evidence than one alone, weaker than 1 in 10^4.
+    assert 2.0 < combine(np.array([2.0]), np.array([2.0]))[0] < 4.0
 
 
 def test_model_scores_of_held_out_normal_history_are_uniform_and_false_alarms_near_target(family_model):
@@ -258,6 +275,7 @@ def test_train_command_reports_config_problems_in_one_line_each(tmp_path, capsys
     assert "no family nodes (have: worker)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_train_on_a_dask_cluster_gives_the_same_model(tmp_path, capsys):
     """`farmwatch train --dask-scheduler ADDRESS` extracts the features on a real Dask cluster with

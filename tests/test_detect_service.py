@@ -1,9 +1,9 @@
-"""Anomaly scoring inside ``farmwatch run``, end to end (farmwatch.detect.service + the alert engine).
+"""Anomaly scoring inside ``farmwatch run``, end to end (farmwatch.detect.scorer + the alert engine).
 
 Everything is real except time: a simulated HLT unit on loopback sockets, polled by the real
 ``hlt_zmq`` source through the runner into a real SQLite store, a family model trained from that
 store with ``train_from_store`` and saved to disk, and the alerting pipeline built from a config
-file by ``farmwatch.alerting.service.build`` exactly as ``farmwatch run`` builds it (the runner
+file by ``farmwatch.service.assemble.build_alerting`` exactly as ``farmwatch run`` builds it (the runner
 feeds the window, the engine scores before its rules, the shipped ``AnomalyScoreHigh`` rule reads
 the scores). A ``SimClock`` moves time, so 25 simulated minutes take seconds.
 
@@ -19,23 +19,25 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from farmwatch.alerting.service import build
+from farmwatch.service.assemble import build_alerting
+from farmwatch.alerting.state import AlertDB
 from farmwatch.clock import SimClock
-from farmwatch.config import load as load_config
+from farmwatch.config.loader import load as load_config
 from farmwatch.detect import save
 from farmwatch.detect.family import latest_features
-from farmwatch.detect.service import SCORE
+from farmwatch.detect.scorer import SCORE
 from farmwatch.detect.training import entity_frames, train_from_store
 from farmwatch.model import AlertState
-from farmwatch.runner import Runner
+from farmwatch.service.runner import Runner
 from farmwatch.sim import SimUnit
-from farmwatch.sources.hlt_zmq import HltZmqSource
+from farmwatch.sources.hlt_zmq.source import HltZmqSource
 from farmwatch.store.sqlite import SQLiteStore
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -105,7 +107,8 @@ def farm(tmp_path_factory):
     try:
         farm.run(HISTORY, Runner([farm.source], farm.store, clock=farm.clock))
         fam = farm.settings.detect.families["worker"]
-        model = train_from_store(farm.store, "worker", fam, START, farm.clock.time())
+        model = train_from_store(farm.store, "worker", fam, START, farm.clock.time(),
+                                 alert_periods=AlertDB(farm.store).firing_periods(until=farm.clock.time()))
         save(model, farm.settings.detect.models / "worker")
         farm.model = model
         yield farm
@@ -116,7 +119,7 @@ def farm(tmp_path_factory):
 def test_the_scorer_builds_the_same_features_as_training(farm):
     """The scorer's vectorised window (window → grid → features) equals what ``score_family`` gets
     from the same stored samples through ``entity_frames`` + ``latest_features`` (training's path)."""
-    alerting = build(farm.settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
+    alerting = build_alerting(farm.settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
     scorer = alerting.scorer
     now = START + HISTORY - POLL  # the last cycle of the clean history (whatever other tests ran before)
     alerting.window.load(farm.store, now - alerting.window.horizon, now, alerting.names())
@@ -125,9 +128,11 @@ def test_the_scorer_builds_the_same_features_as_training(farm):
     scores = {dict(k[1])["host"]: v for b in out for k, v in zip(b.keys, b.values) if k[0] == SCORE}
 
     fam = farm.settings.detect.families["worker"]
-    frames = entity_frames(farm.store, fam, now - 40 * 4.0, now)
+    end = math.floor(now / 4.0) * 4.0  # the scorer scores complete grid bins only: up to here
+    frames = entity_frames(farm.store, fam, end - 40 * 4.0, end - 0.5)
     names, X = latest_features(family.model, frames, fam.freq)
     expected = {n.split("host=")[1]: e.score for n, e in zip(names, family.model.score_entities(X, names))}
+    assert scorer.step(now + 1.0) == []  # the same bin is still filling: the scores stand
     assert sorted(scores) == sorted(expected) == farm.unit.nodes
     for host in expected:
         assert scores[host] == pytest.approx(expected[host], abs=1e-9), host
@@ -139,12 +144,12 @@ def test_the_scorer_builds_the_same_features_as_training(farm):
 
 def test_scoring_pauses_while_the_run_is_not_running_and_until_a_window_of_the_new_run(farm):
     """Models learn RUNNING only: a run stop must not look like every node failing at once. While the
-    window knows a run state other than RUNNING nothing is scored, nor until a whole family window
+    window knows a run state other than RUNNING nothing is scored, nor until two whole family windows
     (30 × 4 s) of the new run has passed; the pauses are counted. Without a run state (a site
     without run control) scoring goes on, as the other tests show."""
     from farmwatch.model import Batch, labels
 
-    alerting = build(farm.settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
+    alerting = build_alerting(farm.settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
     scorer, window = alerting.scorer, alerting.window
     assert {"daq.run_state", "daq.run_state_since"} <= scorer.names()
     now = START + HISTORY - POLL
@@ -160,17 +165,18 @@ def test_scoring_pauses_while_the_run_is_not_running_and_until_a_window_of_the_n
     ended = scorer.step(now)  # the pause begins: every score series gets NaN (no alert lives on stale scores)
     assert {dict(k[1])["host"] for b in ended for k in b.keys} == set(farm.unit.nodes)
     assert all(math.isnan(v) for b in ended for v in b.values) and scorer.stats()["worker_paused_steps"] == 1
-    state("RUNNING", now - 60, now)  # started a minute ago: the 2-minute windows still hold the stop
+    state("RUNNING", now - 200, now)  # started 200 s ago: the first 2-minute window after it holds the start-up
     assert scorer.step(now) == [] and scorer.stats()["worker_paused_steps"] == 2
     assert scorer.stats()["worker_entities_scored"] == 0
-    state("RUNNING", now - 125, now)
+    state("RUNNING", now - 245, now)
     scored = scorer.step(now)
     assert {dict(k[1])["host"] for b in scored for k in b.keys} == set(farm.unit.nodes)
     assert scorer.stats()["worker_paused_steps"] == 2
 
 
-def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(farm):
-    alerting = build(farm.settings, farm.store, clock=farm.clock, notifiers={})
+@pytest.mark.slow
+def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(farm, capsys):
+    alerting = build_alerting(farm.settings, farm.store, clock=farm.clock, notifiers={})
     assert "AnomalyScoreHigh" in {r.name for r in alerting.rules}
     runner = Runner([farm.source], farm.store, clock=farm.clock, listeners=[alerting.window])
     scores: dict[str, list[float]] = {}
@@ -198,8 +204,10 @@ def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(fa
     when, alert = fired[SLOW]
     labels = dict(alert.labels)
     assert labels["family"] == "worker" and labels["entity"] == f"hlt01/{SLOW}" and labels["unit"] == "hlt01"
-    assert labels["explanation"].endswith(":rate")  # the rate metric explains it
-    assert f"hlt01/{SLOW}" in alert.summary and labels["explanation"] in alert.summary
+    assert "explanation" not in labels                # one alert per entity, whatever explains it
+    assert alert.values["metric"].endswith(":rate")   # the annotation: the rate metric explains it
+    assert f"hlt01/{SLOW}" in alert.summary and alert.values["metric"] in alert.summary
+    assert alert.values["explanation"].split(";")[0] in alert.description
     assert f"{alert.value:.3f}" in alert.summary and alert.value > 0.99
     assert when - clean_end < 4 * 60.0 + 60.0  # within the slow-down (plus `for`)
     others = [v for host, vs in scores.items() if host != SLOW for v in vs]
@@ -209,6 +217,8 @@ def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(fa
     # The scores and the explanation text are in the store too (notebooks, `farmwatch query`).
     stored = farm.store.query(SCORE, {"host": SLOW}, since=clean_end)
     assert stored["value"].dropna().between(0, 1).all() and stored["value"].max() > 0.99
+    surprise = farm.store.query("anomaly.surprise", {"host": SLOW}, since=clean_end)["value"].dropna()
+    assert surprise.max() > 2 and np.isfinite(surprise).all()   # -log10(1 - score): 2 at 0.99
     texts = farm.store.query("anomaly.explanation", {"host": SLOW}, since=clean_end)["state"].dropna()
     assert len(texts) and ":rate" in texts.iloc[-1] and "peers" in texts.iloc[-1]
     # The window of `run` keeps only its horizon (the runner feeds it; the engine forgets the rest).
@@ -217,6 +227,18 @@ def test_a_gradually_slowing_node_raises_its_score_and_fires_the_shipped_rule(fa
     assert ts[0] >= farm.clock.time() - POLL - alerting.window.horizon
     stats = alerting.scorer.stats()
     assert stats["worker_entities_scored"] == 6 and stats["families_skipped"] == 0
+
+    # Backtest: `farmwatch rules test` replays the stored samples; the trained model scores them
+    # again (the stored scores are not reused) and the shipped rule fires for the same node.
+    from farmwatch.cli import main
+
+    fmt = "%Y-%m-%dT%H:%M:%S"
+    args = ["rules", "test", "-c", str(farm.config), "--from", time.strftime(fmt, time.gmtime(clean_end - 60)),
+            "--to", time.strftime(fmt, time.gmtime(farm.clock.time())), "--step", "4s"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    fired = [line for line in out if "FIRING" in line and "AnomalyScoreHigh" in line]
+    assert len(fired) == 1 and f"host={SLOW}" in fired[0], out
 
 
 def test_missing_and_incompatible_models_are_one_line_each_and_the_rest_is_scored(farm, tmp_path, caplog):
@@ -234,7 +256,7 @@ def test_missing_and_incompatible_models_are_one_line_each_and_the_rest_is_score
     folder.mkdir()
     settings = load_config(write_config(folder, farm.unit, detect))
     with caplog.at_level(logging.INFO, logger="farmwatch.detect"):
-        alerting = build(settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
+        alerting = build_alerting(settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 2, errors
     assert any("units" in e and "units.joblib" in e and "farmwatch train" in e for e in errors)
@@ -244,8 +266,9 @@ def test_missing_and_incompatible_models_are_one_line_each_and_the_rest_is_score
     alerting.window.load(farm.store, now - alerting.window.horizon, now, alerting.names())
     alerting.engine.evaluate(now + 1.0)  # the hook scores before the rules
     ids = alerting.window.select_ids(SCORE, {"family": "worker"})
-    ts, values = alerting.window.latest(ids, now + 1.0, 0.5)
-    assert np.isfinite(values).sum() == len(farm.unit.nodes) and np.all(ts[np.isfinite(values)] == now + 1.0)
+    ts, values = alerting.window.latest(ids, now + 1.0, 8.0)
+    bin_end = math.floor((now + 1.0) / 4.0) * 4.0  # scores are stamped with the end of the window's last bin
+    assert np.isfinite(values).sum() == len(farm.unit.nodes) and np.all(ts[np.isfinite(values)] == bin_end)
     assert alerting.window.select_ids(SCORE, {"family": "old"}).size == 0
 
 
@@ -253,7 +276,7 @@ def test_detect_without_any_trained_model_starts_and_says_so_once(farm, tmp_path
     detect = DETECT.replace('models = "models"', f'models = "{tmp_path / "none"}"')
     settings = load_config(write_config(tmp_path, farm.unit, detect))
     with caplog.at_level(logging.INFO, logger="farmwatch"):
-        alerting = build(settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
+        alerting = build_alerting(settings, farm.store, clock=farm.clock, notifiers={}, persist=False)
         for i in range(3):
             alerting.engine.evaluate(farm.clock.time() + i)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -262,43 +285,43 @@ def test_detect_without_any_trained_model_starts_and_says_so_once(farm, tmp_path
 
 
 def test_without_detect_nothing_is_scored(tmp_path):
-    from farmwatch.config import parse
+    from farmwatch.config.loader import parse
 
     store = SQLiteStore(tmp_path / "farmwatch.db")
     try:
-        alerting = build(parse({}), store, notifiers={}, persist=False)
+        alerting = build_alerting(parse({}), store, notifiers={}, persist=False)
     finally:
         store.close()
     assert alerting.scorer is None and alerting.engine.before_rules == [alerting.window.prune]
     assert "anomaly.score" in alerting.names()  # the shipped AnomalyScoreHigh reads it (and stays silent)
 
 
-def test_the_explanation_label_is_sticky_and_a_change_ends_the_old_series(farm):
-    """An alert is its rule plus its labels: the explanation label changes only while the entity is
-    anomalous and its metric left the top contributions; the old series then gets NaN (its alert
-    resolves at once) and the score continues under the new label."""
+def test_one_score_series_per_entity_and_the_explanation_beside_it(farm):
+    """An alert is its rule plus its labels: the score series has no label that changes with the
+    explanation; the explanation is a state series of its own, written while the entity is anomalous."""
     from farmwatch.detect.models import Contribution, Explanation
-    from farmwatch.detect.service import EXPLANATION, Family, Scorer
-    from farmwatch.detect.training import DetectSettings
+    from farmwatch.detect.scorer import EXPLANATION, SURPRISE, Family, Scorer
+    from farmwatch.detect.settings import DetectSettings
 
     family = Family("worker", farm.settings.detect.families["worker"], farm.model, 4.0, np.zeros(2), 0.0)
     scorer = Scorer(DetectSettings())
     key = ("hlt01", "hltwk01")
 
-    def step(score: float, metrics: list[str]) -> dict[tuple, float | str]:
+    def step(score: float, metrics: list[str]) -> dict[str, float | str]:
         e = Explanation("unit=hlt01,host=hltwk01", score, score, None, 0.99,
-                        [Contribution(m, "mean", 1.0, 0.0, 5.0 - i) for i, m in enumerate(metrics)])
-        return {(k[0], dict(k[1]).get("explanation")): v
-                for b in scorer._samples(family, [key], [e], START) for k, v in zip(b.keys, b.values)}
+                        [Contribution(m, "mean", 1.0, 0.0, 5.0 - i) for i, m in enumerate(metrics)],
+                        surprise=-math.log10(1 - score))
+        out = {}
+        for b in scorer._samples(family, [key], [e], START):
+            for (name, lbls), v in zip(b.keys, b.values):
+                assert dict(lbls) == {"family": "worker", "entity": "hlt01/hltwk01", "unit": "hlt01", "host": "hltwk01"}
+                out[name] = v
+        return out
 
-    assert step(0.5, ["a"]) == {(SCORE, None): 0.5}                       # normal: no explanation yet
-    out = step(0.95, ["a", "b"])
-    assert out[(SCORE, None)] != out[(SCORE, None)] and out[(SCORE, "a")] == 0.95   # NaN ends the old series
-    assert out[(EXPLANATION, None)].startswith("score 0.950: a mean = 1")
-    assert step(0.3, ["b"]) == {(SCORE, "a"): 0.3}                        # below 0.9: the label stays
-    assert set(step(0.97, ["b", "a"])) == {(SCORE, "a"), (EXPLANATION, None)}   # still among the top 3
-    out = step(0.999, ["b", "c", "d"])
-    assert math.isnan(out[(SCORE, "a")]) and out[(SCORE, "b")] == 0.999
+    assert step(0.5, ["a"]) == {SCORE: 0.5, SURPRISE: pytest.approx(0.30103)}   # normal: no explanation
+    out = step(0.999, ["b", "a"])
+    assert out[SCORE] == 0.999 and out[SURPRISE] == pytest.approx(3.0)
+    assert out[EXPLANATION].startswith("b mean = 1 (normal 0")
 
 
 def test_score_from_store_gives_at_every_time_what_the_family_scores_then(farm):

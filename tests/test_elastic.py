@@ -3,7 +3,7 @@
 Three servers, each for what it can show (see ``specs/elasticsearch.md``: no real Elasticsearch
 runs on these machines):
 
-- ``farmwatch.sim.elastic.ElasticSim``, a protocol-level Elasticsearch written for these tests,
+- ``farmwatch.sim.es_cluster.ElasticSim``, a protocol-level Elasticsearch written for these tests,
   for every fault: whole-request 429/503, per-item 429/503/400/409, short responses, outages
   (connection refused), a cluster of another major version, API keys;
 - ``osmem-server`` (PyPI), an OpenSearch emulator nobody here wrote, as an interop check that the
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from farmwatch.clock import SimClock
 from farmwatch.model import Alert, AlertState, Batch, LogRecord, labels
-from farmwatch.sim.elastic import Delay, ElasticSim, ItemErrors, Reject, Truncate
+from farmwatch.sim.es_cluster import Delay, ElasticSim, ItemErrors, Reject, Truncate
 from farmwatch.store import StoreError
 from farmwatch.store.elastic import (ElasticConfig, ElasticStore, SpoolFull, bulk_body, record_from_source,
                                      log_document)
@@ -454,12 +454,12 @@ def test_config_rejects_secrets_in_urls_and_incomplete_auth() -> None:
             ElasticConfig.model_validate(settings)
 
 
-def test_the_readme_example_config_is_valid() -> None:
+def test_the_documented_example_config_is_valid() -> None:
     import re
     import tomllib
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if b.lstrip().startswith("[elastic]")]
+    logs = (Path(__file__).resolve().parent.parent / "docs" / "logs.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", logs, re.S) if b.lstrip().startswith("[elastic]")]
     config = ElasticConfig.model_validate(tomllib.loads(block)["elastic"])
     assert config.resolved(Path("/etc/farmwatch")).spool_dir == Path("/etc/farmwatch/elastic-spool")
 
@@ -558,6 +558,7 @@ def osmem():
         server.process.stdout.close()
 
 
+@pytest.mark.real
 def test_interop_with_osmem_templates_bulk_and_search(osmem, make_store) -> None:
     import requests
 

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch.config import ConfigError, parse
+from farmwatch.config import ConfigError
+from farmwatch.config.loader import parse
 from farmwatch.model import labels
-from farmwatch.sources import epics as epics_source
-from farmwatch.sources.epics import EpicsSource
+from farmwatch.sources.epics import source as epics_source
+from farmwatch.sources.epics.source import EpicsSource
 from sim_helpers import real_ioc
+
+pytestmark = [pytest.mark.real]
 
 
 RC = "B2_nsm:get:RUNCONTROL:rcstate"
@@ -238,7 +241,7 @@ def test_farmwatch_never_writes_to_a_pv():
 
 
 def test_example_collector_config_is_valid():
-    from farmwatch.config import load
+    from farmwatch.config.loader import load
 
     settings = load(Path(__file__).parent.parent / "collectors" / "epics.toml")
     assert any(getattr(s, "kind", None) == "epics" for s in settings.sources.values())

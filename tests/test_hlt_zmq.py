@@ -9,10 +9,10 @@ import math
 import pytest
 
 from farmwatch.clock import SimClock
-from farmwatch.config import parse
+from farmwatch.config.loader import parse
 from farmwatch.model import labels
 from farmwatch.sim import SimUnit
-from farmwatch.sources.hlt_zmq import HltZmqSource
+from farmwatch.sources.hlt_zmq.source import HltZmqSource
 
 pytestmark = pytest.mark.timeout(60)
 

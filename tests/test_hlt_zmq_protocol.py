@@ -11,9 +11,9 @@ import time
 import pytest
 import zmq
 
-from farmwatch.config import parse
+from farmwatch.config.loader import parse
 from farmwatch.model import labels
-from farmwatch.sources.hlt_zmq import HltZmqSource, decode_reply, split_identity
+from farmwatch.sources.hlt_zmq.source import HltZmqSource, decode_reply, split_identity
 
 pytestmark = pytest.mark.timeout(60)
 

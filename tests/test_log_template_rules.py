@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from farmwatch.alerting.rules import parse_rules
-from farmwatch.alerting.window import Window
+from farmwatch.store.window import Window
 from farmwatch.clock import SimClock
 from farmwatch.logtemplates import COUNT
 from farmwatch.model import Batch, labels
-from farmwatch.runner import Runner
-from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource
+from farmwatch.service.runner import Runner
+from farmwatch.sources.logfiles.config import LogFilesConfig
+from farmwatch.sources.logfiles.source import LogFilesSource
 from farmwatch.store import SQLiteStore
 from farmwatch.store.logs import LogFeed
 

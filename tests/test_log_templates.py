@@ -18,14 +18,18 @@ import pytest
 
 from farmwatch.analysis import log_templates
 from farmwatch.clock import SimClock
-from farmwatch.logtemplates import COUNT, ID_FIELD, TEXT_FIELD, TemplateMiner
+from farmwatch.logtemplates import COUNT, ID_FIELD, TEXT_FIELD, RecordTemplates, TemplateMiner, TemplateStore
 from farmwatch.logtemplates.evaluate import grouping_accuracy, load_labelled, parsing_accuracy
-from farmwatch.runner import Runner
-from farmwatch.sim.elastic import ElasticSim
-from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource
+from farmwatch.model import Batch, LogRecord, labels
+from farmwatch.service.runner import Runner
+from farmwatch.sim.es_cluster import ElasticSim
+from farmwatch.sources.logfiles.config import LogFilesConfig
+from farmwatch.sources.logfiles.source import LogFilesSource
 from farmwatch.store import SQLiteStore
+from farmwatch.store import sqlite as store_sqlite
 from farmwatch.store.elastic import ElasticConfig, ElasticStore
 from farmwatch.store.logs import LogStore
+from store_helpers import write_schema4_store
 
 LOGHUB = Path(os.environ.get("FARMWATCH_LOGHUB_DEV", Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub-dev"))
 SYSTEMS = ("Android", "Apache", "HDFS", "Hadoop", "HealthApp", "Mac", "OpenStack", "Zookeeper")
@@ -259,6 +263,72 @@ def test_template_ids_survive_kill_9_of_a_busy_collector(tmp_path: Path) -> None
     assert set().union(*after.values()) <= set().union(*before.values()) | {learnt}
 
 
+SCHEMA_ISSUE17 = 7
+"""The compact store's schema (chunks, rollups, remote-write queue), before the log templates."""
+OLD_RECORDS = [(T0 - 3600 + i, "hltwk07", "worker", "error" if i % 5 == 0 else "info", f"old line {i} of {USERS[i % 3]}")
+               for i in range(20)]
+
+
+def _older_store(path: Path, schema: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store file as farmwatch 7aec121 (schema 4) or issue 17 (schema 7) left it: samples, a
+    state and log records without templates."""
+    keys = [("hlt.poll.duration", labels(unit="hlt02")), ("hlt.output.ready_queue_size", labels(unit="hlt02"))]
+    if schema == 4:
+        write_schema4_store(path, keys, T0 - 4 * 3600, logs=OLD_RECORDS)
+        return
+    monkeypatch.setattr(store_sqlite, "MIGRATIONS", store_sqlite.MIGRATIONS[:schema])
+    with SQLiteStore(path) as store:
+        assert store.schema_version() == schema
+        store.write([Batch(T0 - 4 * 3600 + 60 * i, keys, [i / 10, float(i)]) for i in range(200)])
+        store.write(Batch(T0 - 4 * 3600 + 0.005, [keys[1]], ["stuck"]))
+        LogStore(store).write_logs([LogRecord(ts, host, service, level, message, {}) for ts, host, service, level, message
+                                    in OLD_RECORDS])
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("schema", [4, SCHEMA_ISSUE17], ids=["7aec121-schema-4", "issue17-schema-7"])
+def test_an_older_store_is_upgraded_and_its_new_records_get_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       schema: int) -> None:
+    """Stores of every older farmwatch upgrade in place on the first writable open (the compact
+    store's steps, then the templates' step): samples, states and records are kept, and the records
+    a collector writes from then on have templates, history and patterns."""
+    path = tmp_path / "old.db"
+    _older_store(path, schema, monkeypatch)
+    with pytest.raises(store_sqlite.StoreError, match=f"schema version {schema} needs an upgrade to "
+                                                      f"{len(store_sqlite.MIGRATIONS)}"):
+        SQLiteStore(path, readonly=True)
+
+    clock = SimClock(T0)
+    log = tmp_path / "worker.log"
+    log.write_text("".join(_line(T0 + i, "alice", i) for i in range(30))
+                   + "2025-11-30 10:01:00.000Z [ERROR] Segmentation violation in module HLTZMQ2Ds\n")
+    store = SQLiteStore(path, clock=clock)
+    assert store.schema_version() == len(store_sqlite.MIGRATIONS)
+    src = LogFilesSource("logs", LogFilesConfig(kind="logfiles", paths=[str(log)], host="hltwk07"), clock=clock)
+    runner = Runner([src], store, clock=clock)
+    for _ in range(3):
+        runner.run_once()
+        clock.advance(11.0)
+
+    samples = store.query("hlt.*", until=T0 - 60)
+    assert len(samples) == 401 and samples["state"].dropna().tolist() == ["stuck"]
+    logs = LogStore(store)
+    assert len(logs.search("old line", limit=100)) == len(OLD_RECORDS)  # the full-text index kept them
+    with store.transaction("read") as conn:
+        untemplated = conn.execute("SELECT count(*) FROM logs WHERE template_id IS NULL").fetchone()[0]
+        ids = {tid for (tid,) in conn.execute("SELECT DISTINCT template_id FROM logs WHERE template_id IS NOT NULL")}
+    assert untemplated == len(OLD_RECORDS)  # records from before have none (they were never mined) ...
+    templates = TemplateStore(store)
+    patterns = {p["template"]: p for p in templates.patterns(since=T0 - 60, until=T0 + 120)}
+    assert set(patterns) == {"session opened for user alice from <*> after <*> ms",
+                             "Segmentation violation in module <*>"}  # ... the new ones have, with history
+    seg = patterns["Segmentation violation in module <*>"]
+    assert seg["count"] == 1 and seg["levels"] == ["error"] and seg["first_seen"] == T0 + 60
+    assert {p["id"] for p in patterns.values()} == ids
+    assert templates.history_start() == T0 and set(templates.info(ids)) == ids
+    store.close()
+
+
 def test_logs_patterns_command_lists_templates_with_counts_hosts_and_examples(tmp_path: Path) -> None:
     clock = SimClock(T0)
     log = tmp_path / "worker.log"
@@ -295,9 +365,6 @@ def test_logs_patterns_command_lists_templates_with_counts_hosts_and_examples(tm
 
 
 def test_counts_go_by_the_records_time_so_catching_up_after_a_pause_makes_no_spike() -> None:
-    from farmwatch.logtemplates import RecordTemplates
-    from farmwatch.model import LogRecord
-
     rt = RecordTemplates()
     assert rt.counts(T0) == []
     # a collector that hung for 4 minutes reads them in one cycle: 2 records per 10 s
@@ -313,9 +380,6 @@ def test_counts_go_by_the_records_time_so_catching_up_after_a_pause_makes_no_spi
 
 
 def test_a_locked_store_delays_saving_templates_but_never_the_records(tmp_path: Path, caplog) -> None:
-    from farmwatch.logtemplates import RecordTemplates
-    from farmwatch.model import LogRecord
-
     store = SQLiteStore(tmp_path / "fw.db", busy_timeout=0.2)
     rt = RecordTemplates()
     rt.bind(store)

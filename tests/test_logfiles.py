@@ -5,8 +5,11 @@ lost, none twice."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -15,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from farmwatch.clock import RealClock, SimClock
-from farmwatch.config import parse
-from farmwatch.runner import Runner
-from farmwatch.sim.logs import HltLogWriter
-from farmwatch.sources.logfiles import LogFilesConfig, LogFilesSource
+from farmwatch.config.loader import parse
+from farmwatch.service.runner import Runner
+from farmwatch.sim.logwriters import HltLogWriter
+from farmwatch.sources.logfiles.source import LogFilesConfig, LogFilesSource
 from farmwatch.store import SQLiteStore
-from farmwatch.store.logs import LogBatch, LogStore
+from farmwatch.sources.base import LogBatch
+from farmwatch.store.logs import LogStore
 
 SEQ = re.compile(r"seq=(\d+)")
 QUIET = 11.0  # longer than multiline_wait and partial_wait: the last record of a file is complete
@@ -160,6 +164,27 @@ def test_restart_resumes_from_the_stored_offsets(env):
     runner = Runner([src], store, clock=clock)
     settle(runner, clock)
     assert_exactly_once(store, writer)
+    src.close()
+
+
+@pytest.mark.parametrize("mode", ["copytruncate", "recreate"])
+def test_rotation_while_stopped_carries_the_offset_to_the_copy(env, mode):
+    """Issue 15 item 4, the scenario as reported: 100 records collected, farmwatch stopped,
+    ``cp app.log app.log.1; : > app.log`` (or the original deleted), 10 more, restart: 110
+    records, not 210. The copy's pattern is listed first, so it is found before the original."""
+    tmp, clock, store, writer = env
+    paths = [str(tmp / "app.log.[0-9]"), str(tmp / "app.log")]
+    src = source(paths, clock)
+    writer.write(100)
+    settle(Runner([src], store, clock=clock), clock)
+    src.close()
+    writer.write(7)  # never read before the rotation: only in the copy
+    writer.rotate(mode)
+    writer.write(10)
+    src = source(paths, clock)
+    settle(Runner([src], store, clock=clock), clock)
+    assert_exactly_once(store, writer)
+    assert len(writer.written) == 117
     src.close()
 
 
@@ -393,6 +418,52 @@ def test_bounded_reads_work_off_a_backlog_over_several_cycles(env):
     src.close()
 
 
+MULTILINE = [
+    ["2026-11-30 05:00:00.000Z [INFO] Processed 100 events seq=1  { module: HLTZMQ2Ds }"],
+    ["2026-11-30 05:00:00.010Z [ERROR] Exception in event processing seq=2  { module: HLTZMQ2Ds }",
+     "Traceback (most recent call last):",
+     '  File "/hlt/scripts/hlt_worker.py", line 42, in unpack',
+     '    raise ValueError(f"bad header {header!r}")',
+     "ValueError: bad header (seq=2)",
+     "",
+     "During handling of the above exception, another exception occurred:",
+     "",
+     "Traceback (most recent call last):",
+     '  File "/hlt/scripts/hlt_worker.py", line 88, in process',
+     "RuntimeError: worker gave up (seq=2)"],
+    ["2026-11-30 05:00:00.020Z [WARNING] worker status seq=3  { module: ZMQDistributor }",
+     "    hltwk01: 20 processes, 0 dead"],
+    ["*** free text without a header, seq=4 ***"],
+    ["2026-11-30 05:00:00.030Z [INFO] Processed 200 events seq=5  { module: HLTZMQ2Ds }"],
+]
+
+
+def test_a_read_that_ends_inside_a_multiline_record_never_splits_it(tmp_path: Path):
+    """Issue 15 item 12 (bench_logs --size 200MB: 1,734,001 records for 1,734,000): a read that
+    ended inside ``Traceback (most recent call last)`` left ``Trace`` as the partial last line,
+    which was taken for the start of the next record, so the error's header was emitted alone and
+    the traceback became a record of its own. Every position of the read boundary, every record
+    whole and once."""
+    path = tmp_path / "app.log"
+    path.write_text("".join(line + "\n" for record in MULTILINE * 3 for line in record))
+    size = path.stat().st_size
+    limit = max(len(line) for record in MULTILINE for line in record) + 1
+    expected = ["\n".join(record) for record in MULTILINE * 3]
+    largest = max(len("\n".join(record)) + 1 for record in MULTILINE)
+    for budget in range(largest + limit, size + 1):  # (a record larger than a read is cut: by design)
+        clock = SimClock()
+        src = source([str(path)], clock, max_bytes=budget, max_line_bytes=limit, multiline_wait="1s")
+        got = []
+        for _ in range(2 * size // budget + 4):
+            for batch in src.poll():
+                if isinstance(batch, LogBatch):
+                    got += [r.fields["event.original"] for r in batch.records]
+                    batch.ack()
+            clock.advance(2.0)
+        src.close()
+        assert got == expected, f"a read of {budget} bytes: {got}"
+
+
 def test_over_long_lines_are_cut_and_counted(env):
     tmp, clock, store, writer = env
     src = source([str(tmp / "app.log")], clock, max_line_bytes=100)
@@ -443,6 +514,51 @@ def test_service_host_and_labels_from_the_path(env):
     src.close()
 
 
+def test_relative_paths_are_relative_to_the_config_file_and_unmatched_patterns_are_reported(tmp_path: Path):
+    """Issue 15 item 8: run from another directory, ``paths = ["logs/*.log"]`` found nothing,
+    silently, and ``check-config`` said OK. Now they resolve against the config file's folder
+    (as docs/config.md says), and a pattern that matches nothing is one line in ``check-config``
+    and one warning when the service starts."""
+    deploy, elsewhere = tmp_path / "deploy [1]", tmp_path / "elsewhere"  # glob characters in the folder too
+    (deploy / "logs").mkdir(parents=True)
+    elsewhere.mkdir()
+    (deploy / "logs" / "app.log").write_text("".join(
+        f"2026-11-30 05:00:0{i}.000Z [INFO] Processed {i} events seq={i}  {{ module: HLTZMQ2Ds }}\n" for i in range(3)))
+    config = deploy / "farmwatch.toml"
+    config.write_text('[store]\npath = "fw.db"\n\n[sources.hlt]\nkind = "logfiles"\n'
+                      'paths = ["logs/*.log", "rotated/*.log.1"]\nmultiline_wait = "0s"\n')
+
+    def farmwatch(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "farmwatch", *args, "-c", str(config)], cwd=elsewhere,
+                              capture_output=True, text=True, timeout=120)
+
+    checked = farmwatch("check-config")
+    assert checked.returncode == 0 and ": OK: 1 source(s)" in checked.stdout, checked.stderr
+    assert checked.stderr.splitlines() == [
+        f"{config}: sources.hlt.paths: no file matches {glob.escape(str(deploy))}/rotated/*.log.1 (yet)"]
+    done = farmwatch("collect", "--once")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no file matches") == 1 and "rotated/*.log.1" in done.stderr
+    with SQLiteStore(deploy / "fw.db") as store:
+        assert sorted(int(SEQ.search(r.message).group(1)) for r in stored(store)) == [0, 1, 2]
+    assert not (elsewhere / "fw.db").exists()
+
+
+def test_a_pattern_that_matches_nothing_is_one_warning_at_start(tmp_path: Path, caplog):
+    clock = SimClock()
+    src = source([str(tmp_path / "*.log"), str(tmp_path / "later" / "*.log")], clock)
+    (tmp_path / "app.log").write_text("[INFO] one\n")
+    with caplog.at_level("WARNING", logger="farmwatch.sources.logfiles"):
+        for _ in range(3):
+            for batch in src.poll():
+                if isinstance(batch, LogBatch):
+                    batch.ack()
+            clock.advance(1.0)
+    src.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"log source hltlogs: paths: no file matches {tmp_path}/later/*.log (yet); looking again every cycle"]
+
+
 def test_own_counters_are_samples(env):
     tmp, clock, store, writer = env
     src = source([str(tmp / "app.log")], clock)
@@ -466,7 +582,7 @@ def test_config_errors_name_the_key():
 
 
 def test_shipped_example_config_is_valid():
-    from farmwatch.config import load
+    from farmwatch.config.loader import load
 
-    settings = load(Path(__file__).resolve().parent.parent / "collectors" / "logs.toml")
+    settings = load(Path(__file__).resolve().parent.parent / "collectors" / "logfiles.toml")
     assert any(s.kind == "logfiles" for s in settings.sources.values())

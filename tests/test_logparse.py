@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from farmwatch.logparse import LineParser, level_name
+from farmwatch.sources.logfiles.parse import LineParser, level_name
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc).timestamp()

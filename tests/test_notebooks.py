@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
-pytestmark = pytest.mark.timeout(900)  # the first one waits for the demo run
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]  # the first one waits for the demo run
 
 
 @pytest.fixture(scope="module")

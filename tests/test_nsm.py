@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch.config import ConfigError, parse
+from farmwatch.config import ConfigError
+from farmwatch.config.loader import parse
 from farmwatch.model import labels
-from farmwatch.sources.nsm import NsmSource, parse_listing, parse_value
+from farmwatch.sources.nsm.source import NsmSource, parse_listing, parse_value
 from sim_helpers import real_ioc
+
+pytestmark = [pytest.mark.real]
 
 STANDIN = Path(__file__).parent / "nsm_standin"
 RC = "B2_nsm:get:RUNCONTROL:rcstate"
@@ -402,14 +405,14 @@ def test_bridge_pvs_and_templates():
 
 
 def test_never_writes():
-    from farmwatch.sources import nsm
+    from farmwatch.sources.nsm import source as nsm
 
     code = "\n".join(line for line in Path(nsm.__file__).read_text().splitlines() if not line.lstrip().startswith("#"))
     assert not re.search(r"\.put\(|caput|put_callback|nsmvset|B2_nsm:set", code)
 
 
 def test_example_collector_config_is_valid():
-    from farmwatch.config import load
+    from farmwatch.config.loader import load
 
     settings = load(Path(__file__).parent.parent / "collectors" / "nsm.toml")
     methods = {s.method for s in settings.sources.values() if getattr(s, "kind", None) == "nsm"}

@@ -8,7 +8,7 @@ import threading
 from farmwatch.clock import SimClock
 from farmwatch.model import Batch, labels
 from farmwatch.overview import summarize
-from farmwatch.runner import Runner
+from farmwatch.service.runner import Runner
 from farmwatch.sources.base import Source, SourceConfig
 from farmwatch.store import SQLiteStore
 

@@ -62,6 +62,7 @@ def units_in_store(db: Path) -> set[str]:
         con.close()
 
 
+@pytest.mark.slow
 def test_collect_reload_rejects_a_bad_config_and_applies_a_good_one(tmp_path):
     with SimUnit("hlt01", worker_nodes=1, workers_per_node=2, input_rate=200.0, seed=1) as a, \
             SimUnit("hlt02", worker_nodes=1, workers_per_node=2, input_rate=200.0, seed=2) as b:
@@ -103,6 +104,7 @@ summary = "never"
 """
 
 
+@pytest.mark.slow
 def test_watch_reload_picks_up_new_rules_and_survives_a_broken_rule_file(tmp_path):
     rules = tmp_path / "rules"
     rules.mkdir()

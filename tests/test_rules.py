@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from farmwatch.alerting.rules import SHIPPED, Active, load_rules, parse_rules, render_template
-from farmwatch.alerting.window import Window
+from farmwatch.store.window import Window
 from farmwatch.clock import SimClock
 from farmwatch.config import ConfigError
 from farmwatch.model import Batch, LogRecord, labels
@@ -333,18 +333,52 @@ def test_log_count_by_host_with_pattern_and_level(clock):
     assert w.dropped_logs == 1                                                # bounded, and counted
 
 
-def test_anomaly_defaults_carry_explanation_labels(clock):
+def test_anomaly_defaults_and_the_explanation_as_annotation(clock):
     rule = one_rule("""
         [[rule]]
         name = "Anomalous"
         kind = "anomaly"
-        summary = "{unit}: anomaly score {value:.2f} ({feature})"
+        summary = "{unit}: anomaly score {value:.2f} (mostly {metric})"
+        description = "{explanation}"
     """)
     w = Window()
-    feed(w, clock.time(), {("anomaly.score", L(unit="hlt01", feature="ready_queue_size")): 0.97,
-                           ("anomaly.score", L(unit="hlt02", feature="input_rate")): 0.3})
+    feed(w, clock.time(), {("anomaly.score", L(unit="hlt01")): 0.97, ("anomaly.score", L(unit="hlt02")): 0.3,
+                           ("anomaly.explanation", L(unit="hlt01")): "ready_queue_size mean = 3 (normal 40, z -9.1)"})
     (active,) = rule.evaluate(w, clock.time())
-    assert rule.render(active)[0] == "hlt01: anomaly score 0.97 (ready_queue_size)"
+    assert active.labels == L(unit="hlt01")
+    assert rule.render(active) == ("hlt01: anomaly score 0.97 (mostly ready_queue_size)",
+                                   "ready_queue_size mean = 3 (normal 40, z -9.1)")
+
+
+def test_clear_keeps_an_alert_while_the_value_wavers_instead_of_restarting_it(clock):
+    """Hysteresis: a score wavering around 0.99 makes one alert, not a pending/cancel storm."""
+    from farmwatch.alerting.lifecycle import Changes, Tracker
+
+    rule = one_rule("""
+        [[rule]]
+        name = "Anomalous"
+        kind = "anomaly"
+        value = 0.99
+        clear = 0.95
+        for = "30s"
+    """)
+    w, tracker, events = Window(), Tracker(), []
+    for i, score in enumerate([0.97, 0.992, 0.98, 0.996, 0.96, 0.994, 0.99, 0.93, 0.97]):
+        now = clock.time() + 10 * i
+        feed(w, now, {("anomaly.score", L(unit="hlt01")): score})
+        changes = Changes()
+        tracker.update(rule, rule.evaluate(w, now), now, changes)
+        events += [e for _, e, _ in changes.events]
+    # 0.97 does not start it; 0.992 does; the dips to 0.98 and 0.96 keep it; 0.93 resolves it; 0.97 does not restart it.
+    assert events == ["pending", "firing", "resolved"]
+    with pytest.raises(Exception, match="clear: must be on the other side"):
+        one_rule("""
+            [[rule]]
+            name = "Bad"
+            kind = "anomaly"
+            value = 0.99
+            clear = 0.995
+        """)
 
 
 def test_python_rule_calls_the_function(clock, tmp_path, monkeypatch):
@@ -523,10 +557,10 @@ def test_window_keeps_only_wanted_series_and_extends_cached_selections(clock):
     w = Window(wants=lambda name: name.startswith("hlt."))
     t0 = clock.time()
     feed(w, t0, {("hlt.a", L(unit="hlt01")): 1.0, ("other", L(unit="hlt01")): 2.0})
-    assert w.select("hlt.*", {"unit": "hlt0*"}) == [("hlt.a", L(unit="hlt01"))]
+    assert w.select("hlt.*", ["unit*=hlt0*"]) == [("hlt.a", L(unit="hlt01"))]
     assert w.last(("other", L(unit="hlt01"))) is None and w.series_count == 1
     feed(w, t0 + 1, {("hlt.a", L(unit="hlt02")): 3.0, ("hlt.b", L(unit="hlt01")): 4.0})
-    assert w.select("hlt.*", {"unit": "hlt0*"}) == [("hlt.a", L(unit="hlt01")), ("hlt.a", L(unit="hlt02")),
+    assert w.select("hlt.*", ["unit*=hlt0*"]) == [("hlt.a", L(unit="hlt01")), ("hlt.a", L(unit="hlt02")),
                                                    ("hlt.b", L(unit="hlt01"))]
     assert w.last(("hlt.b", L(unit="hlt01"))) == (t0 + 1, 4.0) and w.newest == t0 + 1
 

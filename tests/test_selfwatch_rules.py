@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 
 from farmwatch.alerting.rules import load_rules
-from farmwatch.alerting.window import Window
+from farmwatch.store.window import Window
 from farmwatch.clock import SimClock
-from farmwatch.config import parse
-from farmwatch.runner import Runner
+from farmwatch.config.loader import parse
+from farmwatch.service.runner import Runner
 from farmwatch.sim import SimUnit
-from farmwatch.sim.scenario import ALERTS
-from farmwatch.sources.hlt_zmq import HltZmqSource
+from farmwatch.testing.scenario import ALERTS
+from farmwatch.sources.hlt_zmq.source import HltZmqSource
 from farmwatch.store import SQLiteStore
 
 pytestmark = pytest.mark.timeout(60)

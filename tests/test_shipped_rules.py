@@ -2,7 +2,7 @@
 is about, soon enough, with the right labels and a readable summary; none fires in a clean run.
 
 Each fault test runs its own small unit (3 worker nodes × 4 workers, 100 Hz, polled every 2 s of
-simulated time) through ``tests/scenario.py``. ``FAULTS`` is the table of what each fault is
+simulated time) through ``farmwatch.testing.scenario``. ``FAULTS`` is the table of what each fault is
 expected to cause: the rule it is about (which must fire within ``for`` + 2 poll intervals of the
 fault) and the other rules that may fire with it (the cascade, which inhibition or grouping by
 unit turns into one message); anything else firing is a failure. The clean run reads the run state
@@ -21,10 +21,10 @@ from typing import Callable
 import pytest
 
 from farmwatch.alerting.rules import load_rules
-from farmwatch.sim.scenario import ALERTS, START, IocRunState, Scenario, describe
+from farmwatch.testing.scenario import ALERTS, START, IocRunState, Scenario, describe
 from sim_helpers import real_ioc
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
 INTERVAL = 2.0
 WARMUP = 60.0

@@ -21,7 +21,7 @@ from farmwatch.sim.protocol import (
     COMPRESSED, DELETE, HELLO, LAST, RAW_EVENT, READY, STREAM, TERMINATE, LoadBalancedInput, Message,
     byte_order,
 )
-from farmwatch.sim.unit import AppHost
+from farmwatch.sim.sockets import AppHost
 from sim_helpers import Client
 
 pytestmark = pytest.mark.timeout(30)

@@ -9,12 +9,12 @@ import time
 import pytest
 
 from farmwatch.clock import SimClock
-from farmwatch.config import parse
+from farmwatch.config.loader import parse
 from farmwatch.model import labels
 from farmwatch.sim import SimUnit
 from farmwatch.sim.runcontrol import RunController
-from farmwatch.sources.epics import EpicsSource
-from farmwatch.sources.nsm import NsmSource
+from farmwatch.sources.epics.source import EpicsSource
+from farmwatch.sources.nsm.source import NsmSource
 from sim_helpers import flat, real_ioc
 
 NODES, PER_NODE, RATE = 2, 4, 200.0
@@ -150,6 +150,7 @@ def _ca(ioc):
     return {"interval": "1s", "timeout": "500ms", "missing_after": "1s", **ioc.ca_config}
 
 
+@pytest.mark.real
 @pytest.mark.timeout(30)
 def test_run_state_through_the_nsm_bridge(ioc):
     rc = RunController([SimUnit("hlt01", worker_nodes=1, workers_per_node=2)], ioc, transition_time=0.5)

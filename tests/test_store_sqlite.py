@@ -196,7 +196,7 @@ def test_key_set_changing_between_cycles_reads_back_in_long_and_wide_form(tmp_pa
         assert list(zip(latest["peer"], latest["ts"], latest["value"])) == [
             ("hltwk03", utc(T0 + 3), 33.0), ("hltwk01", utc(T0 + 4), 41.0), ("hltwk02", utc(T0 + 4), 42.0)]
     # One frame per batch; the key set of cycles 0, 1 and 4 is one layout.
-    assert table_rows(path, 'SELECT count(*) FROM "frames_20240101"') == 5
+    assert table_rows(path, 'SELECT count(*) FROM "head_20240101T00"') == 5
     assert table_rows(path, "SELECT count(*) FROM layouts") == 3
 
 
@@ -235,7 +235,7 @@ def test_same_series_in_two_layouts_at_one_ts_appears_once(store: SQLiteStore) -
     assert store.latest(QUEUE)["value"].tolist() == [1.0, 2.0, 3.0]
 
 
-def test_duplicate_keys_in_a_batch_keep_the_last_value_and_order_does_not_matter(tmp_path: Path) -> None:
+def test_repeated_keys_in_a_batch_keep_every_value_in_order_and_order_does_not_matter(tmp_path: Path) -> None:
     path = tmp_path / "farm.db"
     a, b, c = ((QUEUE, labels(unit=u)) for u in ("hlt01", "hlt02", "hlt03"))
     with SQLiteStore(path) as store:
@@ -245,12 +245,17 @@ def test_duplicate_keys_in_a_batch_keep_the_last_value_and_order_does_not_matter
 
         frame = store.query(QUEUE)
         assert list(zip(frame["ts"], frame["unit"], frame["value"].fillna(-1), frame["state"])) == [
-            (utc(T0), "hlt01", 4.0, None), (utc(T0), "hlt02", 2.0, None), (utc(T0), "hlt03", 3.0, None),
+            (utc(T0), "hlt01", 1.0, None), (utc(T0), "hlt01", 4.0, None), (utc(T0), "hlt02", 2.0, None),
+            (utc(T0), "hlt03", 3.0, None),
             (utc(T0 + 1), "hlt01", 10.0, None), (utc(T0 + 1), "hlt02", 20.0, None),
             (utc(T0 + 1), "hlt03", 30.0, None),
-            (utc(T0 + 2), "hlt01", -1, "stuck"), (utc(T0 + 2), "hlt02", 5.0, None),
+            (utc(T0 + 2), "hlt01", -1, "stuck"), (utc(T0 + 2), "hlt02", -1, None), (utc(T0 + 2), "hlt02", 5.0, None),
             (utc(T0 + 2), "hlt03", 6.0, None),
         ]
+        assert store.query(QUEUE, form="wide").loc[utc(T0)].tolist() == [4.0, 2.0, 3.0]  # wide: the last value
+        assert store.latest(QUEUE)["value"].fillna(-1).tolist() == [-1, 5.0, 6.0]
+        store.write(Batch(T0, [a, b, c, a], [1.0, 2.0, 3.0, 4.0]))  # a replay changes nothing
+        assert len(store.query(QUEUE)) == len(frame)
     assert table_rows(path, "SELECT count(*) FROM layouts") == 2  # {a, b, c} and {b, c}
 
 
@@ -263,7 +268,7 @@ def test_loose_samples_make_one_frame_per_timestamp(tmp_path: Path) -> None:
         Sample(T0 + 1, QUEUE, 3.0, two),
         Sample(T0, EVENTS, 4.0),
         Sample(T0 + 1, "hlt.socket_state", "connected", one),
-        Sample(T0 + 1, QUEUE, 5.0, one),  # the same (series, ts) again: the last value wins
+        Sample(T0 + 1, QUEUE, 5.0, one),  # the same (series, ts) again: kept after the first
         Sample(T0 + DAY, QUEUE, 6.0, one),
     ]
     with SQLiteStore(path) as store:
@@ -273,6 +278,7 @@ def test_loose_samples_make_one_frame_per_timestamp(tmp_path: Path) -> None:
                         frame["state"])) == [
             (utc(T0), EVENTS, "-", 4.0, None),
             (utc(T0), QUEUE, "hlt02", 2.0, None),
+            (utc(T0 + 1), QUEUE, "hlt01", 1.0, None),
             (utc(T0 + 1), QUEUE, "hlt01", 5.0, None),
             (utc(T0 + 1), QUEUE, "hlt02", 3.0, None),
             (utc(T0 + 1), "hlt.socket_state", "hlt01", -1, "connected"),
@@ -280,8 +286,8 @@ def test_loose_samples_make_one_frame_per_timestamp(tmp_path: Path) -> None:
         ]
         assert store.write(samples) == 7  # a replay changes nothing
         pd.testing.assert_frame_equal(store.query(), frame)
-    assert table_rows(path, 'SELECT count(*) FROM "frames_20240101"') == 2
-    assert table_rows(path, 'SELECT count(*) FROM "frames_20240102"') == 1
+    assert table_rows(path, 'SELECT count(*) FROM "head_20240101T00"') == 2
+    assert table_rows(path, 'SELECT count(*) FROM "head_20240102T00"') == 1
 
 
 def write_changing_key_sets(path: str, cycles: int, started: multiprocessing.synchronize.Event) -> None:
@@ -291,6 +297,7 @@ def write_changing_key_sets(path: str, cycles: int, started: multiprocessing.syn
             started.set()
 
 
+@pytest.mark.slow
 def test_frames_survive_reopen_and_another_process_reads_while_one_writes(tmp_path: Path) -> None:
     path = tmp_path / "farm.db"
     SQLiteStore(path).close()
@@ -340,10 +347,10 @@ def test_glob_names(store: SQLiteStore) -> None:
         ("app=~dist.*", {("hlt01", "distributor"), ("hlt02", "distributor")}),
         ("app=~dist", set()),  # regular expressions match the whole value
         ("app!~dist.*", {("hlt01", "collector"), ("hlt02", "collector")}),
-        ("unit=hlt0*", {("hlt01", "distributor"), ("hlt01", "collector"),
+        ("unit*=hlt0*", {("hlt01", "distributor"), ("hlt01", "collector"),
                         ("hlt02", "distributor"), ("hlt02", "collector")}),
-        ("unit=hlt0[2]", {("hlt02", "distributor"), ("hlt02", "collector")}),
-        ("unit!=*1", {("hlt02", "distributor"), ("hlt02", "collector")}),
+        ("unit*=hlt0[2]", {("hlt02", "distributor"), ("hlt02", "collector")}),
+        ("unit!*=*1", {("hlt02", "distributor"), ("hlt02", "collector")}),
         ('app="collector"', {("hlt01", "collector"), ("hlt02", "collector")}),
         ("host=", {("hlt01", "distributor"), ("hlt01", "collector"),
                    ("hlt02", "distributor"), ("hlt02", "collector")}),  # missing label is ""
@@ -362,8 +369,8 @@ def test_matchers_select_series(store: SQLiteStore, matchers: object, expected: 
 
 def test_matcher_semantics() -> None:
     assert parse_matchers(None) == []
-    (glob,) = parse_matchers("host = hltwk0*")
-    assert (glob.label, glob.op, glob.value) == ("host", "=", "hltwk0*")
+    (glob,) = parse_matchers("host *= hltwk0*")
+    assert (glob.label, glob.op, glob.value) == ("host", "*=", "hltwk0*")
     assert glob.matches({"host": "hltwk07"}) and not glob.matches({"host": "hltwk10"})
     assert not glob.matches({})
     (absent,) = parse_matchers("pid!~.+")
@@ -479,7 +486,7 @@ def test_lock_held_too_long_is_a_store_error(tmp_path: Path) -> None:
 
 def chunk_tables(path: Path) -> list[str]:
     with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'frames_%' ORDER BY name")
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE name GLOB 'head_*' ORDER BY name")
         return [name for (name,) in rows]
 
 
@@ -495,12 +502,12 @@ def test_retention_drops_old_chunks_trims_the_straddling_one_and_keeps_newest_st
         store.write([Batch(T0, [steady, flapping], ["connected", "connected"]),
                      Batch(T0 + DAY + 6 * 3600, [flapping], ["disconnected"]),
                      Batch(T0 + 2 * DAY, [flapping], ["connected"])])
-        assert chunk_tables(path) == ["frames_20240101", "frames_20240102", "frames_20240103"]
+        assert chunk_tables(path) == [f"head_2024010{d}T{h}" for d in (1, 2, 3) for h in ("00", "12")]
 
         removed = store.apply_retention()  # cutoff 2024-01-02 12:00
 
-        assert removed == 1 + 1 + 2  # one chunk dropped, one row trimmed, two states deleted
-        assert chunk_tables(path) == ["frames_20240102", "frames_20240103"]
+        assert removed == 3 + 2  # three hour tables dropped, two states deleted
+        assert chunk_tables(path) == ["head_20240102T12", "head_20240103T00", "head_20240103T12"]
         assert store.query(QUEUE)["value"].tolist() == [112.0, 200.0, 212.0]
         states = store.query("hlt.socket_state")
         assert list(zip(states["unit"], states["state"], states["ts"])) == [
@@ -524,9 +531,9 @@ def test_retention_trims_frames_and_keeps_layouts_usable(tmp_path: Path) -> None
 
         removed = store.apply_retention()
 
-        # Day one dropped (1), day two's 00:00 and 06:00 frames trimmed (2 × 3 samples).
-        assert removed == 1 + 2 * 3
-        assert chunk_tables(path) == ["frames_20240102", "frames_20240103"]
+        assert removed == 4 + 2  # day one's four hour tables dropped, and day two's 00:00 and 06:00
+        assert chunk_tables(path) == ["head_20240102T12", "head_20240102T18"] + [
+            f"head_20240103T{h:02d}" for h in (0, 6, 12, 18)]
         assert sorted(set(store.query(QUEUE)["value"])) == [113.0, 114.0, 119.0, 120.0] + [
             200.0 + h + p for h in (0, 6, 12, 18) for p in (1, 2, 3)]
         assert store.query(EVENTS)["value"].tolist() == [112.0, 118.0, 200.0, 206.0, 212.0, 218.0]
@@ -647,6 +654,7 @@ def write_concurrently(path: str, writer: int, start: multiprocessing.synchroniz
             store.write(Batch(T0 + b * WRITERS + writer, keys, [float(writer)] * PER_BATCH))
 
 
+@pytest.mark.slow
 def test_concurrent_writer_processes_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "farm.db"
     ctx = multiprocessing.get_context("spawn")
@@ -677,6 +685,7 @@ def open_new_files(folder: str, rounds: int, start: multiprocessing.synchronize.
         raise
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_file_at_once(tmp_path: Path) -> None:
     """Switching a new file to WAL mode answers "locked" at once to the losers of the race."""
     ctx = multiprocessing.get_context("spawn")
@@ -698,6 +707,7 @@ def write_slowly(path: str, batches: int, started: multiprocessing.synchronize.E
             started.set()
 
 
+@pytest.mark.slow
 def test_readonly_store_queries_while_another_process_writes(tmp_path: Path) -> None:
     path = tmp_path / "farm.db"
     SQLiteStore(path).close()

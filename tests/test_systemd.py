@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch import systemd
+from farmwatch.service import systemd
 from farmwatch.sim import SimUnit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +100,7 @@ def test_watchdog_pings_only_while_the_work_makes_progress(notify_socket):
         dog.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_collect_service_says_ready_pings_and_says_stopping(tmp_path, notify_socket):
     """`farmwatch collect` as systemd starts it (Type=notify, WatchdogSec=1s): READY=1 once the
@@ -202,11 +203,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_self_metrics_endpoint_is_scraped_and_status_reads_it(tmp_path):
     """`farmwatch run` with [self_metrics]: a Prometheus scrape shows sources, targets, store and
     rules; `farmwatch status` summarises the same and exits 1 when a target is down."""
-    from farmwatch.cli_status import scrape
+    from farmwatch.cli.status import scrape
 
     port = _free_port()
     with SimUnit("hlt01", worker_nodes=1, workers_per_node=2, input_rate=200.0, seed=5) as unit:
@@ -265,8 +267,8 @@ def test_self_metrics_expose_the_elasticsearch_spool(tmp_path):
 
     from farmwatch.clock import SimClock
     from farmwatch.model import LogRecord
-    from farmwatch.selfmetrics import SelfMetrics
-    from farmwatch.sim.elastic import ElasticSim
+    from farmwatch.service.selfmetrics import SelfMetrics
+    from farmwatch.sim.es_cluster import ElasticSim
     from farmwatch.store.elastic import ElasticConfig, ElasticStore
 
     metrics = SelfMetrics("collect")

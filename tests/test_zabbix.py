@@ -21,11 +21,14 @@ from pathlib import Path
 import pytest
 
 from farmwatch.clock import SimClock
-from farmwatch.config import ConfigError, parse
-from farmwatch.runner import Runner
-from farmwatch.sources.zabbix import ZabbixConfig, ZabbixSource, problem_context
+from farmwatch.config import ConfigError
+from farmwatch.config.loader import parse
+from farmwatch.service.runner import Runner
+from farmwatch.sources.zabbix.source import ZabbixConfig, ZabbixSource, problem_context
 from farmwatch.store import SQLiteStore
 from zabbix_helpers import zabbix_env
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 KEYS = {"system.cpu.util": 0, "vm.memory.size[available]": 3, "net.if.in[eth0]": 3, "proc.num[basf2]": 3}
 """The item keys of every test host, with their value types (0 float, 3 unsigned)."""
@@ -128,7 +131,8 @@ def test_collects_exactly_the_pushed_values_incrementally_and_across_a_restart(z
 
     # farmwatch restarts: a new source object on the same store resumes from the saved cursors.
     cursors = store.cursors("zbx")
-    assert len(cursors) == 8 and all(k.startswith("item:") for k in cursors)
+    assert sorted(cursors) == sorted(["catalog"] + [f"item:{i}" for h in farm["hosts"].values()
+                                                    for k, i in h["items"].items() if k in KEYS])
     third = push_known(zbx, farm, start + 8, 2)
     restarted = make_source(zbx, farm, login)
     Runner([restarted], store).run_once()
@@ -161,7 +165,8 @@ def test_the_running_service_saves_cursors_only_after_the_samples_are_stored(zbx
     original = store.save_cursors
 
     def save_cursors(name, cursors, **kw):
-        saved.append(len(stored(store)))  # what was in the store when the cursors were saved
+        if "catalog" not in cursors:  # (the cached host and item lists are saved when listed)
+            saved.append(len(stored(store)))  # what was in the store when the cursors were saved
         original(name, cursors, **kw)
 
     store.save_cursors = save_cursors
@@ -169,13 +174,13 @@ def test_the_running_service_saves_cursors_only_after_the_samples_are_stored(zbx
     runner = threading.Thread(target=Runner([source], store).run, args=(stop,))
     runner.start()
     deadline = time.monotonic() + 20
-    while len(store.cursors("zbx")) < 8 and time.monotonic() < deadline:
+    while len(store.cursors("zbx")) < 9 and time.monotonic() < deadline:
         time.sleep(0.05)
     stop.set()
     runner.join(10)
     assert saved and saved[0] == len(expected)
     assert sorted(stored(store)) == sorted(expected)
-    assert {k: tuple(v) for k, v in store.cursors("zbx").items()} == {
+    assert {k: tuple(v) for k, v in store.cursors("zbx").items() if k != "catalog"} == {
         f"item:{i}": (start + 2, 500_000_000)  # the last value pushed: second 2, 500 ms
         for spec in farm["hosts"].values() for key, i in spec["items"].items() if key in KEYS}
     store.close()
@@ -479,3 +484,44 @@ def test_config_errors_are_one_line_naming_the_key(body, problem):
         parse({"sources": {"zbx": raw}}, "farmwatch.toml")
     assert len(err.value.problems) == 1
     assert err.value.problems[0].startswith("farmwatch.toml: " + problem), err.value.problems
+
+
+def test_five_values_of_one_item_at_one_second_are_all_stored(zbx, farm, login, tmp_path):
+    """Issue 15 item 5: values sent together in one second (Zabbix numbers their ns 0-4) are all kept."""
+    host = sorted(farm["hosts"])[0]
+    itemid = farm["hosts"][host]["items"]["system.cpu.util"]
+    clock = int(time.time()) - 20
+    zbx.push([(host, "system.cpu.util", clock, ns, 10.0 + ns) for ns in range(5)])
+    zbx.wait_history([itemid], 5, value_type=0, since=clock)
+    store = SQLiteStore(tmp_path / "fw.db")
+    runner = Runner([make_source(zbx, farm, login)], store)
+    written = runner.run_once()
+    got = [v for n, h, i, ts, v in stored(store) if h == host and i == "system.cpu.util"]
+    assert got == [10.0, 11.0, 12.0, 13.0, 14.0]
+    assert written == len(store.query())  # what the runner counts as written is what is stored
+
+
+def test_cron_runs_reuse_the_cached_host_and_item_lists(zbx, farm, login, tmp_path):
+    """Each ``collect --once`` is a new process: the lists come from the store until ``rediscover``."""
+    store = SQLiteStore(tmp_path / "fw.db")
+    start = int(time.time()) - 40
+    first = push_known(zbx, farm, start, 3)
+    one = make_source(zbx, farm, login, rediscover="1h")
+    Runner([one], store).run_once()
+    assert one.api.calls_by_method.get("item.get") == 1 and one.api.calls_by_method.get("host.get") == 1
+
+    second = push_known(zbx, farm, start + 3, 3)
+    two = make_source(zbx, farm, login, rediscover="1h")  # the next cron run
+    Runner([two], store).run_once()
+    assert "item.get" not in two.api.calls_by_method and "host.get" not in two.api.calls_by_method
+    assert two.items.keys() == one.items.keys()
+    assert [it.labels for it in two.items.values()] == [it.labels for it in one.items.values()]
+    assert sorted(stored(store)) == sorted(first | second)
+
+    other = make_source(zbx, farm, login, rediscover="1h", items=["system.cpu.util"])  # other settings: listed again
+    Runner([other], SQLiteStore(tmp_path / "fw.db")).run_once()
+    assert other.api.calls_by_method.get("item.get") == 1 and len(other.items) == 2
+    time.sleep(2.1)
+    three = make_source(zbx, farm, login, rediscover="2s")  # the cache is older than rediscover
+    Runner([three], store).run_once()
+    assert three.api.calls_by_method.get("item.get") == 1

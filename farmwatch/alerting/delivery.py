@@ -12,6 +12,12 @@ first notification posts it and later ones update it; queued notifications of an
 a newer one of the same incident supersedes are marked ``superseded`` instead of being sent (the
 newer one carries everything). A reminder (``repeat``) posts a new message, so that it is seen.
 A webhook cannot edit, so every notification is a new message, resolves included.
+
+Every post carries a key that names it for good: notifier, incident and the outbox row it is
+sent in the place of (the incident's oldest queued notification, which stays queued until the
+post is confirmed). A retry, also by the next process after a crash, has the same key, so a
+notifier that supports it (Rocket.Chat's REST API, :func:`~farmwatch.alerting.notifiers.message_id`)
+never makes two messages of one post whose answer was lost.
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ class Delivery:
             send = newest[item.incident] if notifier.updates else item
             merged = [i for i in items if i.incident == item.incident and item.id <= i.id <= send.id]
             try:
-                outcome = self._send(name, notifier, send)
+                outcome = self._send(name, notifier, send, post_key(name, item))
             except DeliveryError as exc:
                 self._failed(name, item, exc, now)
                 if not exc.permanent:
@@ -121,7 +127,7 @@ class Delivery:
                 log.info("alert delivery to %s works again", name)
         return sent
 
-    def _send(self, name: str, notifier, item: OutboxItem) -> str:
+    def _send(self, name: str, notifier, item: OutboxItem, key: str) -> str:
         from farmwatch.alerting.notifiers import DeliveryError
 
         note = notification_from_doc(item.payload)
@@ -134,7 +140,7 @@ class Delivery:
                     notifier.update(ref, msg)
                     outcome = f"updated {ref}"
                 else:
-                    ref = notifier.post(msg)
+                    ref = notifier.post(msg, key=key)
                     outcome = f"posted {ref}" if ref else "posted"
                 break
             except DeliveryError as exc:
@@ -165,3 +171,12 @@ class Delivery:
             self._failing[name] = reason
             log.warning("alert delivery to %s failing (%s); %d notification(s) queued, next try in %.0f s",
                         name, reason, len(self.db.pending(name)), wait)
+
+
+def post_key(notifier: str, head: OutboxItem) -> str:
+    """What names a post for good: the notifier, the incident and the outbox row it is sent for
+    (``head``: the oldest queued notification of the incident, finished only once the post is)."""
+    return f"farmwatch|{notifier}|{head.incident}|{head.id}"
+
+
+__all__ = ["MIN_CHARS", "Delivery", "DeliveryStats", "post_key"]

@@ -152,3 +152,6 @@ class Dispatcher:
 
 def _order(alert: Alert) -> tuple:
     return (alert.labels, alert.fingerprint)
+
+
+__all__ = ["DEFAULT_GROUP_BY", "Decision", "Dispatcher", "Timers", "group_key", "group_labels"]

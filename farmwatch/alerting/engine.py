@@ -19,7 +19,7 @@ from farmwatch.alerting.dispatch import Dispatcher, Timers
 from farmwatch.alerting.lifecycle import Changes, Tracker
 from farmwatch.alerting.state import AlertDB
 from farmwatch.clock import Clock, RealClock
-from farmwatch.model import Alert, Notification
+from farmwatch.model import Alert, Notification, format_series
 
 log = logging.getLogger("farmwatch.alerting")
 
@@ -142,4 +142,7 @@ class AlertEngine:
         s.firing, s.pending = states.count("firing"), states.count("pending")
         for ts, event, alert in result.events:
             if event in ("firing", "resolved"):
-                log.info("%s %s %s: %s", event.upper(), alert.rule, dict(alert.labels), alert.summary)
+                log.info("%s %s: %s", event.upper(), format_series(alert.rule, alert.labels), alert.summary)
+
+
+__all__ = ["AlertEngine", "EngineStats", "StepResult"]

@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from farmwatch.alerting.window import Window
-from farmwatch.config import Duration
+from farmwatch.store.window import Window
+from farmwatch.config.base import Duration, Regex
 from farmwatch.model import Labels
-from farmwatch.store.matchers import Matcher, parse_matchers
+from farmwatch.matchers import Matcher, parse_matchers
 
 OPS: dict[str, Callable[[Any, Any], Any]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
@@ -34,6 +34,8 @@ OPS: dict[str, Callable[[Any, Any], Any]] = {
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
 Over = Literal["last", "avg", "min", "max", "delta", "rate", "increase"]
 Aggregate = Literal["sum", "avg", "min", "max", "count"]
+EXPLANATION = "anomaly.explanation"
+"""The detector's state series that explains an entity's anomaly score (``detect.service``)."""
 DEFAULT_FRESH = 300.0
 """Samples older than this are not a current value (Prometheus' lookback delta)."""
 
@@ -50,6 +52,9 @@ class Active:
     labels: Labels
     value: float
     values: Mapping[str, float] = field(default_factory=dict)
+    starts: bool = True
+    """False: the condition only *keeps* an existing alert active (``clear`` hysteresis), it does
+    not start a new one."""
 
 
 class Spec(BaseModel):
@@ -81,7 +86,7 @@ class Selector(Spec):
 
     - ``series``: series name, or a glob (``hlt.*.sent_events:rate``);
     - ``match``: label matchers, a table ``{app = "distributor"}`` or a list
-      ``["host=~hltwk0[1-4]", "unit!=hlt20"]`` (``=``, ``!=``, ``=~``, ``!~``; globs in ``=``/``!=``);
+      ``["host=~hltwk0[1-4]", "unit!=hlt20"]`` (``=``/``!=`` exact, ``=~``/``!~`` regex, ``*=``/``!*=`` glob);
     - ``over``: ``last`` (default: the newest sample, ignored when older than ``fresh``), or a
       function of the samples within ``window``: ``avg``, ``min``, ``max``, ``delta`` (last −
       first), ``increase`` (of a counter, resets handled), ``rate`` (increase per second);
@@ -168,13 +173,18 @@ class Threshold(Selector):
     - ``aggregate``: ``sum`` (default), ``avg``, ``min``, ``max`` or ``count`` (of series with a value);
     - ``op``: ``<``, ``<=``, ``>``, ``>=``, ``==``, ``!=``; ``value``: the number compared with. A
       string ``value`` compares the newest *state* of state series (``hlt.monitor.output_state !=
-      "ready"``), with ``over = "last"`` and no ``by``.
+      "ready"``), with ``over = "last"`` and no ``by``;
+    - ``clear``: hysteresis (Zabbix's recovery expression): an alert starts when the value passes
+      ``value`` but, once pending or firing, stays until it no longer passes ``clear`` (for ``>``
+      a lower number, for ``<`` a higher one), so a value wavering around ``value`` does not make
+      an alert start, cancel and start again.
     """
 
     by: Optional[tuple[str, ...]] = None
     aggregate: Aggregate = "sum"
     op: Op
     value: float | str
+    clear: Optional[float] = None
 
     @model_validator(mode="after")
     def _state_compare(self) -> Threshold:
@@ -183,6 +193,12 @@ class Threshold(Selector):
                 raise ValueError("value: a string value (a state) can only be compared with == or !=")
             if self.over != "last" or self.by is not None:
                 raise ValueError("value: a string value (a state) needs over = 'last' and no 'by'")
+        if self.clear is not None:
+            if isinstance(self.value, str) or self.op in ("==", "!="):
+                raise ValueError("clear: only for a number compared with <, <=, > or >=")
+            if OPS[self.op](self.clear, self.value):
+                raise ValueError(f"clear: must be on the other side of value ({self.clear} {self.op} {self.value} "
+                                 f"would start alerts before value does)")
         return self
 
     def find(self, window: Window, now: float, counts: Counter) -> list[Active]:
@@ -190,15 +206,17 @@ class Threshold(Selector):
         if isinstance(self.value, str):
             return self._states(window, now, compare)
         ids, values = self.read(window, now)
+        keep = self.value if self.clear is None else self.clear
         if self.by is not None:
-            groups, agg = aggregate(window, ids, values, self.by, self.aggregate)
-            with np.errstate(invalid="ignore"):
-                hit = np.flatnonzero(compare(agg, self.value)).tolist()
-            return [Active(groups[i], float(agg[i])) for i in hit]
+            groups, values = aggregate(window, ids, values, self.by, self.aggregate)
+            labels = groups.__getitem__
+        else:
+            glob = _is_glob(self.series)
+            labels = lambda i: _series_labels(window, int(ids[i]), glob)  # noqa: E731
         with np.errstate(invalid="ignore"):
-            hit = np.flatnonzero(compare(values, self.value) & ~np.isnan(values)).tolist()
-        glob = _is_glob(self.series)
-        return [Active(_series_labels(window, int(ids[i]), glob), float(values[i])) for i in hit]
+            hit = np.flatnonzero(compare(values, keep) & ~np.isnan(values)).tolist()
+            starts = compare(values, self.value)
+        return [Active(labels(i), float(values[i]), starts=bool(starts[i])) for i in hit]
 
     def _states(self, window: Window, now: float, compare: Callable[[Any, Any], Any]) -> list[Active]:
         out = []
@@ -218,13 +236,28 @@ class Anomaly(Threshold):
     """``kind = "anomaly"``: a threshold on an anomaly-score series, with defaults for it.
 
     ``series`` defaults to ``anomaly.score``, ``op`` to ``>``, ``value`` to 0.9; the alert
-    carries the score series' labels (the detector puts its explanation there, e.g. ``feature``).
-    All threshold keys apply.
+    carries the score series' labels (one alert per family and entity). The detector's newest
+    explanation of the entity (the ``anomaly.explanation`` state with the same labels) is the
+    alert's annotation: ``{explanation}`` (top contributions) and ``{metric}`` (the one that
+    contributes most) in templates; it may change while the alert lives without making it a new
+    one. All threshold keys apply.
     """
 
     series: str = "anomaly.score"
     op: Op = ">"
     value: float | str = 0.9
+
+    def find(self, window: Window, now: float, counts: Counter) -> list[Active]:
+        out = []
+        for a in super().find(window, now, counts):
+            found = window.last((EXPLANATION, a.labels))
+            text = found[1] if found is not None and isinstance(found[1], str) else ""
+            values = {**a.values, "explanation": text or "-", "metric": text.split(" ", 1)[0] or "-"}
+            out.append(Active(a.labels, a.value, values, a.starts))  # type: ignore[arg-type]
+        return out
+
+    def names(self) -> set[str]:
+        return {self.series, EXPLANATION}
 
 
 class Absent(Spec):
@@ -509,7 +542,7 @@ class LogCount(Spec):
     Labels: the ``by`` fields. Named value: ``{count}``.
     """
 
-    pattern: str = ""
+    pattern: Regex = ""
     level: tuple[str, ...] = ()
     host: Optional[str] = None
     service: Optional[str] = None
@@ -520,15 +553,6 @@ class LogCount(Spec):
     _regex: re.Pattern[str] = PrivateAttr()
     _host: Optional[re.Pattern[str]] = PrivateAttr(default=None)
     _service: Optional[re.Pattern[str]] = PrivateAttr(default=None)
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
 
     _levels = field_validator("level", mode="before")(lambda cls, v: [v] if isinstance(v, str) else v)
     _by = field_validator("by")(lambda cls, v: record_fields(v))
@@ -624,8 +648,8 @@ KINDS: dict[str, type[Spec]] = {
     "threshold": Threshold, "absent": Absent, "down": Down, "change": Change, "ratio": Ratio,
     "peers": Peers, "log_count": LogCount, "anomaly": Anomaly, "python": Python,
 }
+"""The kinds defined here; ``farmwatch.alerting.rules.KINDS`` adds those on log message templates."""
 
-# Kinds on log message templates live in their own module (it imports the ones above).
-from farmwatch.alerting.logkinds import LogNewTemplate, LogTemplateRate  # noqa: E402
-
-KINDS.update({"log_new_template": LogNewTemplate, "log_template_rate": LogTemplateRate})
+__all__ = ["DEFAULT_FRESH", "KINDS", "OPS", "Absent", "Active", "Aggregate", "Anomaly", "Change", "Down",
+           "LogCount", "Op", "Over", "Peers", "Python", "Ratio", "Selector", "Spec", "Threshold", "aggregate",
+           "aggregate_index", "record_fields"]

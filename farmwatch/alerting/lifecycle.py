@@ -54,7 +54,7 @@ class Tracker:
         self.alerts: dict[str, Alert] = dict(alerts or {})
         self.keep_resolved = keep_resolved
         self.context = context
-        """Lines about an alert's labels from elsewhere (``context.HostContext``), put before its description."""
+        """Lines about an alert's labels from elsewhere (a ``context.ContextProvider``), put before its description."""
         # A resolved alert whose condition holds again is replaced by a new pending one; if that
         # is cancelled, the resolved one comes back (it still belongs in the recent alerts).
         self._replaced: dict[str, Alert] = {}
@@ -89,6 +89,8 @@ class Tracker:
                 if extra:
                     description = "\n".join([*extra, description]) if description else "\n".join(extra)
             alert = self.alerts.get(fp)
+            if (alert is None or alert.state == AlertState.RESOLVED) and not getattr(active, "starts", True):
+                continue  # hysteresis: this value keeps an alert active but does not start one
             if alert is None or alert.state == AlertState.RESOLVED:
                 if alert is not None:
                     self._replaced[fp] = alert
@@ -145,3 +147,6 @@ class Tracker:
         if math.isnan(alert.starts_at):
             alert.starts_at = alert.active_since
         changes.record(now, event, alert)
+
+
+__all__ = ["Changes", "Event", "RuleLike", "Tracker"]

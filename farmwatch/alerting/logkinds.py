@@ -9,8 +9,8 @@ kind of message whose rate the detector finds anomalous.
 - ``log_template_rate``: the ``log.template.count`` series (records per 10 s by their time, per
   template and host) summed into ``step`` bins, and the records within ``window`` at every bin
   scored by the detector (``farmwatch.detect.stream_scores``: calibrated, about uniform on normal
-  data); a series whose newest score is above ``score`` and that rose well above its usual rate
-  holds.
+  data); a series with a bin of the newest ``window`` scored above ``score`` and that rose well
+  above its usual rate holds.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import numpy as np
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from farmwatch.alerting.kinds import _RECORD_FIELDS, Active, Spec, _matchers, record_fields
-from farmwatch.alerting.window import Window
-from farmwatch.config import Duration
+from farmwatch.config.base import Duration
 from farmwatch.logtemplates import COUNT, ID_FIELD, TEXT_FIELD, TemplateInfo, TemplateStore
-from farmwatch.store.matchers import Matcher
+from farmwatch.matchers import Matcher
+from farmwatch.store.window import Window
 
 __all__ = ["LogNewTemplate", "LogTemplateRate", "bind_store"]
 
@@ -212,7 +212,9 @@ class LogTemplateRate(Spec):
                 total = np.cumsum(np.r_[0.0, per_bin])
                 rolling = total[1:] - total[np.maximum(0, np.arange(1, len(total)) - recent_bins)]
                 grid = start + self.step * np.arange(bins[0], n_bins)
-                score = float(np.max(stream_scores(grid, rolling)[-2:]))
+                # a bin of the newest window: the jump itself scores high, the new level after it
+                # less and less (the detector follows a lasting shift), and the alert is about the jump
+                score = float(np.max(stream_scores(grid, rolling)[-recent_bins:]))
                 counts["scored"] += 1
             cache[key] = score
             if score >= self.score:

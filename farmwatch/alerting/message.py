@@ -168,7 +168,7 @@ def render(
     msg = build(total)
     if msg.size() <= max_chars:
         return msg
-    lo, hi = 0, total - 1  # the largest number of listed alerts that still fits
+    lo, hi = min(1, total), total - 1  # the most listed alerts that still fit; the first always stays
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if build(mid).size() <= max_chars:
@@ -176,25 +176,35 @@ def render(
         else:
             hi = mid - 1
     msg = build(lo)
-    if msg.size() > max_chars:  # even the summary alone is too long (huge labels or link)
+    if msg.size() > max_chars:  # even one alert is too long (huge labels or link)
         msg = _squeeze(msg, max_chars)
     return msg
 
 
 def _squeeze(msg: ChatMessage, max_chars: int) -> ChatMessage:
-    """Last resort: drop fields, then cut the attachment text, then the headline."""
-    att = dict(msg.attachments[0])
-    att["fields"] = []
-    msg = ChatMessage(msg.text, [att])
-    over = msg.size() - max_chars
-    if over > 0:
-        att["text"] = truncate(att["text"], max(0, chat_len(att["text"]) - over))
-        msg = ChatMessage(msg.text, [att])
-    over = msg.size() - max_chars
-    if over > 0:
+    """Last resort, cheapest loss first: the label fields (the headline repeats them), the title
+    link, the body after the first alert line, and only then the headline and that line, cut to
+    shares of what is left. Each step is measured anew, so the headline and the first alert line
+    always survive (cut at worst), whatever a label or the link costs."""
+    att = {**msg.attachments[0], "fields": []}
+    head, body = msg.text, att.get("text", "")
+
+    def size(head: str, body: str) -> int:
+        return ChatMessage(head, [{**att, "text": body}]).size()
+
+    if size(head, body) > max_chars:
         att.pop("title_link", None)
-        msg = ChatMessage(truncate(msg.text, max(1, chat_len(msg.text) - over)), [att])
-    return msg
+    lines = body.split("\n")
+    first = next((i for i, line in enumerate(lines) if line.startswith("• ")), 0)
+    kept, rest = "\n".join(lines[: first + 1]), "\n".join(lines[first + 1 :])
+    if size(head, body) > max_chars:
+        room = max_chars - size(head, kept + "\n")
+        body = kept + "\n" + truncate(rest, room) if rest and room > 1 else kept
+    if size(head, body) > max_chars:
+        avail = max_chars - (size("", "x") - 1)  # what the title and the line breaks leave
+        head = truncate(head, max(avail // 2, avail - chat_len(kept)))
+        body = truncate(kept, avail - chat_len(head))
+    return ChatMessage(head, [{**att, "text": body}])
 
 
 def _rule_name(group: Mapping[str, str], alerts: list[Alert]) -> str:
@@ -362,3 +372,7 @@ def _ago(seconds: float) -> str:
     elif s >= 60:
         s = s // 60 * 60
     return format_duration(s) if s >= 1 else "0s"
+
+
+__all__ = ["COLORS", "DESCRIPTION_MAX", "EMOJI", "LABEL_MAX", "RULE_LABELS", "SUMMARY_MAX", "ChatMessage",
+           "color_of", "emoji_of", "render", "severity_of"]

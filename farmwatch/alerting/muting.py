@@ -17,7 +17,7 @@ from typing import Iterable, Mapping
 
 from farmwatch.alerting.state import Ack, Silence, label_map
 from farmwatch.model import Alert, AlertState
-from farmwatch.store.matchers import Matcher, parse_matchers
+from farmwatch.matchers import Matcher, parse_matchers
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ def _pairs(found: Mapping[str, str], keys: Iterable[str]) -> str:
     return ", ".join(f"{k}={found.get(k, '')}" for k in keys) or "all"
 
 
+def silenced_by(alert: Alert, silences: Iterable[Silence]) -> str | None:
+    """The first of ``silences`` (the active ones) that matches ``alert``: ``silence <id> by <who>``."""
+    return next((f"silence {s.id} by {s.created_by}" for s in silences if s.matches(alert)), None)
+
+
 def apply(alerts: Iterable[Alert], silences: Iterable[Silence], inhibits: Iterable[InhibitRule],
           acks: Mapping[str, Ack], now: float) -> list[tuple[str, Alert]]:
     """Set ``silenced_by``, ``inhibited_by`` and ``acked_by`` on active alerts; return what changed.
@@ -73,7 +78,7 @@ def apply(alerts: Iterable[Alert], silences: Iterable[Silence], inhibits: Iterab
     changes: list[tuple[str, Alert]] = []
     for alert in active:
         found = labelled[alert.fingerprint]
-        silenced = next((f"silence {s.id} by {s.created_by}" for s in silences if s.matches(alert)), None)
+        silenced = silenced_by(alert, silences)
         inhibited = next(
             (f"{src.rule} ({_pairs(found, rule.equal)})"
              for rule, src in sources
@@ -96,3 +101,6 @@ def apply(alerts: Iterable[Alert], silences: Iterable[Silence], inhibits: Iterab
             alert.acked_by, alert.acked_at = ack.by, ack.at
             changes.append(("acked", alert))
     return changes
+
+
+__all__ = ["InhibitRule", "apply", "silenced_by"]

@@ -12,6 +12,14 @@ else), so attachments posted first could never follow the incident to "resolved"
 whole message as markdown text keeps one message per incident truthful through every edit; the
 severity is in the headline's emoji.
 
+Why a post can never appear twice (REST): it goes through ``chat.sendMessage`` with a message
+``_id`` the caller derives from the notification (:func:`message_id`), so a retry after an answer
+that never came (a timeout, a kill -9) names the same message, and Rocket.Chat does not store a
+second one. Whatever the server answers then (newer versions: an error; 1.3 to 6: success without
+a message; before 1.3: MongoDB's duplicate key error), the notifier asks ``chat.getMessage``
+whether that id exists and, if so, counts the post as delivered. An incoming webhook has no such
+id: a post whose answer was lost may show twice (at least once, never lost).
+
 Secrets (tokens, passwords, the webhook URL's token) never appear in exceptions, reprs or logs:
 errors name the host only, exceptions from ``requests`` (whose text contains the URL) are not
 chained, and any server text quoted in an error is scrubbed of the secrets first.
@@ -19,6 +27,7 @@ chained, and any server text quoted in an error is scrubbed of the secrets first
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -30,13 +39,27 @@ from urllib.parse import urlsplit
 import requests
 
 from farmwatch.alerting.message import ChatMessage
-from farmwatch.secrets import SecretError, secret  # noqa: F401 - re-exported: notifiers take their secrets here
+from farmwatch.credentials import SecretError, secret  # noqa: F401 - re-exported: notifiers take their secrets here
 from farmwatch.clock import Clock, RealClock
 
 log = logging.getLogger(__name__)
 
 _WAIT_SECONDS = re.compile(r"wait (\d+(?:\.\d+)?) seconds")
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+_ID_CHARS = "23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz"
+"""Meteor's ``Random.id`` alphabet, the form of every Rocket.Chat message id."""
+
+
+def message_id(key: str) -> str:
+    """The Rocket.Chat message ``_id`` of the post identified by ``key``: 17 characters of
+    Meteor's ``Random.id`` alphabet (about 98 bits) from a hash of it, so the same notification
+    gets the same id in every attempt and every process, and different ones never meet."""
+    n = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest(), "big")
+    out = []
+    for _ in range(17):
+        n, r = divmod(n, len(_ID_CHARS))
+        out.append(_ID_CHARS[r])
+    return "".join(out)
 
 
 class DeliveryError(Exception):
@@ -61,7 +84,10 @@ class Notifier(Protocol):
     name: str
     updates: bool
 
-    def post(self, msg: ChatMessage) -> str | None: ...
+    def post(self, msg: ChatMessage, key: str | None = None) -> str | None:
+        """Post a new message; ``key`` names the post, so that a retry of it cannot make a second
+        message where the target allows that (see :func:`message_id`)."""
+        ...
 
     def update(self, ref: str, msg: ChatMessage) -> None: ...
 
@@ -97,9 +123,13 @@ class _RocketChatHTTP:
         server said ``X-RateLimit-Remaining: 0``, else 0."""
         return max(0.0, self._wait_until - self._clock.monotonic())
 
-    def _send(self, what: str, url: str, payload: dict, headers: dict | None = None) -> requests.Response:
+    def _send(self, what: str, url: str, payload: dict, headers: dict | None = None, *,
+              method: str = "POST") -> requests.Response:
+        """One request (``payload`` is the JSON body of a POST, the query of a GET)."""
+        body, query = (payload, None) if method == "POST" else (None, payload)
         try:
-            resp = self._session.post(url, json=payload, headers=headers, timeout=self._timeout, verify=self._verify)
+            resp = self._session.request(method, url, json=body, params=query, headers=headers,
+                                         timeout=self._timeout, verify=self._verify)
         except requests.Timeout:
             raise DeliveryError(f"Rocket.Chat at {self.host}: {what} timed out after {self._timeout:g} s") from None
         except requests.exceptions.SSLError:
@@ -196,12 +226,13 @@ def _retry_after_header(resp: requests.Response) -> float | None:
 
 
 class RocketChatREST(_RocketChatHTTP):
-    """Rocket.Chat's REST API: ``chat.postMessage`` once per incident, then ``chat.update`` of
+    """Rocket.Chat's REST API: ``chat.sendMessage`` once per incident, then ``chat.update`` of
     the same message as alerts join, escalate and resolve.
 
     Authentication with a personal access token (``token`` + ``user_id``) or by logging in
     (``username`` + ``password`` → ``/api/v1/login``; on a 401 it logs in again once and retries).
-    The reference returned by :meth:`post` is ``"<roomId>:<messageId>"``.
+    ``chat.sendMessage`` takes a room id: a ``channel`` is looked up once (``rooms.info``, or
+    ``im.create`` for ``@user``). The reference returned by :meth:`post` is ``"<roomId>:<messageId>"``.
     """
 
     name = "rocketchat"
@@ -241,6 +272,7 @@ class RocketChatREST(_RocketChatHTTP):
         self._username, self._password = username, password
         self._token, self._user_id = (token, user_id) if self._auth_mode == "token" else (None, None)
         self._secrets = [s for s in (token, password) if s]
+        self._rid: str | None = room_id
 
     def __repr__(self) -> str:
         target = f"channel={self.channel!r}" if self.channel else f"room_id={self.room_id!r}"
@@ -265,13 +297,13 @@ class RocketChatREST(_RocketChatHTTP):
         self._raise_for("login", resp, body)
         raise DeliveryError(f"Rocket.Chat at {self.host}: login answer without authToken/userId (HTTP {resp.status_code})")
 
-    def _call(self, endpoint: str, payload: dict) -> dict:
-        """POST ``endpoint`` authenticated; one re-login on 401 when logging in with a password."""
+    def _call(self, endpoint: str, payload: dict, method: str = "POST") -> dict:
+        """Call ``endpoint`` authenticated; one re-login on 401 when logging in with a password."""
         if self._token is None:
             self._login()
         for attempt in (1, 2):
             headers = {"X-Auth-Token": self._token or "", "X-User-Id": self._user_id or ""}
-            resp = self._send(endpoint, self._api + endpoint, payload, headers)
+            resp = self._send(endpoint, self._api + endpoint, payload, headers, method=method)
             body = self._body(resp)
             if resp.status_code == 401:
                 if self._auth_mode == "login" and attempt == 1:
@@ -295,23 +327,69 @@ class RocketChatREST(_RocketChatHTTP):
 
     # -- Notifier --------------------------------------------------------------------------
 
-    def post(self, msg: ChatMessage) -> str:
-        payload: dict = {"text": msg.as_text()}
-        if self.room_id:
-            payload["roomId"] = self.room_id
-        else:
-            payload["channel"] = self.channel
+    def post(self, msg: ChatMessage, key: str | None = None) -> str:
+        rid = self._room()
+        text = msg.as_text()
+        message: dict = {"rid": rid, "msg": text}
+        mid = message_id(key) if key is not None else None
+        if mid is not None:
+            message["_id"] = mid
         if self.alias:
-            payload["alias"] = self.alias
+            message["alias"] = self.alias
         if self.emoji:
-            payload["emoji"] = self.emoji
-        body = self._call("chat.postMessage", payload)
-        message = body.get("message") if isinstance(body.get("message"), dict) else {}
-        rid, mid = message.get("rid"), message.get("_id")
-        if not rid or not mid:
-            raise DeliveryError(f"Rocket.Chat at {self.host}: chat.postMessage answer has no message._id/rid", permanent=True)
-        log.debug("posted message %s to room %s at %s", mid, rid, self.host)
-        return f"{rid}:{mid}"
+            message["emoji"] = self.emoji
+        try:
+            body = self._call("chat.sendMessage", {"message": message})
+        except DeliveryError as exc:
+            if mid is None or not exc.permanent or self._existing(mid, rid, text) is None:
+                raise
+            return f"{rid}:{mid}"  # posted before: an answer that never arrived, now retried
+        sent = body.get("message") if isinstance(body.get("message"), dict) else {}
+        got_rid, got_mid = sent.get("rid"), sent.get("_id")
+        if not got_mid and mid is not None and self._existing(mid, rid, text) is not None:
+            return f"{rid}:{mid}"  # success without a message: the id was taken (Rocket.Chat 1.3 to 6)
+        if not got_rid or not got_mid:
+            raise DeliveryError(f"Rocket.Chat at {self.host}: chat.sendMessage answer has no message._id/rid", permanent=True)
+        log.debug("posted message %s to room %s at %s", got_mid, got_rid, self.host)
+        return f"{got_rid}:{got_mid}"
+
+    def _existing(self, mid: str, rid: str, text: str) -> dict | None:
+        """The message ``mid`` if the server has it in ``rid`` (then edited to ``text``, the
+        notification's newest state); None if it does not exist. Rate limits and outages raise."""
+        try:
+            body = self._call("chat.getMessage", {"msgId": mid}, method="GET")
+        except DeliveryError as exc:
+            if exc.permanent:
+                return None
+            raise
+        found = body.get("message") if isinstance(body.get("message"), dict) else None
+        if found is None or found.get("rid") != rid:
+            return None
+        log.info("Rocket.Chat at %s already has message %s: a post whose answer was lost, not posted again", self.host, mid)
+        if found.get("msg") != text:
+            self._call("chat.update", {"roomId": rid, "msgId": mid, "text": text})
+        return found
+
+    def _room(self) -> str:
+        """The room id to post to: ``room_id``, or the ``channel`` looked up once."""
+        if self._rid is not None:
+            return self._rid
+        channel = str(self.channel)
+        try:
+            if channel.startswith("@"):
+                body = self._call("im.create", {"username": channel[1:]})
+            else:
+                body = self._call("rooms.info", {"roomName": channel.removeprefix("#")}, method="GET")
+        except DeliveryError as exc:
+            if exc.permanent:
+                raise DeliveryError(f"Rocket.Chat at {self.host}: cannot post to {channel!r}: {exc}", permanent=True) from None
+            raise
+        room = body.get("room") if isinstance(body.get("room"), dict) else {}
+        rid = room.get("_id") or room.get("rid")
+        if not isinstance(rid, str) or not rid:
+            raise DeliveryError(f"Rocket.Chat at {self.host}: no room id for {channel!r} in the answer", permanent=True)
+        self._rid = rid
+        return rid
 
     def update(self, ref: str, msg: ChatMessage) -> None:
         rid, sep, mid = ref.partition(":")
@@ -350,7 +428,9 @@ class RocketChatWebhook(_RocketChatHTTP):
     def __repr__(self) -> str:
         return f"RocketChatWebhook(host={self.host!r}, channel={self.channel!r})"
 
-    def post(self, msg: ChatMessage) -> None:
+    def post(self, msg: ChatMessage, key: str | None = None) -> None:
+        """An incoming webhook takes no message id (``key`` is unused): a post whose answer was
+        lost is sent again and may show twice, the one thing the REST notifier rules out."""
         payload: dict = {"text": msg.text, "attachments": msg.attachments}
         for key in ("channel", "alias", "emoji"):
             if getattr(self, key):
@@ -408,7 +488,7 @@ class ConsoleNotifier:
     def wait_hint(self) -> float:
         return 0.0
 
-    def post(self, msg: ChatMessage) -> str:
+    def post(self, msg: ChatMessage, key: str | None = None) -> str:
         self._count += 1
         ref = f"console:{self._count}"
         self._print(msg, f"NEW {ref}")
@@ -432,3 +512,6 @@ class ConsoleNotifier:
         self._console.print(
             Panel(Text(body), title=Text(msg.text), subtitle=Text(tag), border_style=style, title_align="left")
         )
+
+
+__all__ = ["ConsoleNotifier", "DeliveryError", "Notifier", "RocketChatREST", "RocketChatWebhook"]

@@ -4,7 +4,7 @@ A rule file holds ``[[rule]]`` tables and optionally one ``[defaults]`` table wh
 of that file starts from (``defaults.run_state = ["RUNNING"]`` for a file of in-run rules). Rules
 come from the shipped ``alerts/`` folder and from folders or files named in the config; every
 problem of every file is reported at once, one line each, ``file: rule[i] (Name): key: what is
-expected``, as ``farmwatch.config.ConfigError`` does for the config.
+expected``, as ``farmwatch.config.base.ConfigError`` does for the config.
 
 The common keys (documented in ``docs/rules.md``, the syntax reference) are handled here; what a
 kind's own keys mean and how it is evaluated is in ``farmwatch.alerting.kinds``. ``Rule.evaluate``
@@ -25,13 +25,19 @@ from typing import Any, Iterable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from farmwatch.alerting.kinds import KINDS, Active, Python, Spec
-from farmwatch.alerting.window import Window
+from farmwatch.alerting import kinds
+from farmwatch.alerting.kinds import Active, Python, Spec
+from farmwatch.alerting.logkinds import LogNewTemplate, LogTemplateRate
+from farmwatch.store.window import Window
 from farmwatch.durations import format_duration
-from farmwatch.config import ConfigError, Duration, describe_error, key_path
+from farmwatch.config.base import ConfigError, Duration, describe_error, key_path
 from farmwatch.model import Labels
 
-__all__ = ["Active", "Rule", "load_rules", "parse_rules", "render_template", "SHIPPED"]
+__all__ = ["Active", "KINDS", "Rule", "load_rules", "parse_rules", "render_template", "SHIPPED"]
+
+KINDS: dict[str, type[Spec]] = {**kinds.KINDS, "log_new_template": LogNewTemplate, "log_template_rate": LogTemplateRate}
+"""Every rule kind by name: those of ``kinds`` and the ones on log message templates (``logkinds``,
+which builds on ``kinds``)."""
 
 SHIPPED = Path(__file__).resolve().parents[2] / "alerts"
 """The rules shipped with farmwatch (the top-level ``alerts/`` folder)."""

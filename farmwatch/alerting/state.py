@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 import orjson
 
 from farmwatch.model import Alert, AlertState, Labels, Notification
-from farmwatch.store.matchers import Matcher, parse_matchers
+from farmwatch.matchers import Matcher, parse_matchers
 from farmwatch.store.sqlite import SQLiteStore
 
 ACTIVE = (AlertState.PENDING.value, AlertState.FIRING.value)
@@ -174,6 +174,18 @@ class AlertDB:
         return self._rows("read alert history", sql + " ORDER BY ts, id", params, "labels")
 
     # -- silences and acknowledgements ---------------------------------------------------------
+    def firing_periods(self, until: float | None = None) -> list[tuple[float, float]]:
+        """(start, end) of every stretch an alert fired, up to ``until`` (end inf while it still
+        fires): the abnormal times anomaly training leaves out."""
+        periods: list[tuple[float, float]] = []
+        open_: dict[str, float] = {}
+        for row in self.history(until=until):
+            if row["event"] == "firing":
+                open_.setdefault(row["fingerprint"], row["ts"])
+            elif row["event"] in ("resolved", "cancelled") and row["fingerprint"] in open_:
+                periods.append((open_.pop(row["fingerprint"]), row["ts"]))
+        return periods + [(start, math.inf) for start in open_.values()]
+
     def add_silence(self, matchers: Iterable[str], starts_at: float, ends_at: float, created_by: str,
                     comment: str) -> Silence:
         matchers = tuple(matchers)
@@ -291,3 +303,7 @@ class AlertDB:
                 conn.execute("DELETE FROM chat_refs WHERE notifier = ? AND incident = ?", (notifier, incident))
             else:
                 conn.execute("INSERT OR REPLACE INTO chat_refs VALUES (?, ?, ?, ?)", (notifier, incident, ref, now))
+
+
+__all__ = ["ACTIVE", "Ack", "AlertDB", "OutboxItem", "Silence", "alert_doc", "alert_from_doc", "label_map",
+           "notification_doc", "notification_from_doc"]

@@ -121,3 +121,6 @@ def truncate(text: str, limit: int) -> str:
     while head.endswith("\\"):
         head = head[:-1].rstrip()
     return head + ELLIPSIS
+
+
+__all__ = ["ELLIPSIS", "ZWSP", "chat_len", "inline", "neutralise", "truncate"]

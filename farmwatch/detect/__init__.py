@@ -15,16 +15,22 @@ and the pieces the services use::
 
 Scores are calibrated: on normal data they are about uniform on [0, 1], so ``score >= 1 - rate``
 raises about ``rate`` false alarms. See ``docs/detection.md``.
+
+The names below are imported when first used (PEP 562): the services and the config import
+``farmwatch.detect.settings`` without paying for pandas, scikit-learn and joblib.
 """
 
-from farmwatch.detect.api import default_warmup, score_frame, stream_scores
-from farmwatch.detect.family import latest_features, score_family, score_history, train_family
-from farmwatch.detect.models import MODELS, Contribution, Explanation, FamilyModel, register_model, train
-from farmwatch.detect.persist import IncompatibleModel, load, read_metadata, save
-from farmwatch.detect.scoring import Calibrator, combine
+from farmwatch.lazy import exports
 
-__all__ = [
-    "MODELS", "Calibrator", "Contribution", "Explanation", "FamilyModel", "IncompatibleModel", "combine",
-    "default_warmup", "latest_features", "load", "read_metadata", "register_model", "save", "score_family",
-    "score_frame", "score_history", "stream_scores", "train", "train_family",
-]
+_WHERE = {
+    "default_warmup": "api", "score_frame": "api", "stream_scores": "api",
+    "latest_features": "family", "score_family": "family", "score_history": "family", "train_family": "family",
+    "MODELS": "models", "Contribution": "models", "Explanation": "models", "FamilyModel": "models",
+    "register_model": "models", "train": "models",
+    "IncompatibleModel": "persist", "load": "persist", "read_metadata": "persist", "save": "persist",
+    "Calibrator": "scoring", "combine": "scoring",
+}
+
+__all__ = sorted(_WHERE)
+
+__getattr__, __dir__ = exports(__name__, _WHERE)

@@ -37,3 +37,6 @@ def dask_compute(address: str) -> Callable[[np.ndarray, Sequence[str]], np.ndarr
         return np.array(found.reindex(index=range(n))[list(features)].to_numpy(dtype=np.float64))  # a writable copy
 
     return compute
+
+
+__all__ = ["dask_compute"]

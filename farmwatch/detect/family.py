@@ -16,7 +16,7 @@ import pandas as pd
 from farmwatch.detect import features as feats
 from farmwatch.detect.frames import column_names, entity_features, filled
 from farmwatch.detect.models import MIN_PEERS, Explanation, FamilyModel, train
-from farmwatch.detect.scoring import combine
+from farmwatch.detect.scoring import score_of
 
 
 def _grid(frame: pd.DataFrame, freq: str | None) -> pd.DataFrame:
@@ -110,12 +110,13 @@ def score_family(model: FamilyModel, frames: Mapping[str, pd.DataFrame], freq: s
 
 
 def score_history(model: FamilyModel, frames: Mapping[str, pd.DataFrame], freq: str | None = None,
-                  since: Any = None) -> pd.DataFrame:
+                  since: Any = None, *, surprise: bool = False) -> pd.DataFrame:
     """The family's scores over time: one column per entity, one row per time a whole window ends
     (from ``since`` on, when given: the frames should then start a window earlier), each value what
     ``FamilyModel.score_entities`` gives at that time (model and peers combined).
 
-    For notebooks and evaluations ("what did the model think during this incident?"): the entities
+    ``surprise=True``: ``-log10 p`` instead of ``1 - p``. For notebooks and evaluations ("what
+    did the model think during this incident?"): the entities
     are put on one time grid (``freq``; without it, the union of their indexes), gaps filled
     causally as in training; an entity without data before a time gets the training medians there.
     """
@@ -135,14 +136,14 @@ def score_history(model: FamilyModel, frames: Mapping[str, pd.DataFrame], freq: 
     T, n = cube.shape[:2]
     X = cube.reshape(T * n, -1)
     X[~np.isfinite(X)] = np.nan
-    total = model.score(X).reshape(T, n)
+    total = model.surprise(X).reshape(T, n)
     if model.peer_calibrator is not None and n >= MIN_PEERS:
         peer = np.empty_like(total)
         for i in range(T):
             pz = model.peer_z(cube[i])
-            peer[i] = model.peer_calibrator(np.max(np.abs(pz), axis=1))
-        total = combine(total, peer)
-    out = pd.DataFrame(total, index=index[model.window - 1:], columns=names)
+            peer[i] = model.peer_calibrator.surprise(np.max(np.abs(pz), axis=1))
+        total = model.combined(total, peer)
+    out = pd.DataFrame(total if surprise else score_of(total), index=index[model.window - 1:], columns=names)
     if since is not None:
         start = pd.Timestamp(since, unit="s", tz="UTC") if isinstance(since, (int, float)) else pd.Timestamp(since)
         out = out[out.index >= start]

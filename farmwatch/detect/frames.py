@@ -80,3 +80,6 @@ def entity_features(
     out = out.reshape(m, nw, len(features)).transpose(1, 0, 2).reshape(nw, m * len(features))
     out[~np.isfinite(out)] = np.nan
     return out
+
+
+__all__ = ["column_names", "entity_features", "filled", "split_column"]

@@ -8,19 +8,21 @@ node needs no history of its own. A model is a small pipeline:
    training median (z = 0);
 2. robust scaling: (x - median) / MAD-sigma per feature, fitted on training data, so metrics in
    different units weigh alike and a few training outliers do not set the scale;
-3. a novelty detector from ``MODELS`` (IsolationForest by default: no distribution assumption,
-   cheap, robust to irrelevant features); its raw statistic is ``-score_samples``; next to it the
-   largest |robust z| of the row, for values beyond the training range (see ``FamilyModel.score``);
-4. calibration (``scoring.Calibrator``) on training scores that behave like scores of new normal
-   data (IsolationForest's own, out-of-fold ones for the other kinds, see ``train``), so that 0.99
-   means "more anomalous than 99 % of normal history".
+3. three parts, each calibrated (``scoring.Calibrator``) on training rows that behave like new
+   normal data: a novelty detector from ``MODELS`` (IsolationForest by default: no distribution
+   assumption, cheap, robust to irrelevant features; in-sample for it, out-of-fold for the other
+   kinds, see ``train``); the largest |robust z| of the row (values beyond the training range,
+   which a forest cannot score higher than its most extreme training value); and the cross-metric
+   part (``correlation``: T² along and SPE off the usual correlations of the features);
+4. their surprises added and that sum calibrated once more on the training rows, so that 0.99
+   means "more anomalous than 99 % of normal history" for the model as a whole.
 
 Peer comparison: at one time, each entity's features as robust z-scores against the other entities
 (median and MAD across the family; the MAD never below how far entities normally deviate from their
 peers, learned in training), the statistic being the largest |z|; calibrated the same way on
-the training period when it had at least ``MIN_PEERS`` entities. The entity's score is the Šidák
-combination of model and peer scores (``scoring.combine``), so the false-alarm rate of the threshold
-``1 - target_false_alarm`` holds for the combination too.
+the training period when it had at least ``MIN_PEERS`` entities. The entity's score is the sum of
+model and peer surprises calibrated on the training period (``FamilyModel.combined``), so the
+false-alarm rate of the threshold ``1 - target_false_alarm`` holds for the combination too.
 
 Every score comes with an ``Explanation``: the features with the largest |robust z| against normal
 history and against the peers, grouped by metric.
@@ -35,14 +37,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from farmwatch.detect.correlation import Correlations
 from farmwatch.detect.frames import split_column
-from farmwatch.detect.scoring import Calibrator, combine, negligible, robust_center_scale, surprise
+from farmwatch.detect.scoring import Calibrator, combine, negligible, robust_center_scale, score_of
 
 MIN_PEERS = 3
 PEER_FLOOR = 0.1  # peer scale never below this fraction of the feature's training scale either
 FOLDS = 3
 FOLD_CHUNKS = 30
 MAX_FIT_ROWS = 10_000
+MIN_CALIBRATION_ROWS = 50  # rows with model and peers for their joint calibration
 
 MODELS: dict[str, Callable[..., Any]] = {}
 
@@ -114,6 +118,7 @@ class Explanation:
     peer_score: float | None
     threshold: float
     contributions: list[Contribution] = field(default_factory=list)
+    surprise: float = float("nan")   # -log10 of 1 - score: 2 at 0.99, 3 at 0.999 (never infinite)
 
     @property
     def anomalous(self) -> bool:
@@ -130,7 +135,8 @@ class Explanation:
     def markdown(self, limit: int = 3) -> str:
         """A few lines for Rocket.Chat: the score, then the top features with value vs normal/peers."""
         peer = "" if self.peer_score is None else f", peers {self.peer_score:.3f}"
-        lines = [f"**{self.entity}** anomaly score {self.score:.3f} (model {self.model_score:.3f}{peer})"]
+        lines = [f"**{self.entity}** anomaly score {self.score:.3f} (model {self.model_score:.3f}{peer}; "
+                 f"1 in {_odds(self.surprise)} of normal windows)"]
         for c in self.contributions[:limit]:
             text = f"- `{c.metric}` {c.feature} = {_num(c.value)} (normal {_num(c.normal)}, z {c.z_normal:+.1f}"
             if c.z_peers is not None:
@@ -139,9 +145,17 @@ class Explanation:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"entity": self.entity, "score": self.score, "model_score": self.model_score,
+        return {"entity": self.entity, "score": self.score, "surprise": self.surprise, "model_score": self.model_score,
                 "peer_score": self.peer_score, "threshold": self.threshold, "anomalous": self.anomalous,
                 "contributions": [c.__dict__ for c in self.contributions]}
+
+
+def _odds(surprise: float) -> str:
+    """"1 in <this>": 10^surprise, rounded to what a reader needs."""
+    if not math.isfinite(surprise):
+        return "?"
+    odds = 10.0 ** surprise
+    return f"{odds:,.0f}" if odds < 1e6 else f"10^{surprise:.1f}"
 
 
 def _num(x: float | None) -> str:
@@ -167,6 +181,10 @@ class FamilyModel:
     peer_calibrator: Calibrator | None = None
     range_calibrator: Calibrator | None = None
     joint_calibrator: Calibrator | None = None
+    correlations: Correlations | None = None
+    t2_calibrator: Calibrator | None = None
+    spe_calibrator: Calibrator | None = None
+    total_calibrator: Calibrator | None = None
     peer_scale: np.ndarray | None = None
     target_false_alarm: float = 0.01
     trained: dict[str, Any] = field(default_factory=dict)
@@ -191,39 +209,73 @@ class FamilyModel:
             return np.empty(0)
         return -self.estimator.score_samples(self.z(X))
 
-    def score(self, X: np.ndarray) -> np.ndarray:
-        """Calibrated model scores in [0, 1] for feature rows ``X`` (no peers).
+    def surprise(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated model surprises (``-log10 p``) for feature rows ``X`` (no peers).
 
-        The larger of the detector's calibrated score and the calibrated largest |robust z| of the
-        row, calibrated once more on the training rows (the two are correlated, so their maximum
-        is calibrated as it is rather than assuming independence). Why the largest |z|:
+        The detector's, the largest |z|'s and the cross-metric parts' surprises added, the sum
+        calibrated on the training rows (the parts are correlated, so the sum is calibrated as it
+        is rather than by a formula that assumes independence). Why the largest |z|:
         IsolationForest scores a value beyond the training range no higher than the most extreme
         training value (its splits are drawn within the training range), so a window with, say,
         zero variance where training never had less than some would look only mildly odd to it.
         """
         if len(X) == 0:
             return np.empty(0)
-        s = self.calibrator(self.raw(X))
-        if self.range_calibrator is None:
-            return s
-        s = np.fmax(s, self.range_calibrator(np.max(np.abs(self.z(X)), axis=1)))
-        return s if self.joint_calibrator is None else self.joint_calibrator(surprise(s))
+        total = self._parts(self.raw(X), self.z(X))
+        return total if self.joint_calibrator is None else self.joint_calibrator.surprise(total)
 
-    def calibrate(self, raw: np.ndarray, zmax: np.ndarray) -> None:
-        """Fit the calibrations from the detector's raw statistic and the largest |z| of normal rows."""
-        self.calibrator = Calibrator.fit(raw)
-        self.range_calibrator = Calibrator.fit(zmax)
-        self.joint_calibrator = Calibrator.fit(surprise(np.fmax(self.calibrator(raw), self.range_calibrator(zmax))))
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated model scores in [0, 1) for feature rows ``X`` (no peers): ``1 - p``."""
+        return score_of(self.surprise(X))
 
-    def recalibrate(self, X: np.ndarray) -> None:
-        """Calibrate on other rows than the training rows (IsolationForest: in-sample is right).
+    def _parts(self, raw: np.ndarray, Z: np.ndarray, corr: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        total = self.calibrator.surprise(raw)
+        if self.range_calibrator is not None:
+            total = total + self.range_calibrator.surprise(np.max(np.abs(Z), axis=1))
+        if self.correlations is not None and self.t2_calibrator is not None:
+            t2, spe = self.correlations.parts(Z) if corr is None else corr
+            total = total + self.t2_calibrator.surprise(t2)
+            if self.spe_calibrator is not None:
+                total = total + self.spe_calibrator.surprise(spe)
+        return total
 
-        ``stream_scores`` trains on recent windows that looked normal but calibrates on all recent
-        windows: calibrating on the rows left after removing the top scores would cut off the
-        upper tail, push the next scores up, remove more, and so on.
+    def calibrate(self, raw: np.ndarray, Z: np.ndarray, random_state: int = 0,
+                  folds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
+        """Fit the parts' calibrations and the joint one from the detector's raw statistic on
+        normal rows and their robust z-scores ``Z``.
+
+        The cross-metric part is calibrated on out-of-fold rows when ``folds`` (held-out block,
+        rest) are given: a principal subspace fitted to a few hundred rows of dozens of features
+        fits those rows far better than new ones, and in-sample calibration then flags normal
+        windows (seen in the demo, trained on seven minutes). Returns the model surprises of the
+        rows as new rows would get them (for the calibration of model and peers together).
         """
-        if len(X):
-            self.calibrate(self.raw(X), np.max(np.abs(self.z(X)), axis=1))
+        self.calibrator = Calibrator.fit(raw)
+        self.range_calibrator = Calibrator.fit(np.max(np.abs(Z), axis=1))
+        self.correlations = Correlations.fit(Z, random_state=random_state)
+        corr = None
+        if self.correlations is not None:
+            t2, spe = self.correlations.parts(Z)
+            for block, rest in folds or ():
+                held = Correlations.fit(Z[rest], random_state=random_state)
+                if held is not None:
+                    t2[block], spe[block] = held.parts(Z[block])
+            corr = (t2, spe)
+            self.t2_calibrator = Calibrator.fit(t2)
+            self.spe_calibrator = Calibrator.fit(spe) if self.correlations.has_residual else None
+        parts = self._parts(raw, Z, corr)
+        self.joint_calibrator = Calibrator.fit(parts)
+        return self.joint_calibrator.surprise(parts)
+
+    def combined(self, model: np.ndarray, peer: np.ndarray | None) -> np.ndarray:
+        """Model and peer surprises together: their sum calibrated on the training period (the two
+        see the same anomaly, so a formula for independent parts would overstate agreement);
+        Fisher's formula when the model has no such calibration."""
+        if peer is None:
+            return model
+        if self.total_calibrator is None:
+            return combine(model, peer)
+        return self.total_calibrator.surprise(model + peer)
 
     def peer_z(self, X: np.ndarray) -> np.ndarray | None:
         """Robust z of each row against all rows (the family at one time); None with too few peers."""
@@ -238,12 +290,12 @@ class FamilyModel:
         with peers; each result explains itself.
         """
         X = np.asarray(X, dtype=np.float64)
-        model = self.score(X)
+        model = self.surprise(X)
         pz = self.peer_z(X)
         peer = None
         if pz is not None and self.peer_calibrator is not None:
-            peer = self.peer_calibrator(np.max(np.abs(pz), axis=1))
-        total = model if peer is None else combine(model, peer)
+            peer = self.peer_calibrator.surprise(np.max(np.abs(pz), axis=1))
+        total = self.combined(model, peer)
         zn = self.z(X)
         peer_median = None
         if pz is not None:
@@ -253,17 +305,19 @@ class FamilyModel:
         out = []
         for i, entity in enumerate(entities):
             out.append(Explanation(
-                entity=str(entity), score=float(total[i]), model_score=float(model[i]),
-                peer_score=None if peer is None else float(peer[i]), threshold=self.threshold,
-                contributions=self._contributions(X[i], zn[i], None if pz is None else pz[i], peer_median, top)))
+                entity=str(entity), score=float(score_of(total[i])), model_score=float(score_of(model[i])),
+                peer_score=None if peer is None else float(score_of(peer[i])), threshold=self.threshold,
+                contributions=self._contributions(X[i], zn[i], None if pz is None else pz[i], peer_median, top),
+                surprise=float(total[i])))
         return out
 
     def explain(self, x: np.ndarray, entity: str = "", top: int = 5) -> Explanation:
         """Explanation of one feature row against normal history only."""
         x = np.asarray(x, dtype=np.float64).reshape(1, -1)
-        s = float(self.score(x)[0])
+        surprise = float(self.surprise(x)[0])
+        s = float(score_of(surprise))
         return Explanation(str(entity), s, s, None, self.threshold,
-                           self._contributions(x[0], self.z(x)[0], None, None, top))
+                           self._contributions(x[0], self.z(x)[0], None, None, top), surprise)
 
     def _contributions(self, x: np.ndarray, zn: np.ndarray, zp: np.ndarray | None,
                        peer_median: np.ndarray | None, top: int) -> list[Contribution]:
@@ -367,24 +421,32 @@ def train(
     if calibration not in ("insample", "folds"):
         raise ValueError(f"calibration must be 'auto', 'insample' or 'folds', not {calibration!r}")
     model.estimator = fit(np.arange(len(X)))
-    if calibration == "insample" or len(X) < FOLDS * 20:
-        oof = -model.estimator.score_samples(Z)
-    else:
+    folds = None
+    if len(X) >= FOLDS * 20:
         # Folds of contiguous time chunks dealt to folds at random: each fold spans the whole
         # period, and overlapping windows leak only at chunk edges. (Round-robin dealing can put
         # the same phase of every cycle into one fold, which makes calibration pessimistic.)
         chunks = np.array_split(order, min(FOLD_CHUNKS, len(X) // 20))
         fold_of = rng.permutation(np.arange(len(chunks)) % FOLDS)
-        oof = np.empty(len(X))
+        folds = []
         for k in range(FOLDS):
             block = np.concatenate([c for c, f in zip(chunks, fold_of) if f == k])
-            rest = np.setdiff1d(order, block, assume_unique=True)
+            folds.append((block, np.setdiff1d(order, block, assume_unique=True)))
+    if calibration == "insample" or folds is None:
+        oof = -model.estimator.score_samples(Z)
+    else:
+        oof = np.empty(len(X))
+        for block, rest in folds:
             oof[block] = -fit(rest).score_samples(Z[block])
-    model.calibrate(oof, np.max(np.abs(Z), axis=1))
+    model_surprise = model.calibrate(oof, Z, random_state, folds)
     if times is not None and entities is not None:
         peers = _peer_calibration(X, np.asarray(times), np.asarray(entities), scale)
         if peers is not None:
-            model.peer_calibrator, model.peer_scale = peers
+            model.peer_calibrator, model.peer_scale, peer_stat = peers
+            both = np.isfinite(peer_stat)
+            if both.sum() >= MIN_CALIBRATION_ROWS:
+                peer_surprise = model.peer_calibrator.surprise(peer_stat[both])
+                model.total_calibrator = Calibrator.fit(model_surprise[both] + peer_surprise)
     model.trained.setdefault("n_samples", int(len(X)))
     if entities is not None:
         model.trained.setdefault("n_entities", int(len(set(np.asarray(entities).tolist()))))
@@ -392,9 +454,10 @@ def train(
 
 
 def _peer_calibration(X: np.ndarray, times: np.ndarray, entities: np.ndarray,
-                      train_scale: np.ndarray) -> tuple[Calibrator, np.ndarray] | None:
-    """How far entities normally deviate from their peers (per feature), and the calibration of
-    the peer statistic (largest |peer z|) over the training period.
+                      train_scale: np.ndarray) -> tuple[Calibrator, np.ndarray, np.ndarray] | None:
+    """How far entities normally deviate from their peers (per feature), the calibration of the
+    peer statistic (largest |peer z|) over the training period, and that statistic per row of
+    ``X`` (NaN where its time had too few peers).
 
     Rows are laid out as a (time, entity, feature) cube, NaN where an entity has no row at a
     time, so the medians across peers are computed for all times at once.
@@ -417,5 +480,7 @@ def _peer_calibration(X: np.ndarray, times: np.ndarray, entities: np.ndarray,
     floor = np.where(dev_scale > tiny, dev_scale, np.maximum(dev_std, tiny))
     center, scale = robust_center_scale(cube, axis=1, floor=floor)
     z = np.abs((cube - center[:, None, :]) / scale[:, None, :])
-    stat = np.nanmax(np.nan_to_num(z, nan=0.0), axis=2)[present[enough]]
-    return Calibrator.fit(stat), floor
+    stat = np.nanmax(np.nan_to_num(z, nan=0.0), axis=2)  # (times with enough peers, entity)
+    per_time = np.full(present.shape, np.nan)
+    per_time[enough] = np.where(present[enough], stat, np.nan)
+    return Calibrator.fit(stat[present[enough]]), floor, per_time[t_idx, e_idx]

@@ -16,18 +16,20 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import joblib
 import numpy as np
-import sklearn
 
 import farmwatch
-from farmwatch.detect.models import FamilyModel
-from farmwatch.detect.scoring import Calibrator
 
-FORMAT = 1
+if TYPE_CHECKING:  # imported where a model is saved or loaded: reading sidecars (`models list`) stays cheap
+    from farmwatch.detect.models import FamilyModel
+
+SKLEARN_VERSION = version("scikit-learn")
+
+FORMAT = 2  # 2: bounded surprises, cross-metric part (format 1 models must be retrained)
 
 
 class IncompatibleModel(Exception):
@@ -36,7 +38,7 @@ class IncompatibleModel(Exception):
 
 def versions() -> dict[str, str]:
     """Library versions that decide whether a saved model can be loaded."""
-    return {"numpy": np.__version__, "sklearn": sklearn.__version__,
+    return {"numpy": np.__version__, "sklearn": SKLEARN_VERSION,
             "farmwatch": getattr(farmwatch, "__version__", "0"), "python": platform.python_version()}
 
 
@@ -66,7 +68,10 @@ def metadata(model: FamilyModel) -> dict[str, Any]:
         "calibration": {"model": model.calibrator.to_dict(),
                         "peers": None if model.peer_calibrator is None else model.peer_calibrator.to_dict(),
                         "range": None if model.range_calibrator is None else model.range_calibrator.to_dict(),
-                        "joint": None if model.joint_calibrator is None else model.joint_calibrator.to_dict()},
+                        "joint": None if model.joint_calibrator is None else model.joint_calibrator.to_dict(),
+                        "t2": None if model.t2_calibrator is None else model.t2_calibrator.to_dict(),
+                        "spe": None if model.spe_calibrator is None else model.spe_calibrator.to_dict(),
+                        "total": None if model.total_calibrator is None else model.total_calibrator.to_dict()},
     }
 
 
@@ -76,8 +81,10 @@ def save(model: FamilyModel, path: str | Path) -> tuple[Path, Path]:
     model_path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"estimator": model.estimator, "columns": list(model.columns),
                "center": model.center, "scale": model.scale, "ignored": model.ignored,
-               "peer_scale": model.peer_scale}
+               "peer_scale": model.peer_scale, "correlations": model.correlations}
     tmp = model_path.with_name(model_path.name + ".tmp")
+    import joblib
+
     joblib.dump(payload, tmp)
     meta = metadata(model)
     meta["sha256"] = _sha256(tmp)
@@ -105,9 +112,9 @@ def check(meta: dict[str, Any], where: str, *, features: Sequence[str] | None = 
     if meta.get("format") != FORMAT:
         raise IncompatibleModel(f"{where}: model format {meta.get('format')!r}, this farmwatch reads {FORMAT}: retrain it")
     saved = str(meta.get("versions", {}).get("sklearn", "?"))
-    if _major_minor(saved) != _major_minor(sklearn.__version__):
+    if _major_minor(saved) != _major_minor(SKLEARN_VERSION):
         raise IncompatibleModel(
-            f"{where}: trained with scikit-learn {saved}, but {sklearn.__version__} is installed "
+            f"{where}: trained with scikit-learn {saved}, but {SKLEARN_VERSION} is installed "
             f"(models only load with the same major.minor): retrain it with 'farmwatch train'")
     saved_np = str(meta.get("versions", {}).get("numpy", "?"))
     if saved_np.split(".")[0] != np.__version__.split(".")[0]:
@@ -132,6 +139,11 @@ def load(path: str | Path, *, features: Sequence[str] | None = None, window: int
     if meta.get("sha256") != _sha256(model_path):
         raise IncompatibleModel(f"{model_path}: does not match its sidecar {meta_path.name} (checksum differs): "
                                 f"copy both files together or retrain")
+    import joblib
+
+    from farmwatch.detect.models import FamilyModel
+    from farmwatch.detect.scoring import Calibrator
+
     payload = joblib.load(model_path)
     cal = meta["calibration"]
     return FamilyModel(
@@ -142,6 +154,10 @@ def load(path: str | Path, *, features: Sequence[str] | None = None, window: int
         peer_calibrator=None if cal.get("peers") is None else Calibrator.from_dict(cal["peers"]),
         range_calibrator=None if cal.get("range") is None else Calibrator.from_dict(cal["range"]),
         joint_calibrator=None if cal.get("joint") is None else Calibrator.from_dict(cal["joint"]),
+        t2_calibrator=None if cal.get("t2") is None else Calibrator.from_dict(cal["t2"]),
+        spe_calibrator=None if cal.get("spe") is None else Calibrator.from_dict(cal["spe"]),
+        total_calibrator=None if cal.get("total") is None else Calibrator.from_dict(cal["total"]),
+        correlations=payload.get("correlations"),
         target_false_alarm=float(meta["target_false_alarm"]), trained=dict(meta.get("trained") or {}),
         ignored=payload.get("ignored"), peer_scale=payload.get("peer_scale"))
 
@@ -164,3 +180,7 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
     return str(x)
+
+
+__all__ = ["FORMAT", "IncompatibleModel", "check", "load", "metadata", "paths", "read_metadata", "save",
+           "versions"]

@@ -399,3 +399,7 @@ class FinalHistoServer(_HistogramServer):
 
 APPS: dict[str, type[App]] = {cls.kind: cls for cls in
                               (Distributor, Collector, FinalCollector, ProxyHistoServer, FinalHistoServer)}
+
+
+__all__ = ["APPS", "MERGE_INTERVAL", "SIGNALS", "STOP_WAITING_TIME", "App", "Collector", "Distributor",
+           "FinalCollector", "FinalHistoServer", "ProxyHistoServer"]

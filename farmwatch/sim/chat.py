@@ -8,6 +8,16 @@ from its ``api.ts``, ``chat.ts`` and the incoming-webhook route):
 - ``POST /api/v1/login`` → ``{"status": "success", "data": {"userId", "authToken", "me"}}``;
 - ``POST /api/v1/chat.postMessage`` → ``{"ts", "channel", "message": {"_id", "rid", "msg", "ts",
   "_updatedAt", "u", …}, "success": true}``;
+- ``POST /api/v1/chat.sendMessage`` ``{"message": {"rid", "msg", "_id"?, "alias"?, "emoji"?,
+  "attachments"?}}`` → ``{"message": {…}, "success": true}``; a client-chosen ``_id`` that is
+  already taken stores nothing (``sendMessage.ts``: "messageAlreadyExists"), and the answer is
+  what the chosen server generation says (``duplicate_answer``): ``"current"`` 400 (the route
+  fails building the answer for the message it did not store), ``"ok"`` 200 without a message
+  (1.3 to 6), ``"mongo"`` 400 with MongoDB's E11000 duplicate key error (before 1.3);
+- ``GET /api/v1/chat.getMessage?msgId=`` → ``{"message": {…}, "success": true}``, unknown → 400;
+- ``GET /api/v1/rooms.info?roomName=`` (or ``roomId``) → ``{"room": {"_id", "name", "t"}, …}``,
+  unknown → 400 ``error-room-not-found``; ``POST /api/v1/im.create`` ``{"username"}`` → the
+  direct-message room ``{"room": {"_id", "rid", "t": "d", "usernames"}}``;
 - ``POST /api/v1/chat.update`` with exactly ``{roomId, msgId, text}`` (other keys → 400
   ``invalid-params``, as the real server's schema says) → ``{"message": {…, "editedAt"}, "success": true}``;
 - ``POST /hooks/<id>/<token>`` (incoming webhook) → ``{"success": true}``, unknown hook → 404;
@@ -25,7 +35,8 @@ from its ``api.ts``, ``chat.ts`` and the incoming-webhook route):
 
 Fault switches for the delivery tests: :meth:`ChatServer.down` / :meth:`~ChatServer.up` (really
 stop listening, then listen again on the same port), :meth:`~ChatServer.fail_next` (a proxy
-answering 503 with an HTML page), :meth:`~ChatServer.slow`. Everything is recorded:
+answering 503 with an HTML page), :meth:`~ChatServer.slow` (of all answers or of some endpoints:
+the request is handled, only its answer is late, as when the server is busy). Everything is recorded:
 ``messages`` (current text/attachments per message id, with edit history), ``requests``
 (endpoint, status, time) and ``mentions``.
 """
@@ -166,7 +177,11 @@ class ChatServer:
         rate_window: float = 60.0,
         max_size: int = 5000,
         rooms: tuple[str, ...] = ("general", "hlt-alerts"),
+        duplicate_answer: str = "current",
     ) -> None:
+        if duplicate_answer not in ("current", "ok", "mongo"):
+            raise ValueError(f"duplicate_answer must be 'current', 'ok' or 'mongo', got {duplicate_answer!r}")
+        self.duplicate_answer = duplicate_answer
         self.clock = clock or RealClock()
         self.rate_limit, self.rate_window, self.max_size = rate_limit, rate_window, max_size
         self.messages: dict[str, StoredMessage] = {}
@@ -181,6 +196,7 @@ class ChatServer:
         self._lock = threading.RLock()
         self._fail: list[int] = []
         self._delay = 0.0
+        self._delay_only: frozenset[str] | None = None
         self._host, self._port = host, port
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -287,9 +303,15 @@ class ChatServer:
         with self._lock:
             self._fail += [status] * n
 
-    def slow(self, seconds: float) -> None:
-        """Delay every answer by ``seconds`` of real time (0 to stop)."""
+    def slow(self, seconds: float, endpoints: tuple[str, ...] | None = None) -> None:
+        """Delay every answer (or those of ``endpoints``, e.g. ``("chat.sendMessage",)``) by
+        ``seconds`` of real time, after the request was handled (0 to stop)."""
         self._delay = max(0.0, seconds)
+        self._delay_only = frozenset(endpoints) if endpoints else None
+
+    def delay_for(self, endpoint: str) -> float:
+        only = self._delay_only
+        return self._delay if only is None or endpoint in only else 0.0
 
     def set_rate_limit(self, limit: int, window: float) -> None:
         with self._lock:
@@ -311,11 +333,9 @@ class ChatServer:
 
     def _handle(self, path: str, headers: Any, raw: bytes) -> tuple[int, dict[str, str], bytes, str, str | None]:
         """(status, extra headers, body, endpoint name, user id) for one POST."""
-        with self._lock:
-            if self._fail:
-                status = self._fail.pop(0)
-                page = f"<html><head><title>{status}</title></head><body><h1>{status} Service Unavailable</h1></body></html>"
-                return status, {"Content-Type": "text/html"}, page.encode(), _endpoint(path), None
+        failed = self._injected_failure(path)
+        if failed is not None:
+            return failed
         try:
             body = json.loads(raw.decode("utf-8") or "{}") if raw else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -324,21 +344,45 @@ class ChatServer:
             return self._json(400, {"success": False, "error": "Body must be a JSON object"}, _endpoint(path))
         if path == "/api/v1/login":
             return self._login(body)
-        if path in ("/api/v1/chat.postMessage", "/api/v1/chat.update"):
-            endpoint = path.rsplit("/", 1)[1]
-            uid = self._authenticate(headers)
-            if uid is None:
-                return self._json(401, dict(_UNAUTHORIZED), endpoint)
-            limited = self._rate(endpoint, uid)
-            if limited[0] is not None:
-                return (*limited[0], endpoint, uid)  # type: ignore[return-value]
-            fn = self._post_message if endpoint == "chat.postMessage" else self._update
-            status, out = fn(body, uid)
-            return status, limited[1], _dump(out), endpoint, uid
+        endpoint = path.rsplit("/", 1)[-1]
+        fn = {"chat.postMessage": self._post_message, "chat.update": self._update,
+              "chat.sendMessage": self._send_message, "im.create": self._im_create}.get(endpoint)
+        if fn is not None and path == "/api/v1/" + endpoint:
+            return self._authenticated(endpoint, headers, lambda uid: fn(body, uid))
         m = re.fullmatch(r"/hooks/([^/]+)/([^/]+)", path)
         if m:
             return self._webhook(m.group(1), m.group(2), body)
         return self._json(404, {"success": False, "error": f'API endpoint "{path}" does not exist!'}, path)
+
+    def _handle_get(self, path: str, query: dict[str, str], headers: Any) -> tuple[int, dict[str, str], bytes, str, str | None]:
+        """(status, extra headers, body, endpoint name, user id) for one GET."""
+        failed = self._injected_failure(path)
+        if failed is not None:
+            return failed
+        endpoint = path.rsplit("/", 1)[-1]
+        fn = {"chat.getMessage": self._get_message, "rooms.info": self._room_info}.get(endpoint)
+        if fn is None or path != "/api/v1/" + endpoint:
+            return self._json(404, {"success": False, "error": f'API endpoint "{path}" does not exist!'}, path)
+        return self._authenticated(endpoint, headers, lambda uid: fn(query, uid))
+
+    def _injected_failure(self, path: str):
+        with self._lock:
+            if not self._fail:
+                return None
+            status = self._fail.pop(0)
+        page = f"<html><head><title>{status}</title></head><body><h1>{status} Service Unavailable</h1></body></html>"
+        return status, {"Content-Type": "text/html"}, page.encode(), _endpoint(path), None
+
+    def _authenticated(self, endpoint: str, headers: Any, fn):
+        """Authentication, then the endpoint's rate limit, then ``fn(uid)`` → (status, body)."""
+        uid = self._authenticate(headers)
+        if uid is None:
+            return self._json(401, dict(_UNAUTHORIZED), endpoint)
+        limited = self._rate(endpoint, uid)
+        if limited[0] is not None:
+            return (*limited[0], endpoint, uid)
+        status, out = fn(uid)
+        return status, limited[1], _dump(out), endpoint, uid
 
     def _json(self, status: int, body: dict, endpoint: str, uid: str | None = None, hdrs: dict | None = None):
         return status, dict(hdrs or {}), _dump(body), endpoint, uid
@@ -413,10 +457,11 @@ class ChatServer:
                 return self.rooms[name]
             return name if name in self.rooms.values() else None
 
-    def _store(self, rid: str, text: str, attachments: list, uid: str, alias: Any, emoji: Any, via: str) -> StoredMessage:
+    def _store(self, rid: str, text: str, attachments: list, uid: str, alias: Any, emoji: Any, via: str,
+               msg_id: str | None = None) -> StoredMessage:
         now = self.clock.time()
         msg = StoredMessage(
-            id=_rc_id(), rid=rid, text=text, attachments=attachments, ts=now, updated_at=now, user_id=uid,
+            id=msg_id or _rc_id(), rid=rid, text=text, attachments=attachments, ts=now, updated_at=now, user_id=uid,
             alias=alias if isinstance(alias, str) else None, emoji=emoji if isinstance(emoji, str) else None, via=via,
         )
         msg.history.append((now, text, attachments))
@@ -471,6 +516,71 @@ class ChatServer:
         channel = body.get("channel") or body.get("roomId")
         with self._lock:
             return 200, {"ts": int(msg.ts * 1000), "channel": channel, "message": self._message_json(msg), "success": True}
+
+    def _send_message(self, body: dict, uid: str) -> tuple[int, dict]:
+        """``chat.sendMessage`` as ``chat.ts`` → ``executeSendMessage`` → ``sendMessage`` do it."""
+        if set(body) - {"message", "previewUrls"}:
+            return 400, _invalid("must NOT have additional properties")
+        message = body.get("message")
+        if not isinstance(message, dict):
+            return 400, _invalid("must have required property 'message'")
+        for key in ("_id", "rid", "msg", "alias", "emoji"):
+            if message.get(key) is not None and not isinstance(message[key], str):
+                return 400, _invalid(f"/message/{key} must be string")
+        attachments = message.get("attachments") or []
+        if not isinstance(attachments, list):
+            return 400, _invalid("/message/attachments must be array")
+        text = message.get("msg") or ""
+        if js_len(text) > self.max_size:
+            return 400, _meteor_error("error-message-size-exceeded", "Message size exceeds Message_MaxAllowedSize")
+        rid = message.get("rid")
+        if not rid:
+            return 400, {"success": False, "error": "The 'rid' property on the message object is missing."}
+        with self._lock:
+            if rid not in self.rooms.values():
+                return 400, _meteor_error("error-invalid-room", "Invalid room")
+            msg_id = message.get("_id") or None
+            if msg_id is not None and msg_id in self.messages:
+                return self._taken(msg_id)
+            msg = self._store(rid, text, attachments, uid, message.get("alias"), message.get("emoji"), "rest", msg_id)
+            return 200, {"message": self._message_json(msg), "success": True}
+
+    def _taken(self, msg_id: str) -> tuple[int, dict]:
+        """The answer to a ``chat.sendMessage`` whose ``_id`` exists: nothing was stored."""
+        if self.duplicate_answer == "ok":
+            return 200, {"success": True}
+        if self.duplicate_answer == "mongo":
+            return 400, {"success": False, "error": "E11000 duplicate key error collection: rocketchat.rocketchat_message "
+                                                    f'index: _id_ dup key: {{ _id: "{msg_id}" }}'}
+        return 400, {"success": False, "error": "Cannot read properties of undefined (reading 'starred')"}
+
+    def _get_message(self, query: dict[str, str], uid: str) -> tuple[int, dict]:
+        msg_id = query.get("msgId")
+        if not msg_id:
+            return 400, _invalid("must have required property 'msgId'")
+        with self._lock:
+            msg = self.messages.get(msg_id)
+            if msg is None:
+                return 400, {"success": False}
+            return 200, {"message": self._message_json(msg), "success": True}
+
+    def _room_info(self, query: dict[str, str], uid: str) -> tuple[int, dict]:
+        with self._lock:
+            rid = query.get("roomId") or self.rooms.get(query.get("roomName") or "")
+            name = next((n for n, r in self.rooms.items() if r == rid), None)
+        if name is None or name.startswith("@"):
+            return 400, _meteor_error("error-room-not-found",
+                                      'The required "roomId" or "roomName" param provided does not match any channel')
+        return 200, {"room": {"_id": rid, "name": name, "fname": name, "t": "c", "usersCount": 2}, "success": True}
+
+    def _im_create(self, body: dict, uid: str) -> tuple[int, dict]:
+        name = body.get("username")
+        with self._lock:
+            if not isinstance(name, str) or not any(u.username == name for u in self._users.values()):
+                return 400, _meteor_error("error-invalid-user", "Invalid user")
+            rid = self.rooms.setdefault("@" + name, _rc_id())
+            me = self._users[uid].username
+        return 200, {"room": {"_id": rid, "rid": rid, "t": "d", "usernames": sorted({me, name})}, "success": True}
 
     def _update(self, body: dict, uid: str) -> tuple[int, dict]:
         extra = set(body) - {"roomId", "msgId", "text", "previewUrls", "customFields"}
@@ -570,9 +680,18 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         path = self.path.split("?", 1)[0]
-        status, hdrs, body, endpoint, uid = self.chat._handle(path, self.headers, raw)
-        if self.chat._delay:
-            time.sleep(self.chat._delay)
+        self._answer(*self.chat._handle(path, self.headers, raw))
+
+    def do_GET(self) -> None:
+        from urllib.parse import parse_qsl, urlsplit
+
+        parts = urlsplit(self.path)
+        self._answer(*self.chat._handle_get(parts.path, dict(parse_qsl(parts.query)), self.headers))
+
+    def _answer(self, status: int, hdrs: dict[str, str], body: bytes, endpoint: str, uid: str | None) -> None:
+        delay = self.chat.delay_for(endpoint)
+        if delay:
+            time.sleep(delay)
         self.chat._record(endpoint, status, uid)
         try:
             self.send_response(status)
@@ -583,13 +702,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
         except OSError:
-            pass  # the server went down() while answering
+            pass  # the server went down() while answering, or the client is gone
 
-    def do_GET(self) -> None:
-        body = _dump({"success": False, "error": "Method not allowed here; farmwatch only POSTs"})
-        self.chat._record(self.path, 405, None)
-        self.send_response(405)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+
+__all__ = ["MENTION", "ChatServer", "Link", "Mention", "RequestRecord", "StoredMessage", "js_len"]

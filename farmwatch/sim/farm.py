@@ -11,7 +11,8 @@ from __future__ import annotations
 import socket
 
 from farmwatch.clock import Clock
-from farmwatch.sim.unit import PROXY, MonitorServer, SimUnit, endpoints_toml
+from farmwatch.sim.sockets import MonitorServer, endpoints_toml
+from farmwatch.sim.unit import PROXY, SimUnit
 
 
 class SimFarm:
@@ -77,3 +78,6 @@ class SimFarm:
 
     def config_toml(self, source_name: str = "hlt", interval: str = "1s", timeout: str = "500ms") -> str:
         return endpoints_toml(self.endpoints, source_name, interval, timeout)
+
+
+__all__ = ["SimFarm"]

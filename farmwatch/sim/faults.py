@@ -29,7 +29,7 @@ import pandas as pd
 
 from farmwatch.clock import SimClock
 from farmwatch.sim.unit import SimUnit
-from farmwatch.sources.hlt_zmq import decode_reply
+from farmwatch.sources.hlt_zmq.source import decode_reply
 
 KINDS = ("decline", "latency", "oscillation", "stuck")
 NODE_METRICS = ("sent_rate", "accepted_rate", "credits")
@@ -181,3 +181,6 @@ def concat(parts: Iterable[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
     """Consecutive ``record`` results joined per node."""
     parts = list(parts)
     return {node: pd.concat([p[node] for p in parts]) for node in parts[0]}
+
+
+__all__ = ["KINDS", "NODE_METRICS", "GroundTruth", "Load", "SlowFault", "concat", "make", "record"]

@@ -321,3 +321,6 @@ def _run_repeater() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = ["DEFAULT_RECORDS", "RUN_STATES", "Records", "SimIOC", "free_port", "main", "render_db"]

@@ -862,3 +862,9 @@ class HistogramFinalOutput(Connection):
         self.increment("histogram_clears")
         self.log_time("last_clear", self.now() if now is None else now)
         self.store = _HistogramStore()
+
+
+__all__ = ["AVERAGE_SIZE", "PEER_RATE_EVERY", "RATE_EVERY", "STREAM", "AppExit", "ConfirmedInput",
+           "ConfirmedOutput", "Connection", "HistogramFinalOutput", "HistogramProxyOutput", "LoadBalancedInput",
+           "LoadBalancedOutput", "Logger", "Message", "MonitorSection", "Raw", "RawInput", "RawOutput",
+           "assemble", "byte_order", "ctime", "identity_str", "quote", "render_items", "render_value"]

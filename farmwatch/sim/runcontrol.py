@@ -143,3 +143,6 @@ class RunController:
 
     def __repr__(self) -> str:
         return f"RunController({self.node}, {self._state}, {len(self.units)} units)"
+
+
+__all__ = ["INITIAL_STATES", "TRANSITIONAL", "TRANSITIONS", "RunController"]

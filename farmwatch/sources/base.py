@@ -9,14 +9,15 @@ because each runs on its own thread.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol
 
 from pydantic import Field, model_validator
 
 from farmwatch.clock import Clock, RealClock
-from farmwatch.config import Duration, Section
+from farmwatch.config.base import Duration, Section
 from farmwatch.durations import format_duration
-from farmwatch.model import Batch
+from farmwatch.model import Batch, LogRecord
 
 
 class SourceConfig(Section):
@@ -28,12 +29,46 @@ class SourceConfig(Section):
     labels: dict[str, str] = Field(default_factory=dict)
     """Extra labels added to every series of this source (e.g. ``site = "kek"``)."""
 
+    def warnings(self) -> list[str]:
+        """What is valid but probably a mistake (``check-config`` prints it), one line each."""
+        return []
+
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> "SourceConfig":
         if self.timeout >= self.interval:
             raise ValueError(f"timeout ({format_duration(self.timeout)}) must be shorter than interval ({format_duration(self.interval)}), "
                              "or cycles would overlap")
         return self
+
+
+@dataclass(eq=False)
+class LogBatch:
+    """Log records a source read in one cycle, and what must happen once every sink has them.
+
+    A source returns this among its ``poll()`` results. The runner writes ``records`` to every
+    sink, the embedded store last and together with ``cursors`` (saved under the source's name,
+    ``drop`` deleted) in one transaction, then calls ``ack()``: only then may the source move its
+    offsets on. When a sink refuses the records the runner calls ``nack()`` and the source reads
+    the same data again later; the file is the buffer, so nothing is lost.
+    """
+
+    source: str
+    records: list[LogRecord]
+    cursors: dict[str, Any] = field(default_factory=dict)
+    drop: list[str] = field(default_factory=list)
+    ack: Callable[[], None] = lambda: None
+    nack: Callable[[], None] = lambda: None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class CursorStore(Protocol):
+    """What a source may ask of the store it writes to: its own cursors (where to resume)."""
+
+    def cursors(self, source: str) -> dict[str, Any]: ...
+
+    def save_cursors(self, source: str, cursors: Mapping[str, Any], *, drop: Iterable[str] = ()) -> None: ...
 
 
 class Source(abc.ABC):
@@ -52,7 +87,7 @@ class Source(abc.ABC):
     def poll(self) -> list[Batch]:
         """One cycle: everything new since the previous call. Must not raise for target faults."""
 
-    def bind_store(self, store: Any) -> None:
+    def bind_store(self, store: CursorStore) -> None:
         """Called once by the runner, before the first poll, with the store the data goes to.
 
         Sources that resume where they stopped (Zabbix: the last clock per item) read their
@@ -69,3 +104,6 @@ class Source(abc.ABC):
 
     def close(self) -> None:
         """Release sockets and threads; called once, after the last poll."""
+
+
+__all__ = ["CursorStore", "LogBatch", "Source", "SourceConfig"]

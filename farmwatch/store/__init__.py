@@ -1,6 +1,22 @@
-"""Where farmwatch data rests: the embedded SQLite store (always) and, later, Elasticsearch."""
+"""Where farmwatch data rests: the embedded SQLite store (always, ``sqlite``), its full-text log
+index (``logs``) and, when configured, Elasticsearch (``elastic``). Parts are typed against the
+``SampleStore`` protocol, not a class.
 
-from farmwatch.store.matchers import Matcher, parse_matchers
+    from farmwatch.store import SQLiteStore
+    with SQLiteStore("farmwatch.db", readonly=True) as store:
+        df = store.query("hlt.output.*", {"unit": "hlt01"}, since=time.time() - 600)
+"""
+
+from farmwatch.config.sections import StoreSettings
+from farmwatch.matchers import Matcher, parse_matchers
+from farmwatch.store.protocol import SampleStore
 from farmwatch.store.sqlite import SQLiteStore, StoreError
 
-__all__ = ["Matcher", "SQLiteStore", "StoreError", "parse_matchers"]
+
+def open_store(settings: StoreSettings, readonly: bool = False) -> SQLiteStore:
+    """The embedded store a config's ``[store]`` names (``readonly``: for commands that only read)."""
+    return SQLiteStore(settings.path, retention=settings.retention, readonly=readonly,
+                       rollup_retention={"1m": settings.retention_1m, "10m": settings.retention_10m})
+
+
+__all__ = ["Matcher", "SQLiteStore", "SampleStore", "StoreError", "open_store", "parse_matchers"]

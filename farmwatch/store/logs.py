@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
 
 import orjson
-import pandas as pd
 
 from farmwatch.model import LogRecord
+from farmwatch.sources.base import LogBatch
 from farmwatch.store.sqlite import SQLiteStore, StoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _COLUMNS = "id, ts, host, service, level, message, fields"
 _TOKEN = re.compile(r'-?"[^"]*"?|\S+')
-_WORD = re.compile(r"\w", re.UNICODE)
+_WORD = re.compile(r"[^\W_]")
+"""A letter or digit: what FTS5's unicode61 tokenizer keeps. A term without one (``_``, ``·``) is
+an empty phrase that matches nothing, so it is left out like other punctuation."""
 RETENTION_BATCH = 20_000
 
 
@@ -41,34 +45,13 @@ class LogSink(Protocol):
     def write_logs(self, records: Sequence[LogRecord]) -> None: ...
 
 
-@dataclass(eq=False)
-class LogBatch:
-    """Log records a source read in one cycle, and what must happen once every sink has them.
-
-    A source returns this among its ``poll()`` results. The runner writes ``records`` to every
-    sink, the embedded store last and together with ``cursors`` (saved under the source's name,
-    ``drop`` deleted) in one transaction, then calls ``ack()``: only then may the source move its
-    offsets on. When a sink refuses the records the runner calls ``nack()`` and the source reads
-    the same data again later; the file is the buffer, so nothing is lost.
-    """
-
-    source: str
-    records: list[LogRecord]
-    cursors: dict[str, Any] = field(default_factory=dict)
-    drop: list[str] = field(default_factory=list)
-    ack: Callable[[], None] = lambda: None
-    nack: Callable[[], None] = lambda: None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-
 def fts_query(text: str) -> tuple[str, str]:
     """A user's search words as an FTS5 query: (must match, must not match), either may be "".
 
     Words are ANDed; ``"a phrase"`` is a phrase; ``word*`` a prefix; ``-word`` excludes. Every
     word is quoted, so characters FTS5 would read as syntax (``:``, ``-``, ``(``…) in log text
-    such as ``tcp://hltin01:5000`` are searched for instead of being a syntax error.
+    such as ``tcp://hltin01:5000`` are searched for instead of being a syntax error. A term with
+    no letter or digit (``_``, ``-``, ``…``) is ignored: the tokenizer has nothing to match it to.
     """
     positive: list[str] = []
     negative: list[str] = []
@@ -147,6 +130,8 @@ class LogStore:
 
     def search_frame(self, query: str = "", **filters: Any) -> pd.DataFrame:
         """``search`` as a DataFrame (ts as UTC datetimes, newest first) for notebooks."""
+        import pandas as pd
+
         records = self.search(query, **filters)
         return pd.DataFrame({
             "ts": pd.to_datetime([r.ts for r in records], unit="s", utc=True),

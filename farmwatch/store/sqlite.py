@@ -4,19 +4,23 @@ Several services write to the same file at once (one collector per source, plus 
 alerting), so the file runs in WAL mode, every write is one ``BEGIN IMMEDIATE`` transaction that
 waits up to ``busy_timeout`` for the write lock, and readers never block writers.
 
-Numeric samples are stored as *frames*. A poll source produces, per target and cycle, one
-``Batch``: the same series every cycle with new values. All numbers of a batch become one row of
-the day's table ``frames_YYYYMMDD(layout_id, ts, vals)`` (WITHOUT ROWID, primary key
-``(layout_id, ts)``): ``vals`` is a little-endian float64 array and the *layout* names the series
-those values belong to, in order (``layouts``; ``layout_series`` maps a series to its (layout,
-position) pairs). A commit of one poll cycle therefore appends one row per target rather than one
-per series, and dirties about one page per target however many series the target has. Reading a
-series reads its layouts' frames by primary-key ranges and picks its column; a target whose key
-set changes (a peer appears) simply gets another layout; should a (series, ts) end up in two
-layouts, reads take it from the newest one. Day tables are listed in ``chunks`` and
-retention drops whole days instead of deleting rows one by one.
-String state values (``socket_state = connected``) live in one ``states`` table keyed
-``(series_id, ts)``; retention always keeps each series' newest state.
+Numbers pass through two forms:
+- the *head*: a poll source produces, per target and cycle, one ``Batch``, the same series every
+  cycle with new values. All numbers of a batch become one row of the hour's head table
+  ``head_YYYYMMDDTHH(layout_id, ts, vals)``: ``vals`` is a little-endian float64 array and the
+  *layout* names the series those values belong to, in order (``layouts``). A commit of one poll cycle appends one row per target
+  and dirties about one page per target however many series the target has. Head tables are
+  listed in ``heads``; files of older farmwatch versions have day tables ``frames_YYYYMMDD`` there,
+  which are read and compacted the same way.
+- *chunks*: once an hour is over, ``compact()`` (run by the writers' maintenance) turns its head
+  table into compressed chunks per series (``farmwatch.store.chunks``, ~1 byte per sample) and
+  1-minute and 10-minute rollups (``farmwatch.store.rollup``), and drops the head table. A long
+  read then costs in proportion to the series read, not to the targets they were polled with.
+Several values of one series at one millisecond (a Zabbix burst) are all kept: the first in its
+frame, the others in ``extras`` with their sequence number within the ms. Writing the same
+(series, ts, sequence) again replaces the value, so replaying a spool after a crash never
+duplicates points. String state values (``socket_state = connected``) live in ``states`` keyed
+``(series_id, ts, seq)``; retention always keeps each series' newest state.
 """
 
 from __future__ import annotations
@@ -35,19 +39,24 @@ from datetime import datetime, timezone
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import orjson
-import pandas as pd
 
 from farmwatch.clock import Clock, RealClock
 from farmwatch.model import Batch, Labels, Sample, SeriesKey, Value, format_series
-from farmwatch.store.matchers import Matcher, MatcherSpec, parse_matchers
+from farmwatch.matchers import Matcher, MatcherSpec, parse_matchers
+from farmwatch.store import chunks, compact, rollup
+from farmwatch.store.chunks import BLOCK_MS, Points
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where frames are made: commands that make none start without it
 
 APPLICATION = "farmwatch"
-DAY_MS = 86_400_000
 CACHE_KIB = 64 * 1024
+COMPACT_AFTER = 600.0
+"""An hour's head table is compacted this many seconds after the hour ended (late samples)."""
 
 MIGRATIONS: list[str] = [
     # 1: metadata, series catalogue, the list of day chunks (frames_YYYYMMDD tables, created on
@@ -170,7 +179,75 @@ MIGRATIONS: list[str] = [
         VALUES ('delete', old.id, old.message, old.level, old.host, old.service);
     END;
     """,
-    # 5: log templates (farmwatch.logtemplates): the miners' clusters, shared by every collector
+    # 5: compressed chunks and rollups; the frame tables' catalogue becomes ``heads``; several
+    # values of one series at one ms (``extras``, value as int64 bits so NaN stays exact; states
+    # get a sequence number too).
+    """
+    ALTER TABLE chunks RENAME TO heads;
+    CREATE TABLE extras(
+        series_id INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        bits INTEGER NOT NULL,
+        PRIMARY KEY(series_id, ts, seq)) WITHOUT ROWID;
+    CREATE TABLE series_chunks(
+        id INTEGER PRIMARY KEY,
+        series_id INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        end_ms INTEGER NOT NULL,
+        ref INTEGER NOT NULL,
+        last INTEGER NOT NULL,
+        data BLOB NOT NULL);
+    CREATE UNIQUE INDEX series_chunks_key ON series_chunks(series_id, start_ms);
+    CREATE INDEX series_chunks_end ON series_chunks(end_ms);
+    CREATE TABLE rollups(
+        id INTEGER PRIMARY KEY,
+        res INTEGER NOT NULL,
+        series_id INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        end_ms INTEGER NOT NULL,
+        data BLOB NOT NULL);
+    CREATE UNIQUE INDEX rollups_key ON rollups(res, series_id, start_ms);
+    CREATE INDEX rollups_end ON rollups(res, end_ms);
+    CREATE TABLE states_v5(
+        series_id INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY(series_id, ts, seq)) WITHOUT ROWID;
+    INSERT INTO states_v5 SELECT series_id, ts, 0, value FROM states;
+    DROP TABLE states;
+    ALTER TABLE states_v5 RENAME TO states;
+    """,
+    # 6: the remote-write queue (farmwatch.store.remote): requests queued in the transaction that
+    # stores their samples, per service (owner), deleted once the receiver accepted them.
+    """
+    CREATE TABLE remote_queue(
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        samples INTEGER NOT NULL,
+        created REAL NOT NULL,
+        body BLOB NOT NULL);
+    CREATE INDEX remote_queue_owner ON remote_queue(owner, id);
+    """,
+    # 7: a smaller catalogue. Where a series sits in layouts is known from the layouts' own
+    # series lists (kept in memory, ``_LayoutIndex``); the series' text is stored once (an index on
+    # the name only: a new series is looked up and inserted under the write lock, so two
+    # processes cannot both add it); a random id tells one store file from another.
+    """
+    DROP TABLE layout_series;
+    CREATE TABLE series_v7(
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        created REAL NOT NULL);
+    INSERT INTO series_v7 SELECT id, name, labels, created FROM series;
+    DROP TABLE series;
+    ALTER TABLE series_v7 RENAME TO series;
+    CREATE INDEX series_name ON series(name);
+    INSERT OR REPLACE INTO meta(key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+    """,
+    # 8: log templates (farmwatch.logtemplates): the miners' clusters, shared by every collector
     # of the file (version: a change counter for syncing), the templates with when they were first
     # and last seen (kept up to date by a trigger on logs; resumed/idle: the last return after an
     # hour or more without the template), and the record's template id as an indexed column.
@@ -208,10 +285,8 @@ MIGRATIONS: list[str] = [
 Append a step to change the schema; never edit one that has shipped.
 """
 
-StateRow = tuple[int, int, str]
-"""(series id, ts in ms, state) as stored."""
-Points = tuple[np.ndarray, np.ndarray, np.ndarray]
-"""Numeric samples as columns: series ids (int64), ts in ms (int64), values (float64)."""
+StateRow = tuple[int, int, int, str]
+"""(series id, ts in ms, sequence within the ms, state) as stored."""
 Raw = tuple[int, list[SeriesKey], list[Value]]
 """What becomes one frame: ts in ms, keys and values as given."""
 
@@ -220,6 +295,7 @@ ID_DTYPE = np.dtype("<i8")
 
 _GLOB = re.compile(r"[*?\[]")
 _LONG_COLUMNS = ("ts", "name", "value", "state", "labels")
+_ROLLUP_COLUMNS = ("ts", "name", "value", "min", "max", "last", "count", "labels")
 _SERIES_COLUMNS = ("id", "name", "labels")
 _STATES_RETENTION = """
     DELETE FROM states
@@ -247,11 +323,18 @@ class SQLiteStore:
         clock: Clock | None = None,
         busy_timeout: float = 30.0,
         readonly: bool = False,
+        rollup_retention: Mapping[str, float] | None = None,
     ) -> None:
         if retention is not None and not retention > 0:
             raise ValueError(f"retention must be a positive number of seconds, not {retention!r}")
+        for res, keep in (rollup_retention or {}).items():
+            if res not in rollup.RESOLUTIONS or not keep > 0:
+                raise ValueError(f"rollup_retention: {res!r} = {keep!r}: expected "
+                                 f"{' or '.join(rollup.RESOLUTIONS)} = a positive number of seconds")
         self.path = Path(path)
         self.retention = retention
+        self.rollup_retention = dict(rollup_retention or {})
+        """Resolution (``1m``, ``10m``) → seconds its rollups are kept; a missing one: for ever."""
         self.readonly = readonly
         self._clock: Clock = clock or RealClock()
         self._lock = threading.RLock()
@@ -283,15 +366,19 @@ class SQLiteStore:
         with self._lock:
             return _user_version(self._conn)
 
-    def write(self, items: Batch | Sample | Iterable[Batch] | Iterable[Sample]) -> int:
-        """Store samples in one transaction and return how many rows were written.
+    def write(self, items: Batch | Sample | Iterable[Batch] | Iterable[Sample], *,
+              also: Sequence[Callable[[sqlite3.Connection], None]] = ()) -> int:
+        """Store samples in one transaction and return how many were written (every one given).
 
         Numbers (bools as 1.0/0.0, None as NaN; NaN and ±inf are kept as they are) become samples,
         strings become state values. The numbers of one ``Batch`` are stored as one frame; loose
-        ``Sample`` objects make one frame per timestamp. Writing the same (series, ts) again
-        replaces the value, so replaying a spool after a crash never duplicates points. (A
-        rewrite whose batch has another set of numeric series is stored under another layout;
-        a (series, ts) held by two layouts is read from the newest layout, not the last write.)
+        ``Sample`` objects make one frame per timestamp. Several values of one series at one ms
+        are all kept, in the order given (sequence 0, 1, …). Writing the same (series, ts,
+        sequence) again replaces the value, so replaying a spool after a crash never duplicates
+        points. (A rewrite whose batch has another set of numeric series is stored under another
+        layout; a (series, ts) held by two layouts is read from the newest layout.) Each callable
+        in ``also`` runs inside the same transaction (a remote-write queue: stored and queued, or
+        neither).
         """
         raws, count, arrivals = _collect(items)
         if not raws:
@@ -309,21 +396,27 @@ class SQLiteStore:
                     unknown = [key for key in _first_appearance(arrivals) if key not in ids]
                     ids = {**ids, **self._register(conn, unknown)}
                     frames = [part.resolve(ids) for part in parts]
+                _spread_repeats(frames)
                 layouts = self._layout_ids(conn, frames)
-                chunks: dict[int, list[tuple[int, int, bytes]]] = {}
+                heads: dict[int, list[tuple[int, int, bytes]]] = {}
                 states: list[StateRow] = []
+                extras: list[tuple[int, int, int, int]] = []
                 for frame in frames:
                     if frame.sids.size:
-                        chunks.setdefault(frame.ts // DAY_MS, []).append(
+                        heads.setdefault(frame.ts // BLOCK_MS, []).append(
                             (layouts[frame.layout], frame.ts, frame.values.tobytes()))
                     states += frame.states
-                for day, rows in chunks.items():
-                    # In primary-key order for B-tree locality; a stable sort lets the last duplicate win.
-                    rows.sort(key=itemgetter(0, 1))
-                    table = _ensure_chunk(conn, day)
+                    extras += frame.extras
+                for block, rows in heads.items():
+                    rows.sort(key=itemgetter(0, 1))  # primary-key order for B-tree locality
+                    table = _ensure_head(conn, block)
                     conn.executemany(f'INSERT OR REPLACE INTO "{table}" VALUES (?, ?, ?)', rows)
                 if states:
-                    conn.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", states)
+                    conn.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?, ?)", states)
+                if extras:
+                    conn.executemany("INSERT OR REPLACE INTO extras VALUES (?, ?, ?, ?)", extras)
+                for hook in also:
+                    hook(conn)
             # Only now: ids handed out by a transaction that rolled back must not be cached.
             self._ids = ids
             self._layouts.update(layouts)
@@ -359,78 +452,161 @@ class SQLiteStore:
         wanted = parse_matchers(matchers)
         lo = -(2**63) if since is None else _ms(since)
         hi = 2**63 - 1 if until is None else _ms(until)
-        order = "" if limit is None else " ORDER BY ts, series_id LIMIT ?"
         with self._transaction("BEGIN", "query") as conn:
             catalog = _Catalog.select(conn, name, wanted)
-            samples = _read_frames(conn, _Slots.select(conn, catalog.ids), lo, hi, limit)
-            states: list[StateRow] = []
-            if form == "long":
-                ids = _json(catalog.ids)
-                params = (ids, lo, hi) if limit is None else (ids, lo, hi, limit)
-                states = conn.execute(_range_sql("states") + order, params).fetchall()
+            if limit is None:
+                samples = _read_points(conn, catalog.ids, lo, hi)
+                states = _read_states(conn, catalog.ids, lo, hi) if form == "long" else []
+            else:
+                samples, states = _read_earliest(conn, catalog.ids, lo, hi, limit, form == "long")
         if form == "wide":
+            if limit is not None:
+                order = np.lexsort((samples[2], catalog.positions(samples[0]), samples[1]))[:limit]
+                samples = tuple(column[order] for column in samples)  # type: ignore[assignment]
             return catalog.wide(samples)
         frame = catalog.long(samples, states)
         return frame if limit is None else frame.head(limit)
 
     def latest(self, name: str | None = None, matchers: MatcherSpec = None) -> pd.DataFrame:
-        """The newest value or state of each matching series, in the long form of ``query``."""
+        """The newest value or state of each matching series, in the long form of ``query``
+        (of several values at the newest ms, the last one)."""
         wanted = parse_matchers(matchers)
         with self._transaction("BEGIN", "query") as conn:
             catalog = _Catalog.select(conn, name, wanted)
             slots = _Slots.select(conn, catalog.ids)
             newest: list[tuple[int, int, bytes]] = []
             missing = set(slots.layouts)
-            for (table,) in conn.execute("SELECT name FROM chunks ORDER BY start_ms DESC").fetchall():
+            for (table,) in conn.execute("SELECT name FROM heads ORDER BY start_ms DESC").fetchall():
                 if not missing:
                     break
                 found = conn.execute(_newest_frame_sql(f'"{table}"'), (_json(sorted(missing)),)).fetchall()
                 newest += found
                 missing.difference_update(row[0] for row in found)
-            states = conn.execute(_newest_sql("states"), (_json(catalog.ids),)).fetchall()
-        sids, ts, values, layout = slots.points([(lid, [(t, blob)]) for lid, t, blob in newest])
-        # Newest per series across its layouts: latest ts first, then the newest layout.
-        order = np.lexsort((-layout, -ts, sids))
+            sids, ts, values, layout = slots.frames(newest)
+            parts = [(sids, ts, np.zeros(len(sids), dtype=np.int64), values, layout + 1)]
+            unseen = sorted(set(catalog.ids) - set(sids.tolist()))
+            old = chunks.newest(conn, unseen)
+            parts.append((*old, np.zeros(len(old[0]), dtype=np.int64)))
+            extra = _unbits(conn.execute(_newest_sql("extras", "bits"), (_json(catalog.ids),)).fetchall())
+            parts.append((*extra, np.full(len(extra[0]), 2**62, dtype=np.int64)))
+            states = conn.execute(_newest_sql("states", "value"), (_json(catalog.ids),)).fetchall()
+        sids, ts, seq, values, rank = (np.concatenate(column) for column in zip(*parts))
+        # Newest per series: latest ts, then the last value of that ms, then the newest layout.
+        order = np.lexsort((-rank, -seq, -ts, sids))
         first = _firsts(sids[order])
-        sids, ts, values = sids[order][first], ts[order][first], values[order][first]
-        state_ts = {sid: t for sid, t, _ in states}
+        sids, ts, seq, values = (column[order][first] for column in (sids, ts, seq, values))
+        newest_state: dict[int, tuple[int, int, int, str]] = {}
+        for row in states:
+            if row[0] not in newest_state or row[2] > newest_state[row[0]][2]:
+                newest_state[row[0]] = row
+        state_ts = {sid: row[1] for sid, row in newest_state.items()}
         keep = np.array([t > state_ts.get(sid, -math.inf) for sid, t in zip(sids.tolist(), ts.tolist())],
                         dtype=bool)
         newer_sample = set(sids[keep].tolist())
-        states = [row for row in states if row[0] not in newer_sample]
-        return catalog.long((sids[keep], ts[keep], values[keep]), states)
+        kept_states = [row for sid, row in newest_state.items() if sid not in newer_sample]
+        return catalog.long((sids[keep], ts[keep], seq[keep], values[keep]), kept_states)
+
+    def rollup(
+        self,
+        name: str | None = None,
+        matchers: MatcherSpec = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        resolution: str = "1m",
+    ) -> pd.DataFrame:
+        """Rollups of the matching numeric series: one row per series and bin with ``since <= bin
+        start <= until``, columns ts (bin start), name, value (the mean), min, max, last, count,
+        labels and one column per label key, sorted by ts then series. ``resolution``: ``1m`` or
+        ``10m``. Hours not compacted yet are rolled up from their samples on the fly."""
+        step = rollup.RESOLUTIONS.get(resolution)
+        if step is None:
+            raise ValueError(f"resolution must be one of {', '.join(rollup.RESOLUTIONS)}, not {resolution!r}")
+        wanted = parse_matchers(matchers)
+        lo = -(2**63) if since is None else _ms(since)
+        hi = 2**63 - 1 if until is None else _ms(until)
+        with self._transaction("BEGIN", "query rollups") as conn:
+            catalog = _Catalog.select(conn, name, wanted)
+            stored = rollup.read(conn, step, catalog.ids, lo, hi)
+            head = _read_points(conn, catalog.ids, lo - lo % step if lo > -(2**63) else lo, hi, chunked=False)
+        rolled = rollup.merge([stored, rollup.aggregate(head, step)])
+        keep = (rolled.ts >= lo) & (rolled.ts <= hi)
+        return catalog.rolled(rolled.take(np.flatnonzero(keep)))
+
+    def compact(self, now: float | None = None, *, everything: bool = False) -> int:
+        """Turn head tables into compressed chunks and rollups: every hour that ended
+        ``COMPACT_AFTER`` seconds before ``now`` (default: the clock's time), or every head table
+        with ``everything`` (before a backup, in tests and benchmarks). One transaction per hour;
+        then complete days' rollups are merged into day chunks. Returns the samples compacted."""
+        self._require_writable("compact")
+        cutoff = 2**63 - 1 if everything else _ms((self._clock.time() if now is None else now) - COMPACT_AFTER)
+        with self._transaction("BEGIN", "compact") as conn:
+            tables = conn.execute("SELECT name, start_ms, end_ms FROM heads WHERE end_ms <= ? ORDER BY start_ms",
+                                  (cutoff,)).fetchall()
+        total = 0
+        for table, start, end in tables:
+            # Hour by hour (an older farmwatch's day table too): one transaction and memory for an hour each.
+            for hour in range(start, end, BLOCK_MS):
+                with self._transaction("BEGIN IMMEDIATE", f"compact {table}") as conn:
+                    total += compact.compact_table(conn, table, hour, min(end, hour + BLOCK_MS), _read_points,
+                                                   drop=hour + BLOCK_MS >= end)
+        with self._transaction("BEGIN", "compact") as conn:
+            oldest = conn.execute("SELECT MIN(start_ms) FROM heads").fetchone()[0]
+            newest = conn.execute("SELECT MAX(end_ms) FROM rollups").fetchone()[0]
+        if newest is None:
+            return total
+        # Days before the oldest head table and before the compaction cutoff are complete.
+        horizon = min(cutoff, newest + rollup.DAY_MS, oldest if oldest is not None else cutoff)
+        more = True
+        while more:
+            with self._transaction("BEGIN IMMEDIATE", "merge rollups") as conn:
+                more = compact.merge_rollup_days(conn, horizon // rollup.DAY_MS, settled=not everything)
+        return total
 
     def apply_retention(self, now: float | None = None) -> int:
-        """Forget data older than ``retention`` seconds before ``now`` (default: the clock's time).
+        """Forget data older than ``retention`` seconds before ``now`` (default: the clock's time),
+        and rollups older than their own retention (``rollup_retention``).
 
-        Day chunks entirely before the cutoff are dropped as tables (no row scan); the chunk
-        straddling the cutoff loses its older frames by primary-key ranges. Each series keeps its
-        newest state however old: a state that never changed is still the current state.
-        Returns the number of samples and states deleted plus the number of chunks dropped (a
-        dropped chunk counts once; counting its samples would cost the scan that dropping avoids).
-        Layouts stay: they are small, and a target that comes back reuses its layout.
+        Head tables entirely before the cutoff are dropped as tables (no row scan); the one
+        straddling the cutoff loses its older frames by primary-key ranges; chunks go whole (they
+        span at most an hour, so up to an hour more than ``retention`` may stay). Each series
+        keeps its newest state however old: a state that never changed is still the current state.
+        Returns the number of samples and states deleted plus the number of tables and chunks
+        dropped (those count once each; counting their samples would cost the reading that
+        dropping avoids). Layouts stay: they are small, and a target that comes back reuses its layout.
         """
-        if self.retention is None:
+        if self.retention is None and not self.rollup_retention:
             return 0
         self._require_writable("apply retention")
-        cutoff = _ms((self._clock.time() if now is None else now) - self.retention)
+        now = self._clock.time() if now is None else now
         removed = 0
         with self._transaction("BEGIN IMMEDIATE", "retention") as conn:
-            old = conn.execute("SELECT name, end_ms FROM chunks WHERE start_ms < ?", (cutoff,)).fetchall()
-            for table, end in old:
-                if end <= cutoff:
-                    conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-                    conn.execute("DELETE FROM chunks WHERE name = ?", (table,))
-                    removed += 1
-                else:
-                    # Layout by layout, so that each is a primary-key range rather than a table scan
-                    # (CROSS JOIN keeps SQLite from putting the big table in the outer loop).
-                    counted = (f'SELECT total(l.n) FROM layouts AS l CROSS JOIN "{table}" AS f '
-                               "ON f.layout_id = l.id AND f.ts < ?")
-                    removed += int(conn.execute(counted, (cutoff,)).fetchone()[0])
-                    sql = f'DELETE FROM "{table}" WHERE layout_id IN (SELECT id FROM layouts) AND ts < ?'
-                    conn.execute(sql, (cutoff,))
-            removed += conn.execute(_STATES_RETENTION, {"cutoff": cutoff}).rowcount
+            if self.retention is not None:
+                removed += self._trim_samples(conn, _ms(now - self.retention))
+            for res, keep in self.rollup_retention.items():
+                removed += conn.execute("DELETE FROM rollups WHERE res = ? AND end_ms < ?",
+                                        (rollup.RESOLUTIONS[res], _ms(now - keep))).rowcount
+        return removed
+
+    def _trim_samples(self, conn: sqlite3.Connection, cutoff: int) -> int:
+        removed = 0
+        old = conn.execute("SELECT name, end_ms FROM heads WHERE start_ms < ?", (cutoff,)).fetchall()
+        for table, end in old:
+            if end <= cutoff:
+                conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+                conn.execute("DELETE FROM heads WHERE name = ?", (table,))
+                removed += 1
+            else:
+                # Layout by layout, so that each is a primary-key range rather than a table scan
+                # (CROSS JOIN keeps SQLite from putting the big table in the outer loop).
+                counted = (f'SELECT total(l.n) FROM layouts AS l CROSS JOIN "{table}" AS f '
+                           "ON f.layout_id = l.id AND f.ts < ?")
+                removed += int(conn.execute(counted, (cutoff,)).fetchone()[0])
+                sql = f'DELETE FROM "{table}" WHERE layout_id IN (SELECT id FROM layouts) AND ts < ?'
+                conn.execute(sql, (cutoff,))
+        removed += conn.execute("DELETE FROM series_chunks WHERE end_ms < ?", (cutoff,)).rowcount
+        removed += conn.execute("DELETE FROM extras WHERE ts < ?", (cutoff,)).rowcount
+        removed += conn.execute(_STATES_RETENTION, {"cutoff": cutoff}).rowcount
         return removed
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
@@ -505,27 +681,26 @@ class SQLiteStore:
             raise StoreError(f"{self.path}: not a farmwatch store (an SQLite database of something else)")
 
     def _register(self, conn: sqlite3.Connection, keys: list[SeriesKey]) -> dict[SeriesKey, int]:
-        """Give new series their ids; INSERT OR IGNORE + SELECT lets concurrent processes agree.
+        """Ids of series, new ones created; inside the write transaction (``BEGIN IMMEDIATE``), so
+        the look-up and the insert cannot interleave with another process's.
 
         Ids follow the order of first appearance, so a source's next batches insert in id order.
         """
         keys = list(dict.fromkeys(keys))
+        texts = {(name, _labels_json(lbls)): (name, lbls) for name, lbls in keys}
+        names = _json(sorted({name for name, _ in keys}))
+        sql = "SELECT id, name, labels FROM series WHERE name IN (SELECT value FROM json_each(?))"
+        found = {(name, text): sid for sid, name, text in conn.execute(sql, (names,))}
         created = self._clock.time()
-        rows = [(name, _labels_json(lbls), created) for name, lbls in keys]
-        conn.executemany("INSERT OR IGNORE INTO series(name, labels, created) VALUES (?, ?, ?)", rows)
-        found = conn.execute(
-            "SELECT j.key, s.id FROM json_each(?) AS j JOIN series AS s "
-            "ON s.name = json_extract(j.value, '$[0]') AND s.labels = json_extract(j.value, '$[1]')",
-            (_json([row[:2] for row in rows]),),
-        )
-        return {keys[i]: sid for i, sid in found}
+        new = [(name, text, created) for name, text in texts if (name, text) not in found]
+        if new:
+            conn.executemany("INSERT INTO series(name, labels, created) VALUES (?, ?, ?)", new)
+            found = {(name, text): sid for sid, name, text in conn.execute(sql, (names,))}
+        return {texts[key]: found[key] for key in texts}
 
     def _layout_ids(self, conn: sqlite3.Connection, frames: list[_Frame]) -> dict[bytes, int]:
-        """The layout id of each frame; unknown layouts are created the way ``_register`` creates series.
-
-        ``layout_series`` rows are written by the transaction that creates the layout, so every
-        process that finds a layout also finds where its series are.
-        """
+        """The layout id of each frame; unknown layouts are created (INSERT OR IGNORE by digest, so
+        processes agree)."""
         known = self._layouts
         found: dict[bytes, int] = {}
         for frame in frames:
@@ -539,8 +714,6 @@ class SQLiteStore:
                                       (digest, frame.sids.size, layout))
                 if cursor.rowcount == 1:
                     lid = cursor.lastrowid
-                    conn.executemany("INSERT INTO layout_series(series_id, layout_id, pos) VALUES (?, ?, ?)",
-                                     zip(frame.sids.tolist(), repeat(lid), range(frame.sids.size)))
                 else:
                     lid, stored = conn.execute("SELECT id, series FROM layouts WHERE digest = ?",
                                                (digest,)).fetchone()
@@ -646,20 +819,25 @@ class _Catalog:
         )
 
     def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         columns: dict[str, object] = {"id": np.array(self.ids, dtype=np.int64), "name": self.names}
         columns["labels"] = _objects(self.labels)
         columns.update(self._label_columns(np.arange(len(self.ids)), _SERIES_COLUMNS))
         return pd.DataFrame(columns)
 
     def long(self, samples: Points, states: list[StateRow]) -> pd.DataFrame:
-        sid_s, ts_s, value_s = samples
-        sid_t, ts_t, texts = _unzip(states)
-        pos = self._positions(np.concatenate([sid_s, sid_t]))
+        import pandas as pd
+
+        sid_s, ts_s, seq_s, value_s = samples
+        sid_t, ts_t, seq_t, texts = _unzip(states)
+        pos = self.positions(np.concatenate([sid_s, sid_t]))
         ts = np.concatenate([ts_s, ts_t])
+        seq = np.concatenate([seq_s, seq_t])
         value = np.concatenate([value_s, np.full(len(texts), np.nan)])
         state = np.empty(len(ts), dtype=object)
         state[len(value_s) :] = texts
-        order = np.lexsort((pos, ts))
+        order = np.lexsort((seq, pos, ts))
         pos = pos[order]
         columns: dict[str, object] = {
             "ts": _datetimes(ts[order]),
@@ -672,16 +850,46 @@ class _Catalog:
         return pd.DataFrame(columns)
 
     def wide(self, samples: Points) -> pd.DataFrame:
-        """What ``pivot(index="ts", columns=series, values="value")`` gives, without its MultiIndex detour."""
-        sid, ts, value = samples
+        """What ``pivot(index="ts", columns=series, values="value")`` gives, without its MultiIndex
+        detour; of several values of a series at one ms, the last."""
+        import pandas as pd
+
+        sid, ts, seq, value = samples
+        if seq.any():
+            order = np.argsort(seq, kind="stable")
+            sid, ts, value = sid[order], ts[order], value[order]
         times, row = np.unique(ts, return_inverse=True)
-        used, col = np.unique(self._positions(sid), return_inverse=True)
+        used, col = np.unique(self.positions(sid), return_inverse=True)
         matrix = np.full((len(times), len(used)), np.nan)
         matrix[row, col] = value
         columns = pd.Index([self.display[p] for p in used.tolist()])
         return pd.DataFrame(matrix, index=_datetimes(times).rename("ts"), columns=columns)
 
-    def _positions(self, sids: np.ndarray) -> np.ndarray:
+    def rolled(self, rows: rollup.Rolled) -> pd.DataFrame:
+        import pandas as pd
+
+        pos = self.positions(rows.sid)
+        order = np.lexsort((pos, rows.ts))
+        pos = pos[order]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = rows.sum[order] / rows.count[order]
+        columns: dict[str, object] = {
+            "ts": _datetimes(rows.ts[order]),
+            "name": _objects(self.names)[pos],
+            "value": mean,
+            "min": rows.min[order],
+            "max": rows.max[order],
+            "last": rows.last[order],
+            "count": rows.count[order].astype(np.int64),
+            "labels": _objects(self.labels)[pos],
+        }
+        columns.update(self._label_columns(pos, _ROLLUP_COLUMNS))
+        return pd.DataFrame(columns)
+
+    def positions(self, sids: np.ndarray) -> np.ndarray:
+        """Display positions of series ids."""
+        import pandas as pd
+
         return pd.Index(self.ids).get_indexer(sids)
 
     def _label_columns(self, pos: np.ndarray, reserved: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -768,15 +976,31 @@ class _Part:
         return cls(ts, numeric, np.array(numbers, dtype=FRAME_DTYPE), states)
 
     def resolve(self, ids: dict[SeriesKey, int]) -> _Frame:
-        """The frame with series ids; raises KeyError for a series ``ids`` does not know yet."""
+        """The frame with series ids; raises KeyError for a series ``ids`` does not know yet.
+
+        A series given more than once keeps its first value in the frame and the others, in
+        order, as extras with sequence numbers 1, 2, …
+        """
         sids = np.fromiter(map(ids.__getitem__, self.numeric), dtype=ID_DTYPE, count=len(self.numeric))
         values = self.values
+        extras: list[tuple[int, int, int, int]] = []
         if sids.size > 1 and not (sids[1:] > sids[:-1]).all():
-            # Duplicates (the last value wins) or ids out of order: one layout per set of series.
-            last = sids.size - 1 - np.unique(sids[::-1], return_index=True)[1]
-            sids, values = sids[last], values[last]
-        states = [(ids[key], self.ts, text) for key, text in self.states]
-        return _Frame(self.ts, sids, values, sids.tobytes(), states)
+            order = np.argsort(sids, kind="stable")
+            sids, values = sids[order], values[order]
+            seq = chunks.runs_seq(sids)
+            if seq.any():
+                more = seq > 0
+                bits = values[more].view(np.int64)
+                extras = list(zip(sids[more].tolist(), repeat(self.ts), seq[more].tolist(), bits.tolist()))
+                sids, values = sids[~more], values[~more]
+        states: list[StateRow] = []
+        if self.states:
+            seen: dict[int, int] = {}
+            for key, text in self.states:
+                sid = ids[key]
+                seen[sid] = seen.get(sid, -1) + 1
+                states.append((sid, self.ts, seen[sid], text))
+        return _Frame(self.ts, sids, values, sids.tobytes(), states, extras)
 
 
 @dataclass(slots=True)
@@ -789,6 +1013,78 @@ class _Frame:
     layout: bytes
     """``sids`` as bytes: the layout's identity, cache key and stored ``series`` blob."""
     states: list[StateRow]
+    extras: list[tuple[int, int, int, int]]
+    """(series id, ts, sequence, value bits) of the series' further values at this ts."""
+
+
+def _spread_repeats(frames: list[_Frame]) -> None:
+    """A series in several frames of one write at the same ms (two cycles with one timestamp) keeps
+    every value: the later frames' values become extras with the next sequence numbers."""
+    by_ts: dict[int, list[_Frame]] = {}
+    for frame in frames:
+        by_ts.setdefault(frame.ts, []).append(frame)
+    for group in by_ts.values():
+        if len(group) < 2:
+            continue
+        every = np.concatenate([f.sids for f in group] + [np.array([e[0] for f in group for e in f.extras] +
+                                                                   [st[0] for f in group for st in f.states],
+                                                                   dtype=np.int64)])
+        every.sort()
+        if not (every[1:] == every[:-1]).any():
+            continue
+        numbers: dict[int, int] = {}
+        texts: dict[int, int] = {}
+        for frame in group:
+            keep = np.ones(frame.sids.size, dtype=bool)
+            moved = []
+            for i, sid in enumerate(frame.sids.tolist()):
+                if sid in numbers:
+                    keep[i] = False
+                    numbers[sid] += 1
+                    moved.append((sid, frame.ts, numbers[sid], int(frame.values[i:i + 1].view(np.int64)[0])))
+                else:
+                    numbers[sid] = 0
+            extras = []
+            for sid, ts, _, bits in frame.extras:
+                numbers[sid] = numbers.get(sid, -1) + 1
+                extras.append((sid, ts, numbers[sid], bits))
+            states = []
+            for sid, ts, _, text in frame.states:
+                texts[sid] = texts.get(sid, -1) + 1
+                states.append((sid, ts, texts[sid], text))
+            frame.extras, frame.states = moved + extras, states
+            if not keep.all():
+                frame.sids, frame.values = frame.sids[keep], frame.values[keep]
+                frame.layout = frame.sids.tobytes()
+
+
+class _LayoutIndex:
+    """Where each series sits in layouts (layout id, position), from the layouts' own series lists.
+
+    Layouts are never changed or deleted and their ids grow in commit order, so one index per
+    store file (by its ``store_id``) serves every connection of the process and only reads the
+    layouts added since it last looked.
+    """
+
+    _by_store: dict[str, _LayoutIndex] = {}
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.places: dict[int, list[tuple[int, int]]] = {}
+        self.width: dict[int, int] = {}
+        self.last = 0
+
+    @classmethod
+    def of(cls, conn: sqlite3.Connection) -> _LayoutIndex:
+        (store_id,) = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        with cls._lock:
+            index = cls._by_store.setdefault(store_id, cls())
+            for lid, n, blob in conn.execute("SELECT id, n, series FROM layouts WHERE id > ? ORDER BY id", (index.last,)):
+                for pos, sid in enumerate(np.frombuffer(blob, dtype=ID_DTYPE).tolist()):
+                    index.places.setdefault(sid, []).append((lid, pos))
+                index.width[lid] = n
+                index.last = lid
+        return index
 
 
 @dataclass
@@ -804,22 +1100,36 @@ class _Slots:
     def select(cls, conn: sqlite3.Connection, ids: list[int]) -> _Slots:
         if not ids:
             return cls({}, False)
-        rows = conn.execute(
-            "SELECT ls.layout_id, l.n, ls.pos, ls.series_id FROM json_each(?) AS j "
-            "JOIN layout_series AS ls ON ls.series_id = j.value JOIN layouts AS l ON l.id = ls.layout_id",
-            (_json(ids),),
-        ).fetchall()
-        rows.sort()
-        grouped: dict[int, tuple[int, list[int], list[int]]] = {}
-        for lid, n, pos, sid in rows:
-            entry = grouped.get(lid)
-            if entry is None:
-                entry = grouped[lid] = (n, [], [])
-            entry[1].append(pos)
-            entry[2].append(sid)
-        layouts = {lid: (n, np.array(pos, dtype=np.intp), np.array(sids, dtype=np.int64))
-                   for lid, (n, pos, sids) in grouped.items()}
-        return cls(layouts, len({row[3] for row in rows}) < len(rows))
+        where = _LayoutIndex.of(conn)
+        grouped: dict[int, tuple[list[int], list[int]]] = {}
+        shared = False
+        for sid in sorted(ids):
+            places = where.places.get(sid, ())
+            shared = shared or len(places) > 1
+            for lid, pos in places:
+                entry = grouped.setdefault(lid, ([], []))
+                entry[0].append(pos)
+                entry[1].append(sid)
+        layouts = {lid: (where.width[lid], np.array(pos, dtype=np.intp), np.array(sids, dtype=np.int64))
+                   for lid, (pos, sids) in sorted(grouped.items())}
+        return cls(layouts, shared)
+
+    def frames(self, rows: list[tuple[int, int, bytes]]) -> tuple[np.ndarray, ...]:
+        """``points`` for one frame (layout id, ts, vals) per layout, with two numpy calls per frame:
+        ``latest()`` reads one frame of each of hundreds of layouts."""
+        if not rows:
+            return self.points([])
+        values, sids, counts = [], [], []
+        for lid, _, blob in rows:
+            n, pos, ids = self.layouts[lid]
+            if len(blob) != n * FRAME_DTYPE.itemsize:
+                raise sqlite3.DatabaseError(f"a frame of layout {lid} is not {n} values long")
+            values.append(np.frombuffer(blob, dtype=FRAME_DTYPE)[pos])
+            sids.append(ids)
+            counts.append(len(ids))
+        lids, ts, _ = zip(*rows)
+        return (np.concatenate(sids), np.repeat(np.array(ts, dtype=np.int64), counts),
+                np.concatenate(values).astype(np.float64, copy=False), np.repeat(np.array(lids, dtype=np.int64), counts))
 
     def points(self, fetched: list[tuple[int, list[tuple[int, bytes]]]]) -> tuple[np.ndarray, ...]:
         """Series ids, ts, values and layout ids of the wanted columns of fetched frames (ts, vals)."""
@@ -845,52 +1155,92 @@ class _Slots:
         return tuple(np.concatenate(column) for column in zip(*parts))
 
 
-def _read_frames(conn: sqlite3.Connection, slots: _Slots, lo: int, hi: int, limit: int | None) -> Points:
-    """The samples of the selected series with lo <= ts <= hi; with a limit, the earliest by (ts, id).
+def _read_points(conn: sqlite3.Connection, ids: list[int], lo: int, hi: int, chunked: bool = True) -> Points:
+    """The samples of the listed series with lo <= ts <= hi from chunks, head tables and extras.
 
-    Per overlapping day chunk and layout, one primary-key range. With a limit, ``limit`` frames of
-    a layout are enough: each frame holds a point of every selected series of the layout (or a
-    newer layout's point at the same ts replaces it), so later frames cannot be among the first.
+    Where the same (series, ts, sequence) is in several places (a resend after compaction, a
+    resend under another layout), the head beats the chunks and the newest layout the older ones.
     """
-    sids_out: list[np.ndarray] = []
-    ts_out: list[np.ndarray] = []
-    values_out: list[np.ndarray] = []
-    got = 0
+    parts = []
+    old = chunks.read(conn, ids, lo, hi) if chunked else chunks.empty()
+    if len(old[0]):
+        parts.append((*old, np.zeros(len(old[0]), dtype=np.int64)))
+    slots = _Slots.select(conn, ids)
     if slots.layouts:
-        chunks = conn.execute(
-            "SELECT name FROM chunks WHERE end_ms > ? AND start_ms <= ? ORDER BY start_ms", (lo, hi)
+        tables = conn.execute(
+            "SELECT name FROM heads WHERE end_ms > ? AND start_ms <= ? ORDER BY start_ms", (lo, hi)
         ).fetchall()
-    else:
-        chunks = []
-    for (table,) in chunks:
-        if limit is not None and got >= limit:
+        for (table,) in tables:
+            sql = f'SELECT ts, vals FROM "{table}" WHERE layout_id = ? AND ts BETWEEN ? AND ?'
+            fetched = [(lid, conn.execute(sql, (lid, lo, hi)).fetchall()) for lid in slots.layouts]
+            sids, ts, values, layout = slots.points(fetched)
+            if len(sids):
+                parts.append((sids, ts, np.zeros(len(sids), dtype=np.int64), values, layout + 1))
+    if ids:
+        rows = conn.execute(_range_sql("extras", "seq, bits"), (_json(ids), lo, hi)).fetchall()
+        if rows:
+            extra = _unbits(rows)
+            parts.append((*extra, np.full(len(rows), 2**62, dtype=np.int64)))
+    if not parts:
+        return chunks.empty()
+    sids, ts, seq, values, rank = (np.concatenate(column) for column in zip(*parts))
+    if len(parts) > 1 or slots.shared:
+        order = np.lexsort((-rank, seq, ts, sids))
+        sids, ts, seq, values = sids[order], ts[order], seq[order], values[order]
+        keep = np.ones(len(sids), dtype=bool)
+        keep[1:] = (sids[1:] != sids[:-1]) | (ts[1:] != ts[:-1]) | (seq[1:] != seq[:-1])
+        sids, ts, seq, values = sids[keep], ts[keep], seq[keep], values[keep]
+    return sids, ts, seq, values
+
+
+def _read_states(conn: sqlite3.Connection, ids: list[int], lo: int, hi: int) -> list[StateRow]:
+    return conn.execute(_range_sql("states", "seq, value"), (_json(ids), lo, hi)).fetchall() if ids else []
+
+
+def _read_earliest(conn: sqlite3.Connection, ids: list[int], lo: int, hi: int, limit: int,
+                   with_states: bool) -> tuple[Points, list[StateRow]]:
+    """At least the ``limit`` earliest samples (and states) in [lo, hi]: windows from the first
+    stored time on, doubling from an hour, until they hold ``limit`` points or reach ``hi``."""
+    if not ids:
+        return chunks.empty(), []
+    ids_json = _json(ids)
+    firsts = [
+        conn.execute("SELECT MIN(start_ms) FROM heads WHERE end_ms > ?", (lo,)).fetchone()[0],
+        conn.execute("SELECT MIN((SELECT MIN(start_ms) FROM series_chunks WHERE series_id = j.value "
+                     "AND end_ms >= ?)) FROM json_each(?) AS j", (lo, ids_json)).fetchone()[0],
+        conn.execute("SELECT MIN((SELECT MIN(ts) FROM extras WHERE series_id = j.value AND ts >= ?)) "
+                     "FROM json_each(?) AS j", (lo, ids_json)).fetchone()[0],
+    ]
+    if with_states:
+        firsts.append(conn.execute("SELECT MIN((SELECT MIN(ts) FROM states WHERE series_id = j.value AND ts >= ?)) "
+                                   "FROM json_each(?) AS j", (lo, ids_json)).fetchone()[0])
+    known = [t for t in firsts if t is not None]
+    if not known:
+        return chunks.empty(), []
+    start, span = max(lo, min(known)), BLOCK_MS
+    samples: list[Points] = []
+    states: list[StateRow] = []
+    got = 0
+    while start <= hi and got < limit:
+        end = min(hi, start + span - 1)
+        found = _read_points(conn, ids, start, end)
+        samples.append(found)
+        if with_states:
+            states += _read_states(conn, ids, start, end)
+        got += len(found[0]) + len(states)
+        if end >= hi:
             break
-        sql = f'SELECT ts, vals FROM "{table}" WHERE layout_id = ? AND ts BETWEEN ? AND ?'
-        if limit is not None:
-            sql += " ORDER BY ts LIMIT ?"
-        fetched = []
-        for lid in slots.layouts:
-            params = (lid, lo, hi) if limit is None else (lid, lo, hi, limit - got)
-            fetched.append((lid, conn.execute(sql, params).fetchall()))
-        sids, ts, values, layout = slots.points(fetched)
-        if slots.shared:
-            # The same (series, ts) in two layouts (a key set that changed, then a resend): the
-            # newest layout's value wins.
-            order = np.lexsort((-layout, ts, sids))
-            sids, ts, values = sids[order], ts[order], values[order]
-            keep = np.ones(len(sids), dtype=bool)
-            keep[1:] = (sids[1:] != sids[:-1]) | (ts[1:] != ts[:-1])
-            sids, ts, values = sids[keep], ts[keep], values[keep]
-        if limit is not None:
-            order = np.lexsort((sids, ts))[: limit - got]
-            sids, ts, values = sids[order], ts[order], values[order]
-        sids_out.append(sids)
-        ts_out.append(ts)
-        values_out.append(values)
-        got += len(sids)
-    if not sids_out:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-    return np.concatenate(sids_out), np.concatenate(ts_out), np.concatenate(values_out)
+        start, span = end + 1, span * 2
+    return tuple(np.concatenate(column) for column in zip(*samples)), states  # type: ignore[return-value]
+
+
+def _unbits(rows: list[tuple[int, int, int, int]]) -> Points:
+    """Extras rows (series id, ts, seq, value as int64 bits) as columns."""
+    if not rows:
+        return chunks.empty()
+    sids, ts, seq, bits = zip(*rows)
+    return (np.array(sids, dtype=np.int64), np.array(ts, dtype=np.int64), np.array(seq, dtype=np.int64),
+            np.array(bits, dtype=np.int64).view(np.float64))
 
 
 def _firsts(sorted_ids: np.ndarray) -> np.ndarray:
@@ -910,24 +1260,24 @@ def _number(key: SeriesKey, value: object) -> float:
         raise ValueError(f"{format_series(*key)}: value {value!r} is neither a number nor a string") from None
 
 
-def _ensure_chunk(conn: sqlite3.Connection, day: int) -> str:
-    """Create the day's frame table if needed (always checked: another process may have dropped it)."""
-    table = "frames_" + datetime.fromtimestamp(day * 86_400, timezone.utc).strftime("%Y%m%d")
+def _ensure_head(conn: sqlite3.Connection, block: int) -> str:
+    """Create the hour's head table if needed (always checked: another process may have dropped it)."""
+    table = "head_" + datetime.fromtimestamp(block * BLOCK_MS / 1000, timezone.utc).strftime("%Y%m%dT%H")
     conn.execute(
         f'CREATE TABLE IF NOT EXISTS "{table}"(layout_id INTEGER NOT NULL, ts INTEGER NOT NULL, '
         "vals BLOB NOT NULL, PRIMARY KEY(layout_id, ts)) WITHOUT ROWID"
     )
     conn.execute(
-        "INSERT OR IGNORE INTO chunks(name, start_ms, end_ms) VALUES (?, ?, ?)",
-        (table, day * DAY_MS, (day + 1) * DAY_MS),
+        "INSERT OR IGNORE INTO heads(name, start_ms, end_ms) VALUES (?, ?, ?)",
+        (table, block * BLOCK_MS, (block + 1) * BLOCK_MS),
     )
     return table
 
 
-def _range_sql(table: str) -> str:
+def _range_sql(table: str, columns: str) -> str:
     """Rows of the listed series (a JSON array: one parameter for any number) by primary-key ranges."""
     return (
-        f"SELECT series_id, ts, value FROM {table} "
+        f"SELECT series_id, ts, {columns} FROM {table} "
         "WHERE series_id IN (SELECT value FROM json_each(?)) AND ts BETWEEN ? AND ?"
     )
 
@@ -940,10 +1290,11 @@ def _newest_frame_sql(table: str) -> str:
     )
 
 
-def _newest_sql(table: str) -> str:
-    """The newest row of each listed series: one primary-key seek per series, no scan."""
+def _newest_sql(table: str, column: str) -> str:
+    """The newest rows (every sequence of the newest ms) of each listed series: one primary-key
+    seek per series, no scan."""
     return (
-        f"SELECT t.series_id, t.ts, t.value FROM json_each(?) AS j JOIN {table} AS t "
+        f"SELECT t.series_id, t.ts, t.seq, t.{column} FROM json_each(?) AS j JOIN {table} AS t "
         f"ON t.series_id = j.value AND t.ts = (SELECT MAX(ts) FROM {table} WHERE series_id = j.value)"
     )
 
@@ -997,15 +1348,18 @@ def _ms(ts: float) -> int:
     return round(ts * 1000)
 
 
-def _unzip(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, list]:
-    """Series ids, timestamps and values of fetched rows as columns."""
+def _unzip(rows: list[StateRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Series ids, timestamps, sequences and values of fetched state rows as columns."""
     if not rows:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), []
-    sids, ts, values = zip(*rows)
-    return np.array(sids, dtype=np.int64), np.array(ts, dtype=np.int64), list(values)
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), []
+    sids, ts, seq, values = zip(*rows)
+    return (np.array(sids, dtype=np.int64), np.array(ts, dtype=np.int64), np.array(seq, dtype=np.int64),
+            list(values))
 
 
 def _datetimes(ms: np.ndarray) -> pd.DatetimeIndex:
+    import pandas as pd
+
     return pd.DatetimeIndex((ms * 1_000_000).astype("datetime64[ns]")).tz_localize("UTC")
 
 
@@ -1014,3 +1368,7 @@ def _objects(items: list) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     out[:] = items
     return out
+
+
+__all__ = ["APPLICATION", "CACHE_KIB", "COMPACT_AFTER", "FRAME_DTYPE", "ID_DTYPE", "MIGRATIONS", "Points", "Raw",
+           "SQLiteStore", "StateRow", "StoreError"]
