@@ -86,6 +86,13 @@ class Alerting:
         names = set().union(*(r.names() for r in self.rules)) | {"daq.run_state", "daq.run_state_since"}
         return sorted(names | (self.scorer.names() if self.scorer else set()))
 
+    def restore(self, store: SQLiteStore, now: float, *, until: float | None = None, settle: float = 0.0) -> None:
+        """The service starts at ``now``: the window as it was (from the store, up to ``until``),
+        and the alerts live before the start held until data from after it decides on them (at
+        most the rule's lookback, at least ``settle`` seconds: until the sources delivered)."""
+        self.window.restore(store, now, self.names(), until)
+        self.engine.hold_restored(now, settle)
+
 
 def build_alerting(settings: Settings, store: SQLiteStore, *, clock: Clock | None = None,
                    notifiers: dict[str, chat.Notifier] | None = None, persist: bool = True) -> Alerting:

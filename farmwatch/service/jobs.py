@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Sequence
 
+from farmwatch.alerting.startup import FRESH_SAMPLES
 from farmwatch.config.loader import Settings
 from farmwatch.service.assemble import Alerting, build_alerting, build_sources, log_sinks
 from farmwatch.service.lifecycle import Beat
@@ -85,9 +86,10 @@ class RunJob:
         except BaseException:
             self.close()
             raise
-        if reloaded:  # the new rules see the recent past
-            now = time.time()
-            self.alerting.window.load(store, now - self.alerting.window.horizon, now, self.alerting.names())
+        # A start or a reload: the rules see the recent past, and nothing resolves on data the
+        # stop left missing before the sources delivered again (two cycles of the slowest).
+        slowest = max((s.interval for s in self.sources), default=0.0)
+        self.alerting.restore(store, time.time(), settle=FRESH_SAMPLES * slowest + settings.alerting.evaluation_interval)
         self.stale_after = _sources_stale_after(self.sources)
         self.written = self.dropped = 0
 
@@ -149,7 +151,9 @@ class WatchJob:
         delivery = threading.Thread(target=alerting.delivery.run, args=(wake,), name="alert-delivery", daemon=True)
         delivery.start()
         names = alerting.names()  # the rules' series and the anomaly families'
-        since = time.time() - alerting.window.horizon  # a fresh window: fill it from the store
+        start = time.time()
+        since = start - alerting.window.horizon  # a fresh window: fill it from the store
+        alerting.restore(store, start, until=start - WATCH_LAG, settle=(FRESH_SAMPLES + 1) * interval + WATCH_LAG)
         while not wake.is_set():
             now = time.time()
             try:
