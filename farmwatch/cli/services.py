@@ -33,11 +33,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def _collect_once(settings: Settings, only: Sequence[str]) -> int:
     from farmwatch.service.assemble import build_sources, log_sinks
     from farmwatch.service.runner import Runner
+    from farmwatch.service.selfmetrics import instance
     from farmwatch.store import open_store
 
     sources = build_sources(settings, only)
     store = open_store(settings.store)
-    runner = Runner(sources, store, log_sinks=log_sinks(settings))
+    runner = Runner(sources, store, log_sinks=log_sinks(settings), instance=instance(settings, only))
     try:
         n = runner.run_once()
         log.info("wrote %d samples to %s", n, settings.store.path)

@@ -19,7 +19,7 @@ from farmwatch.config.loader import Settings
 from farmwatch.service.assemble import Alerting, build_alerting, build_sources, log_sinks
 from farmwatch.service.lifecycle import Beat
 from farmwatch.service.runner import Listener, Runner
-from farmwatch.service.selfmetrics import SelfMetrics
+from farmwatch.service.selfmetrics import SelfMetrics, instance
 from farmwatch.sources.base import Source
 from farmwatch.store.logs import LogSink
 from farmwatch.store.sqlite import SQLiteStore
@@ -36,9 +36,10 @@ def _sources_stale_after(sources: Sequence[Source]) -> float:
 
 
 def _runner(sources: Sequence[Source], store: SQLiteStore, sinks: Sequence[LogSink], beat: Beat,
-            metrics: SelfMetrics | None, first: Sequence[Listener] = ()) -> Runner:
+            metrics: SelfMetrics | None, instance: str, first: Sequence[Listener] = ()) -> Runner:
     """The sources → store runner of a generation, with the watchdog and self-metrics listening."""
-    runner = Runner(sources, store, listeners=[*first, beat] + ([metrics.listener] if metrics else []), log_sinks=sinks)
+    runner = Runner(sources, store, listeners=[*first, beat] + ([metrics.listener] if metrics else []), log_sinks=sinks,
+                    instance=instance)
     if metrics:
         metrics.runner = runner
         metrics.set_stats("elastic", [sink.stats for sink in sinks if hasattr(sink, "stats")])
@@ -54,6 +55,7 @@ class CollectJob:
         self.settings = settings
         self.sources = build_sources(settings, only)
         self.sinks = log_sinks(settings)
+        self.instance = instance(settings, only)
         self.stale_after = _sources_stale_after(self.sources)
         self.written = self.dropped = 0
 
@@ -67,7 +69,7 @@ class CollectJob:
         return f"{len(self.sources)} source(s)"
 
     def run(self, store: SQLiteStore, wake: threading.Event, beat: Beat, metrics: SelfMetrics | None) -> None:
-        runner = _runner(self.sources, store, self.sinks, beat, metrics)
+        runner = _runner(self.sources, store, self.sinks, beat, metrics, self.instance)
         runner.run(wake)
         self.written, self.dropped = runner.written, runner.dropped
 
@@ -105,7 +107,7 @@ class RunJob:
 
     def run(self, store: SQLiteStore, wake: threading.Event, beat: Beat, metrics: SelfMetrics | None) -> None:
         alerting = self.alerting
-        runner = _runner(self.sources, store, self.sinks, beat, metrics, first=[alerting.window])
+        runner = _runner(self.sources, store, self.sinks, beat, metrics, instance(self.settings), first=[alerting.window])
         if metrics:
             metrics.engine, metrics.delivery = alerting.engine, alerting.delivery
             _scorer_stats(metrics, alerting)

@@ -47,8 +47,12 @@ class Runner:
         write_attempts: int = 5,
         backoff: float = 0.1,
         log_sinks: Iterable[LogSink] = (),
+        instance: str = "",
     ) -> None:
         self.sources = list(sources)
+        self.instance = labels(instance=instance) if instance else ()
+        """Labels of this process's own series (``farmwatch.written_samples{instance}``, …): processes
+        sharing a store must not write into each other's (``selfmetrics.instance``)."""
         self.store = store
         self.clock = clock or RealClock()
         self.listeners = list(listeners)
@@ -112,13 +116,13 @@ class Runner:
         took = time.monotonic() - started
         n = sum(len(b) for b in batches)
         meta = Batch(self.clock.time())
-        lb = labels(source=source.name)
+        lb = labels(source=source.name, **dict(self.instance))
         meta.add(("farmwatch.source.cycle_duration", lb), took)
         meta.add(("farmwatch.source.samples", lb), float(n))
         meta.add(("farmwatch.source.overruns", lb), float(self.overruns[source.name]))
         # In every cycle's batches (not only the writer's), so that the alert window, fed by the
         # listeners, sees drops too: that is when the store is failing.
-        meta.add(("farmwatch.dropped_samples", ()), float(self.dropped))
+        meta.add(("farmwatch.dropped_samples", self.instance), float(self.dropped))
         batches.append(meta)
         for listener in self.listeners:
             try:
@@ -175,10 +179,10 @@ class Runner:
                     pending.append(more)
             batches = [b for _, bs, _ in pending for b in bs]
             stats = Batch(self.clock.time())
-            stats.add(("farmwatch.written_samples", ()), float(self.written))
-            stats.add(("farmwatch.queue_depth", ()), float(self._queue.qsize()))
-            stats.add(("farmwatch.written_logs", ()), float(self.written_logs))
-            stats.add(("farmwatch.refused_log_batches", ()), float(self.refused_log_batches))
+            stats.add(("farmwatch.written_samples", self.instance), float(self.written))
+            stats.add(("farmwatch.queue_depth", self.instance), float(self._queue.qsize()))
+            stats.add(("farmwatch.written_logs", self.instance), float(self.written_logs))
+            stats.add(("farmwatch.refused_log_batches", self.instance), float(self.refused_log_batches))
             batches.append(stats)
             if self._write(batches):
                 for name, bs, _ in pending:
