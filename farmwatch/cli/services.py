@@ -37,16 +37,24 @@ def _collect_once(settings: Settings, only: Sequence[str]) -> int:
     from farmwatch.store import open_store
 
     sources = build_sources(settings, only)
-    store = open_store(settings.store)
-    runner = Runner(sources, store, log_sinks=log_sinks(settings), instance=instance(settings, only))
+    try:
+        store = open_store(settings.store)
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+    runner = Runner(sources, store, log_sinks=log_sinks(settings), instance=instance(settings, only), once=True)
     try:
         n = runner.run_once()
         log.info("wrote %d samples to %s", n, settings.store.path)
+        failed = [(s.name, s.failure()) for s in sources if s.failure()]
     finally:
         for s in sources:
             s.close()
         store.close()
-    return EXIT_OK if runner.dropped == 0 else EXIT_FAIL
+    for name, why in failed:  # cron mails this; the source logged the details
+        log.error("source %s read nothing in this run: %s", name, why)
+    return EXIT_OK if runner.dropped == 0 and not failed else EXIT_FAIL
 
 
 def cmd_run(args: argparse.Namespace) -> int:

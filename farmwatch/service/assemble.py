@@ -21,7 +21,7 @@ from farmwatch.alerting.state import AlertDB
 from farmwatch.store.window import Window
 from farmwatch.clock import Clock, RealClock
 from farmwatch.config.base import ConfigError
-from farmwatch.config.loader import Settings
+from farmwatch.config.loader import Settings, secret_problems
 from farmwatch.config.sections import NotifierSettings
 from farmwatch.credentials import section_secret
 from farmwatch.sources import source_class
@@ -41,6 +41,9 @@ def build_sources(settings: Settings, only: Sequence[str] = ()) -> list[Source]:
     if unknown:
         raise ConfigError([f"{settings.file}: sources.{n}: no such source in this config (have: {', '.join(settings.sources)})"
                            for n in unknown])
+    problems = secret_problems(settings, names)  # an unset token variable is the config's fault, said now
+    if problems:
+        raise ConfigError(problems)
     return [source_class(settings.sources[n].kind)(n, settings.sources[n]) for n in names]
 
 

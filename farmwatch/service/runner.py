@@ -48,8 +48,12 @@ class Runner:
         backoff: float = 0.1,
         log_sinks: Iterable[LogSink] = (),
         instance: str = "",
+        once: bool = False,
     ) -> None:
         self.sources = list(sources)
+        self.once = once
+        """One cycle for cron (``collect --once``): the sources are told, so that no log line
+        promises a later cycle of this process."""
         self.instance = labels(instance=instance) if instance else ()
         """Labels of this process's own series (``farmwatch.written_samples{instance}``, …): processes
         sharing a store must not write into each other's (``selfmetrics.instance``)."""
@@ -73,6 +77,7 @@ class Runner:
         self._by_name = {s.name: s for s in self.sources}
         for s in self.sources:
             s.bind_store(store)
+            s.once = once
 
     # -- public --------------------------------------------------------------------------------
     @property
@@ -259,8 +264,9 @@ class Runner:
     def _refuse(self, batches: Sequence[LogBatch], why: str) -> None:
         for batch in batches:
             self.refused_log_batches += 1
-            log.warning("log records of source %s not stored now (%s): they are read again next cycle "
-                        "(counted in farmwatch.refused_log_batches)", batch.source, why)
+            log.warning("log records of source %s not stored now (%s): they are read again %s "
+                        "(counted in farmwatch.refused_log_batches)", batch.source, why,
+                        "by the next run" if self.once else "next cycle")
             try:
                 batch.nack()
             except Exception:
