@@ -38,18 +38,13 @@ def closed_port() -> int:
 @pytest.mark.real
 @pytest.mark.slow
 def test_collect_once_exits_1_when_zabbix_refuses_the_credentials(tmp_path: Path) -> None:
-    from zabbix_helpers import zabbix_env
+    from zabbix_helpers import zabbix_or_skip
 
-    try:
-        zbx = zabbix_env()
-    except RuntimeError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Zabbix could not be started in CI: {exc}")
-        pytest.skip(str(exc))
-    cfg = tmp_path / "zabbix.toml"
-    cfg.write_text(f'[store]\npath = "fw.db"\n\n' + zabbix_source(zbx.url, token_env="TEST_ZBX_TOKEN"))
-    token = "0" * 64  # well-formed, unknown to this Zabbix
-    done = farmwatch("collect", "--once", "-c", str(cfg), env={"TEST_ZBX_TOKEN": token})
+    with zabbix_or_skip() as zbx:
+        cfg = tmp_path / "zabbix.toml"
+        cfg.write_text(f'[store]\npath = "fw.db"\n\n' + zabbix_source(zbx.url, token_env="TEST_ZBX_TOKEN"))
+        token = "0" * 64  # well-formed, unknown to this Zabbix
+        done = farmwatch("collect", "--once", "-c", str(cfg), env={"TEST_ZBX_TOKEN": token})
     assert done.returncode == 1, done.stderr
     assert "credentials were refused" in done.stderr and "source zbx read nothing in this run" in done.stderr
     assert token not in done.stderr

@@ -14,7 +14,6 @@ all: only the start-up hold keeps that alert from resolving.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 
 from farmwatch.sim import SimUnit
 from farmwatch.sim.chat import ChatServer, StoredMessage
+from run_helpers import chat, service_config, unit, wait  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -58,53 +58,6 @@ AFTER_START = 10.0
 """Seconds watched after each start: the old code resolved within ~2 s and fired again ~3 s later."""
 
 
-@pytest.fixture
-def unit():
-    with SimUnit("hlt07", worker_nodes=2, workers_per_node=2, input_rate=300.0, seed=5) as u:
-        yield u
-
-
-@pytest.fixture
-def chat():
-    with ChatServer() as server:
-        yield server
-
-
-def _config(tmp_path: Path, unit: SimUnit, chat: ChatServer) -> tuple[Path, dict[str, str]]:
-    (tmp_path / "rules.toml").write_text(RULES)
-    token, uid = chat.personal_token()
-    cfg = tmp_path / "farmwatch.toml"
-    cfg.write_text(f"""
-[store]
-path = "fw.db"
-
-[alerting]
-shipped_rules = false
-rules = ["rules.toml"]
-evaluation_interval = "1s"
-group_wait = "0s"
-group_interval = "1s"
-
-[alerting.notify.chat]
-kind = "rocketchat"
-url = "{chat.url}"
-channel = "#hlt-alerts"
-user_id = "{uid}"
-token_env = "TEST_CHAT_TOKEN"
-
-""" + unit.config_toml(source_name="hlt", interval="1s", timeout="300ms"))
-    return cfg, {**os.environ, "TEST_CHAT_TOKEN": token}
-
-
-def _wait(predicate, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
-
-
 def _resolved(text: str) -> bool:
     return "RESOLVED" in text.splitlines()[0] if text else False
 
@@ -118,7 +71,7 @@ def _one_message(chat: ChatServer) -> StoredMessage:
 @pytest.mark.slow
 def test_a_restart_while_the_incident_goes_on_neither_resolves_nor_reposts_it(tmp_path: Path, unit: SimUnit,
                                                                                 chat: ChatServer) -> None:
-    cfg, env = _config(tmp_path, unit, chat)
+    cfg, env = service_config(tmp_path, unit, chat, RULES)
     cmd = [sys.executable, "-m", "farmwatch", "run", "-c", str(cfg)]
     logs: list[str] = []
 
@@ -137,7 +90,7 @@ def test_a_restart_while_the_incident_goes_on_neither_resolves_nor_reposts_it(tm
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert chat.room_messages("hlt-alerts") == []
         unit.set_reply("distributor", "mute")
-        _wait(lambda: any("2 alerts" in m.text for m in chat.room_messages("hlt-alerts")), 30,
+        wait(lambda: any("2 alerts" in m.text for m in chat.room_messages("hlt-alerts")), 30,
               "one FIRING message with both alerts")
         time.sleep(2)
         before = _one_message(chat)
@@ -157,7 +110,7 @@ def test_a_restart_while_the_incident_goes_on_neither_resolves_nor_reposts_it(tm
             assert msg.id == before.id and "FIRING" in msg.text and "2 alerts" in msg.text
 
         unit.set_reply("distributor", "normal")
-        _wait(lambda: _resolved(_one_message(chat).text), 30, "the RESOLVED edit")
+        wait(lambda: _resolved(_one_message(chat).text), 30, "the RESOLVED edit")
         time.sleep(3)  # a second message or another edit would come now
     finally:
         if proc.poll() is None:
