@@ -7,7 +7,6 @@ separate ``collect`` process writes (the split deployment).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 
 from farmwatch.sim import SimUnit
 from farmwatch.sim.chat import ChatServer
+from run_helpers import chat, service_config, unit, wait  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -36,51 +36,8 @@ summary = "Unit {unit}: input stalled ({value:.0f} events/s)"
 """
 
 
-@pytest.fixture
-def unit():
-    with SimUnit("hlt07", worker_nodes=2, workers_per_node=2, input_rate=300.0, seed=5) as u:
-        yield u
-
-
-@pytest.fixture
-def chat():
-    with ChatServer() as server:
-        yield server
-
-
 def _config(tmp_path: Path, unit: SimUnit, chat: ChatServer) -> tuple[Path, dict[str, str]]:
-    (tmp_path / "rules.toml").write_text(RULES)
-    token, uid = chat.personal_token()
-    cfg = tmp_path / "farmwatch.toml"
-    cfg.write_text(f"""
-[store]
-path = "fw.db"
-
-[alerting]
-shipped_rules = false
-rules = ["rules.toml"]
-evaluation_interval = "1s"
-group_wait = "0s"
-group_interval = "1s"
-
-[alerting.notify.chat]
-kind = "rocketchat"
-url = "{chat.url}"
-channel = "#hlt-alerts"
-user_id = "{uid}"
-token_env = "TEST_CHAT_TOKEN"
-
-""" + unit.config_toml(source_name="hlt", interval="1s", timeout="300ms"))
-    return cfg, {**os.environ, "TEST_CHAT_TOKEN": token}
-
-
-def _wait(predicate, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
+    return service_config(tmp_path, unit, chat, RULES)
 
 
 def _stop(proc: subprocess.Popen) -> tuple[int, str]:
@@ -98,9 +55,9 @@ def _incident(chat: ChatServer, unit: SimUnit, procs: list[subprocess.Popen]) ->
     alive()
     assert chat.room_messages("hlt-alerts") == []
     unit.stall_input(True)
-    _wait(lambda: any("FIRING" in m.text for m in chat.room_messages("hlt-alerts")), 30, "the FIRING message")
+    wait(lambda: any("FIRING" in m.text for m in chat.room_messages("hlt-alerts")), 30, "the FIRING message")
     unit.stall_input(False)
-    _wait(lambda: any("RESOLVED" in m.text for m in chat.room_messages("hlt-alerts")), 30, "the RESOLVED edit")
+    wait(lambda: any("RESOLVED" in m.text for m in chat.room_messages("hlt-alerts")), 30, "the RESOLVED edit")
     alive()
     (msg,) = chat.room_messages("hlt-alerts")
     assert "Unit hlt07: input stalled (0 events/s)" in msg.text and len(msg.history) == 2
@@ -126,7 +83,7 @@ def test_watch_alerts_from_the_store_that_a_collector_writes(tmp_path: Path, uni
     cmd = [sys.executable, "-m", "farmwatch"]
     collect = subprocess.Popen(cmd + ["collect", "-c", str(cfg)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    _wait(lambda: (tmp_path / "fw.db").exists(), 20, "the collector's store")
+    wait(lambda: (tmp_path / "fw.db").exists(), 20, "the collector's store")
     watch = subprocess.Popen(cmd + ["watch", "-c", str(cfg)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
@@ -148,7 +105,7 @@ def test_kill_9_while_a_post_is_in_flight_gives_no_second_message(tmp_path: Path
         time.sleep(4)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         unit.stall_input(True)
-        _wait(lambda: any("FIRING" in m.text for m in chat.room_messages("hlt-alerts")), 30, "the FIRING post to arrive")
+        wait(lambda: any("FIRING" in m.text for m in chat.room_messages("hlt-alerts")), 30, "the FIRING post to arrive")
         proc.send_signal(signal.SIGKILL)  # its answer is still held back
         proc.wait(timeout=10)
     finally:
@@ -158,7 +115,7 @@ def test_kill_9_while_a_post_is_in_flight_gives_no_second_message(tmp_path: Path
     unit.stall_input(False)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait(lambda: any("RESOLVED" in m.text for m in chat.room_messages("hlt-alerts")), 60, "the RESOLVED edit")
+        wait(lambda: any("RESOLVED" in m.text for m in chat.room_messages("hlt-alerts")), 60, "the RESOLVED edit")
         time.sleep(2)  # a second message would come now
     finally:
         code, err = _stop(proc)

@@ -26,7 +26,7 @@ from farmwatch.config.loader import parse
 from farmwatch.service.runner import Runner
 from farmwatch.sources.zabbix.source import ZabbixConfig, ZabbixSource, problem_context
 from farmwatch.store import SQLiteStore
-from zabbix_helpers import zabbix_env
+from zabbix_helpers import zabbix_or_skip
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -38,15 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def zbx():
-    try:
-        env = zabbix_env()
-    except RuntimeError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Zabbix could not be started in CI: {exc}")
-        pytest.skip(str(exc))
-    yield env
-    if env.started and not os.environ.get("FARMWATCH_TEST_ZABBIX_KEEP"):
-        env.testenv.stop()
+    with zabbix_or_skip() as env:
+        yield env
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ Tests that stop the API frontend only run against the Zabbix this module started
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -24,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from pyzabbix import ZabbixAPI
 
@@ -171,3 +172,22 @@ def zabbix_env() -> TestZabbix:
         raise RuntimeError(f"{exc}\n{HOW_TO}") from None
     user, password = testenv.ADMIN
     return TestZabbix(env.url, user, password, ("127.0.0.1", env.server_port), managed=env, started=started)
+
+
+@contextlib.contextmanager
+def zabbix_or_skip() -> Iterator[TestZabbix]:
+    """``zabbix_env()`` for tests: skipped when there is none (a failure in CI, where it must start),
+    and stopped afterwards if this process started it (unless ``FARMWATCH_TEST_ZABBIX_KEEP``)."""
+    import pytest
+
+    try:
+        env = zabbix_env()
+    except RuntimeError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Zabbix could not be started in CI: {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield env
+    finally:
+        if env.started and not os.environ.get("FARMWATCH_TEST_ZABBIX_KEEP"):
+            env.testenv.stop()

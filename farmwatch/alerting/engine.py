@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from farmwatch.alerting import muting
 from farmwatch.alerting.dispatch import Dispatcher, Timers
 from farmwatch.alerting.lifecycle import Changes, Tracker
+from farmwatch.alerting.startup import StartupHold
 from farmwatch.alerting.state import AlertDB
 from farmwatch.clock import Clock, RealClock
 from farmwatch.model import Alert, Notification, format_series
@@ -68,6 +69,12 @@ class AlertEngine:
         self.before_rules: list[Callable[[float], None]] = []
         """Called with ``now`` before the rules of each step: derived series the rules read (anomaly scores)."""
         self._hook_errors: dict[int, str] = {}
+        self.hold: StartupHold | None = None
+
+    def hold_restored(self, since: float, at_least: float = 0.0) -> None:
+        """A service starts at ``since``: alerts live before it resolve only on data from after it
+        (``farmwatch.alerting.startup``), never on what the downtime left missing."""
+        self.hold = StartupHold(self.tracker.alerts.values(), since, at_least)
 
     def evaluate(self, now: float | None = None) -> StepResult:
         now = self.clock.time() if now is None else now
@@ -99,7 +106,10 @@ class AlertEngine:
                 continue
             if self._errors.pop(rule.name, None) is not None:
                 log.info("rule %s evaluates again", rule.name)
-            self.tracker.update(rule, actives, now, changes)
+            keep = self.hold.kept(rule, self.tracker.alerts, self.window, now) if self.hold else ()
+            self.tracker.update(rule, actives, now, changes, keep)
+        if self.hold is not None and not self.hold.held:
+            self.hold = None
         silences = self.db.silences(now) if self.persist else []
         acks = self.db.acks() if self.persist else {}
         for event, alert in muting.apply(self.tracker.alerts.values(), silences, self.inhibits, acks, now):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Container, Iterable, Protocol, Sequence
 
 from farmwatch.model import Alert, AlertState, Labels, fingerprint
 
@@ -74,8 +74,11 @@ class Tracker:
                 out[fp] = previous
         return out
 
-    def update(self, rule: RuleLike, actives: Iterable, now: float, changes: Changes) -> None:
-        """Apply one evaluation of ``rule``: ``actives`` are the elements whose condition holds."""
+    def update(self, rule: RuleLike, actives: Iterable, now: float, changes: Changes,
+               keep: Container[str] = ()) -> None:
+        """Apply one evaluation of ``rule``: ``actives`` are the elements whose condition holds.
+        Alerts in ``keep`` (fingerprints) that are not among them stay as they are: the rule has
+        no data to decide on yet (``AlertEngine.hold_restored``)."""
         seen: set[str] = set()
         for active in actives:
             lbls = rule.alert_labels(active)
@@ -110,7 +113,7 @@ class Tracker:
                 self._replaced.pop(fp, None)
                 changes.record(now, "firing", alert)
         for alert in self._of_rule(rule.name):
-            if alert.fingerprint not in seen:
+            if alert.fingerprint not in seen and alert.fingerprint not in keep:
                 self._end(alert, now, changes, "resolved")
 
     def retire(self, rule_names: Sequence[str], now: float, changes: Changes) -> None:

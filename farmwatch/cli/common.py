@@ -5,8 +5,10 @@ Exit codes (the same for every command; docs/operations.md has the table):
 ====  ==========================================================================================
 0     done
 1     a runtime failure: the store cannot be read, a model did not train, samples were dropped,
-      nothing matched what ``ack``/``silence expire`` were given, ``status`` found problems
-2     bad usage or a bad config: one line on stderr says what and where; nothing was started
+      a source of ``collect --once`` read nothing (credentials refused, no answer), nothing matched
+      what ``ack``/``silence expire`` were given, ``status`` found problems
+2     bad usage or a bad config (also an unset secret variable, a store folder that does not
+      exist): one line on stderr says what and where; nothing was started
 3     ``status``: no service answers at the metrics address
 130   interrupted (Ctrl-C) before the command finished
 ====  ==========================================================================================

@@ -10,9 +10,14 @@ from farmwatch.cli.common import EXIT_OK, add_config
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from farmwatch.alerting.ruleset import inhibit_rules, load_rule_set
-    from farmwatch.config.loader import load
+    from farmwatch.config.base import ConfigError
+    from farmwatch.config.loader import load, secret_problems
+    from farmwatch.store import folder_problem
 
     settings = load(args.config)
+    problems = secret_problems(settings) + [p for p in [folder_problem(settings.store)] if p]
+    if problems:
+        raise ConfigError(problems)
     n_targets = sum(len(getattr(s, "endpoints", ())) for s in settings.sources.values())
     rules = load_rule_set(settings.alerting) if settings.alerting.enabled else []
     inhibits = inhibit_rules(settings.alerting) if settings.alerting.enabled else []

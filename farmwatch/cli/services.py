@@ -35,21 +35,31 @@ def _collect_once(settings: Settings, only: Sequence[str]) -> int:
     from farmwatch.service.assemble import build_sources, log_sinks
     from farmwatch.service.jobs import RemoteSinks
     from farmwatch.service.runner import Runner
+    from farmwatch.service.selfmetrics import instance
     from farmwatch.store import open_store
 
     sources = build_sources(settings, only)
-    store = open_store(settings.store)
+    try:
+        store = open_store(settings.store)
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
     remote = RemoteSinks(settings, sources)
     try:
-        runner = Runner(sources, store, log_sinks=log_sinks(settings), sample_sinks=remote.start(store))
+        runner = Runner(sources, store, log_sinks=log_sinks(settings), sample_sinks=remote.start(store),
+                        instance=instance(settings, only), once=True)
         n = runner.run_once()
         log.info("wrote %d samples to %s", n, settings.store.path)
+        failed = [(s.name, s.failure()) for s in sources if s.failure()]
     finally:
         remote.close(final=True)
         for s in sources:
             s.close()
         store.close()
-    return EXIT_OK if runner.dropped == 0 else EXIT_FAIL
+    for name, why in failed:  # cron mails this; the source logged the details
+        log.error("source %s read nothing in this run: %s", name, why)
+    return EXIT_OK if runner.dropped == 0 and not failed else EXIT_FAIL
 
 
 def cmd_run(args: argparse.Namespace) -> int:

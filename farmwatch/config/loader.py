@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from pydantic import Field, ValidationError
 
@@ -23,7 +23,9 @@ from farmwatch import sources as source_registry
 from farmwatch.config import DEFAULT_PATHS, ENV
 from farmwatch.config.base import ConfigError, Section, key_path, validation_problems
 from farmwatch.config.sections import AlertingSettings, LogSettings, SelfMetricsSettings, StoreSettings
+from farmwatch.credentials import SecretError, section_secret
 from farmwatch.detect.settings import DetectSettings
+from farmwatch.matchers import parse_matchers
 from farmwatch.sources.base import SourceConfig
 from farmwatch.store.elastic.config import ElasticConfig
 from farmwatch.store.remote.settings import RemoteWriteSettings
@@ -76,6 +78,7 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
         except ValidationError as exc:
             problems += validation_problems(exc, where, loc)
 
+    problems += _matcher_problems(settings, where)
     if problems:
         raise ConfigError(problems)
     if base_dir is not None:  # a source's paths (logfiles patterns) mean "next to the config file" too
@@ -84,6 +87,40 @@ def parse(raw: dict[str, Any], where: str = "<config>", base_dir: Path | None = 
     if base_dir is not None:
         update.update(_resolved(settings, base_dir))
     return settings.model_copy(update=update)
+
+
+def _matcher_problems(settings: Settings, where: str) -> list[str]:
+    """Label matchers of ``[detect.families]`` that do not parse (a bad regex): found now, with
+    file and key, instead of when the family is first trained or scored."""
+    problems = []
+    for name, family in (settings.detect.families.items() if settings.detect else ()):
+        for i, text in enumerate(family.match):
+            try:
+                parse_matchers([text])
+            except ValueError as exc:
+                problems.append(f"{where}: detect.families.{name}.match[{i}]: {exc}")
+    return problems
+
+
+def secret_problems(settings: Settings, sources: Iterable[str] | None = None) -> list[str]:
+    """Secrets the config names that cannot be read now (an unset environment variable, a missing
+    or empty file), one line each naming file, key and variable; ``sources``: only those sources'
+    (and then nothing else). A service checks its sources' when it starts or reloads, and
+    ``check-config`` all of them: a missing variable is a config error, not "credentials refused"."""
+    where = settings.file or "<config>"
+    names = settings.sources if sources is None else [n for n in sources if n in settings.sources]
+    sections: list[tuple[str, Section]] = [(f"sources.{n}", settings.sources[n]) for n in names]
+    if sources is None:
+        sections += [("elastic", settings.elastic)] if settings.elastic is not None else []
+        sections += [(f"alerting.notify.{n}", c) for n, c in settings.alerting.notify.items()]
+    problems = []
+    for key, section in sections:
+        for secret in type(section).secrets:
+            try:
+                section_secret(section, secret, f"{where}: {key}.{secret}")
+            except SecretError as exc:
+                problems.append(str(exc))
+    return problems
 
 
 def _resolved(settings: Settings, base_dir: Path) -> dict[str, Any]:
@@ -134,4 +171,4 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     return settings.model_copy(update={"file": p})
 
 
-__all__ = ["DEFAULT_PATHS", "ENV", "Settings", "find", "load", "parse"]
+__all__ = ["DEFAULT_PATHS", "ENV", "Settings", "find", "load", "parse", "secret_problems"]

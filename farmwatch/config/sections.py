@@ -42,6 +42,8 @@ class SelfMetricsSettings(Section):
     """TCP port of the /metrics endpoint; unset: no endpoint."""
     address: str = "127.0.0.1"
     """Address to listen on (keep it on loopback or a monitoring network: no authentication)."""
+    instance: str | None = Field(default=None, min_length=1)
+    """Value of the `instance` label on the service's own series in the store (`farmwatch.written_samples`, …); default: config file name and host, `hlt-zmq@hltmon01` (plus `:source,…` for `collect --source`). Services sharing a store need different ones."""
 
 
 class InhibitSettings(Section):

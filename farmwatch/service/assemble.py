@@ -22,7 +22,7 @@ from farmwatch.alerting.state import AlertDB
 from farmwatch.store.window import Window
 from farmwatch.clock import Clock, RealClock
 from farmwatch.config.base import ConfigError
-from farmwatch.config.loader import Settings
+from farmwatch.config.loader import Settings, secret_problems
 from farmwatch.config.sections import NotifierSettings
 from farmwatch.credentials import section_secret
 from farmwatch.sources import source_class
@@ -42,6 +42,9 @@ def build_sources(settings: Settings, only: Sequence[str] = ()) -> list[Source]:
     if unknown:
         raise ConfigError([f"{settings.file}: sources.{n}: no such source in this config (have: {', '.join(settings.sources)})"
                            for n in unknown])
+    problems = secret_problems(settings, names)  # an unset token variable is the config's fault, said now
+    if problems:
+        raise ConfigError(problems)
     return [source_class(settings.sources[n].kind)(n, settings.sources[n]) for n in names]
 
 
@@ -86,6 +89,13 @@ class Alerting:
         """Series names (globs) the window holds: ``watch`` loads these from the store."""
         names = set().union(*(r.names() for r in self.rules)) | {"daq.run_state", "daq.run_state_since"}
         return sorted(names | (self.scorer.names() if self.scorer else set()))
+
+    def restore(self, store: SQLiteStore, now: float, *, until: float | None = None, settle: float = 0.0) -> None:
+        """The service starts at ``now``: the window as it was (from the store, up to ``until``),
+        and the alerts live before the start held until data from after it decides on them (at
+        most the rule's lookback, at least ``settle`` seconds: until the sources delivered)."""
+        self.window.restore(store, now, self.names(), until)
+        self.engine.hold_restored(now, settle)
 
 
 def build_alerting(settings: Settings, store: SQLiteStore, *, clock: Clock | None = None,

@@ -16,11 +16,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Sequence
 
+from farmwatch.alerting.startup import FRESH_SAMPLES
 from farmwatch.config.loader import Settings
 from farmwatch.service.assemble import Alerting, build_alerting, build_sources, log_sinks
 from farmwatch.service.lifecycle import Beat
 from farmwatch.service.runner import Listener, Runner
-from farmwatch.service.selfmetrics import SelfMetrics
+from farmwatch.service.selfmetrics import SelfMetrics, instance
 from farmwatch.sources.base import Source
 from farmwatch.store.logs import LogSink
 from farmwatch.store.sqlite import SQLiteStore
@@ -66,10 +67,11 @@ class RemoteSinks:
 
 
 def _runner(sources: Sequence[Source], store: SQLiteStore, sinks: Sequence[LogSink], beat: Beat,
-            metrics: SelfMetrics | None, first: Sequence[Listener] = (), remote: Sequence[RemoteWriter] = ()) -> Runner:
+            metrics: SelfMetrics | None, instance: str, first: Sequence[Listener] = (),
+            remote: Sequence[RemoteWriter] = ()) -> Runner:
     """The sources → store runner of a generation, with the watchdog and self-metrics listening."""
     runner = Runner(sources, store, listeners=[*first, beat] + ([metrics.listener] if metrics else []), log_sinks=sinks,
-                    sample_sinks=remote)
+                    sample_sinks=remote, instance=instance)
     if metrics:
         metrics.runner = runner
         metrics.set_stats("elastic", [sink.stats for sink in sinks if hasattr(sink, "stats")])
@@ -87,6 +89,7 @@ class CollectJob:
         self.sources = build_sources(settings, only)
         self.sinks = log_sinks(settings)
         self.remote = RemoteSinks(settings, self.sources)
+        self.instance = instance(settings, only)
         self.stale_after = _sources_stale_after(self.sources)
         self.written = self.dropped = 0
 
@@ -100,7 +103,7 @@ class CollectJob:
         return f"{len(self.sources)} source(s)"
 
     def run(self, store: SQLiteStore, wake: threading.Event, beat: Beat, metrics: SelfMetrics | None) -> None:
-        runner = _runner(self.sources, store, self.sinks, beat, metrics, remote=self.remote.start(store))
+        runner = _runner(self.sources, store, self.sinks, beat, metrics, self.instance, remote=self.remote.start(store))
         runner.run(wake)
         self.written, self.dropped = runner.written, runner.dropped
 
@@ -121,9 +124,10 @@ class RunJob:
         except BaseException:
             self.close()
             raise
-        if reloaded:  # the new rules see the recent past
-            now = time.time()
-            self.alerting.window.load(store, now - self.alerting.window.horizon, now, self.alerting.names())
+        # A start or a reload: the rules see the recent past, and nothing resolves on data the
+        # stop left missing before the sources delivered again (two cycles of the slowest).
+        slowest = max((s.interval for s in self.sources), default=0.0)
+        self.alerting.restore(store, time.time(), settle=FRESH_SAMPLES * slowest + settings.alerting.evaluation_interval)
         self.stale_after = _sources_stale_after(self.sources)
         self.written = self.dropped = 0
 
@@ -139,7 +143,7 @@ class RunJob:
 
     def run(self, store: SQLiteStore, wake: threading.Event, beat: Beat, metrics: SelfMetrics | None) -> None:
         alerting = self.alerting
-        runner = _runner(self.sources, store, self.sinks, beat, metrics, first=[alerting.window],
+        runner = _runner(self.sources, store, self.sinks, beat, metrics, instance(self.settings), first=[alerting.window],
                          remote=self.remote.start(store))
         if metrics:
             metrics.engine, metrics.delivery = alerting.engine, alerting.delivery
@@ -187,7 +191,9 @@ class WatchJob:
         delivery = threading.Thread(target=alerting.delivery.run, args=(wake,), name="alert-delivery", daemon=True)
         delivery.start()
         names = alerting.names()  # the rules' series and the anomaly families'
-        since = time.time() - alerting.window.horizon  # a fresh window: fill it from the store
+        start = time.time()
+        since = start - alerting.window.horizon  # a fresh window: fill it from the store
+        alerting.restore(store, start, until=start - WATCH_LAG, settle=(FRESH_SAMPLES + 1) * interval + WATCH_LAG)
         while not wake.is_set():
             now = time.time()
             try:

@@ -48,8 +48,16 @@ class Runner:
         backoff: float = 0.1,
         log_sinks: Iterable[LogSink] = (),
         sample_sinks: Iterable["SampleSink"] = (),
+        instance: str = "",
+        once: bool = False,
     ) -> None:
         self.sources = list(sources)
+        self.once = once
+        """One cycle for cron (``collect --once``): the sources are told, so that no log line
+        promises a later cycle of this process."""
+        self.instance = labels(instance=instance) if instance else ()
+        """Labels of this process's own series (``farmwatch.written_samples{instance}``, …): processes
+        sharing a store must not write into each other's (``selfmetrics.instance``)."""
         self.store = store
         self.clock = clock or RealClock()
         self.listeners = list(listeners)
@@ -72,6 +80,7 @@ class Runner:
         self._by_name = {s.name: s for s in self.sources}
         for s in self.sources:
             s.bind_store(store)
+            s.once = once
 
     # -- public --------------------------------------------------------------------------------
     @property
@@ -116,13 +125,13 @@ class Runner:
         took = time.monotonic() - started
         n = sum(len(b) for b in batches)
         meta = Batch(self.clock.time())
-        lb = labels(source=source.name)
+        lb = labels(source=source.name, **dict(self.instance))
         meta.add(("farmwatch.source.cycle_duration", lb), took)
         meta.add(("farmwatch.source.samples", lb), float(n))
         meta.add(("farmwatch.source.overruns", lb), float(self.overruns[source.name]))
         # In every cycle's batches (not only the writer's), so that the alert window, fed by the
         # listeners, sees drops too: that is when the store is failing.
-        meta.add(("farmwatch.dropped_samples", ()), float(self.dropped))
+        meta.add(("farmwatch.dropped_samples", self.instance), float(self.dropped))
         batches.append(meta)
         for listener in self.listeners:
             try:
@@ -179,10 +188,10 @@ class Runner:
                     pending.append(more)
             batches = [b for _, bs, _ in pending for b in bs]
             stats = Batch(self.clock.time())
-            stats.add(("farmwatch.written_samples", ()), float(self.written))
-            stats.add(("farmwatch.queue_depth", ()), float(self._queue.qsize()))
-            stats.add(("farmwatch.written_logs", ()), float(self.written_logs))
-            stats.add(("farmwatch.refused_log_batches", ()), float(self.refused_log_batches))
+            stats.add(("farmwatch.written_samples", self.instance), float(self.written))
+            stats.add(("farmwatch.queue_depth", self.instance), float(self._queue.qsize()))
+            stats.add(("farmwatch.written_logs", self.instance), float(self.written_logs))
+            stats.add(("farmwatch.refused_log_batches", self.instance), float(self.refused_log_batches))
             batches.append(stats)
             if self._write(batches):
                 for name, bs, _ in pending:
@@ -271,8 +280,9 @@ class Runner:
     def _refuse(self, batches: Sequence[LogBatch], why: str) -> None:
         for batch in batches:
             self.refused_log_batches += 1
-            log.warning("log records of source %s not stored now (%s): they are read again next cycle "
-                        "(counted in farmwatch.refused_log_batches)", batch.source, why)
+            log.warning("log records of source %s not stored now (%s): they are read again %s "
+                        "(counted in farmwatch.refused_log_batches)", batch.source, why,
+                        "by the next run" if self.once else "next cycle")
             try:
                 batch.nack()
             except Exception:

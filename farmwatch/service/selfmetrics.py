@@ -13,9 +13,10 @@ Configured with ``[self_metrics] port = 9108`` (``address`` defaults to 127.0.0.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,9 +24,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from farmwatch.model import Batch
 
 if TYPE_CHECKING:
+    from farmwatch.config.loader import Settings
     from farmwatch.alerting.delivery import Delivery
     from farmwatch.alerting.engine import AlertEngine
     from farmwatch.service.runner import Runner
+
+
+def instance(settings: Settings, only: Sequence[str] = ()) -> str:
+    """The ``instance`` label of a service's own series in the store: ``[self_metrics] instance``,
+    else config name and host (``hlt-zmq@hltmon01``, ``:hlt,logs`` added for ``--source``). Stable
+    across restarts, and different for services that share a store, so that no two processes
+    write into one series (a counter of one would step back to the other's value)."""
+    if settings.self_metrics.instance:
+        return settings.self_metrics.instance
+    name = settings.file.stem if settings.file is not None else "farmwatch"
+    return f"{name}{':' + ','.join(only) if only else ''}@{socket.gethostname().split('.')[0]}"
 
 
 class SelfMetrics:
@@ -151,4 +164,4 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-__all__ = ["SelfMetrics"]
+__all__ = ["SelfMetrics", "instance"]

@@ -73,6 +73,9 @@ class CursorStore(Protocol):
 
 class Source(abc.ABC):
     Config: ClassVar[type[SourceConfig]]
+    once: bool = False
+    """True under ``collect --once`` (cron): no later cycle runs in this process, so no log line may
+    promise one (``later``)."""
 
     def __init__(self, name: str, config: SourceConfig, *, clock: Clock | None = None) -> None:
         self.name = name
@@ -101,6 +104,16 @@ class Source(abc.ABC):
         its cursors here (``store.save_cursors``) never has a cursor ahead of the stored data;
         after a crash it reads some values again, which the store keeps once. Default: nothing.
         """
+
+    def failure(self) -> str | None:
+        """Why the last cycle got nothing at all from the source's target (credentials refused, no
+        answer), else None; ``collect --once`` then exits 1. Sources whose targets fail one by one
+        (an endpoint's ``up`` = 0: data, not a failure) keep the default."""
+        return None
+
+    def later(self, what: str) -> str:
+        """``what`` a later cycle will do (for a log line), or under ``--once`` that the next run will."""
+        return "the next run (collect --once) tries again" if self.once else what
 
     def close(self) -> None:
         """Release sockets and threads; called once, after the last poll."""

@@ -7,16 +7,28 @@ index (``logs``) and, when configured, Elasticsearch (``elastic``). Parts are ty
         df = store.query("hlt.output.*", {"unit": "hlt01"}, since=time.time() - 600)
 """
 
+from farmwatch.config.base import ConfigError
 from farmwatch.config.sections import StoreSettings
 from farmwatch.matchers import Matcher, parse_matchers
 from farmwatch.store.protocol import SampleStore
 from farmwatch.store.sqlite import SQLiteStore, StoreError
 
 
+def folder_problem(settings: StoreSettings) -> str | None:
+    """One line when the store's folder does not exist (a typo, an unmounted disk): a service
+    must stop there, not start an empty store somewhere nobody looks."""
+    folder = settings.path.parent
+    if folder.is_dir():
+        return None
+    return f"{settings.path}: store.path: the folder {folder} does not exist (create it, or correct [store] path)"
+
+
 def open_store(settings: StoreSettings, readonly: bool = False) -> SQLiteStore:
-    """The embedded store a config's ``[store]`` names (``readonly``: for commands that only read)."""
+    """The embedded store a config's ``[store]`` names (``readonly``: for commands that only read).
+    Writing into a folder that does not exist is a config error (``folder_problem``)."""
+    problem = None if readonly else folder_problem(settings)
+    if problem:
+        raise ConfigError([problem])
     return SQLiteStore(settings.path, retention=settings.retention, readonly=readonly,
                        rollup_retention={"1m": settings.retention_1m, "10m": settings.retention_10m})
-
-
-__all__ = ["Matcher", "SQLiteStore", "SampleStore", "StoreError", "open_store", "parse_matchers"]
+__all__ = ["Matcher", "SQLiteStore", "SampleStore", "StoreError", "folder_problem", "open_store", "parse_matchers"]

@@ -361,6 +361,26 @@ class Window:
         self._loaded[names] = until
         return loaded
 
+    def restore(self, store, now: float, names: Iterable[str], until: float | None = None) -> int:
+        """Start as a window that never stopped would be at ``now``: the history of the horizon,
+        and the newest sample of every series seen within ``forget_after`` (what ``absent`` and
+        ``down`` rules need about series that went quiet long ago). For a service that starts:
+        a restart must not look like all data vanished. Returns the points loaded."""
+        names = tuple(sorted(set(names)))
+        cutoff = now - self.horizon
+        batches: list[Batch] = []
+        for name in names:
+            frame = store.latest(name)
+            if frame.empty:
+                continue
+            ts = frame["ts"].to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9
+            old = frame[(ts < cutoff) & (ts >= now - self.forget_after)]
+            if not old.empty:
+                batches += _frame_batches(old)
+        batches.sort(key=lambda b: b.ts)
+        self.ingest(batches)
+        return sum(len(b) for b in batches) + self.load(store, cutoff, now if until is None else until, names)
+
     # ---- selecting --------------------------------------------------------------------------
 
     def select(self, name: str, matchers: MatcherSpec = None) -> list[SeriesKey]:

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ByteSize, Field, field_validator, model_validator
 
+from farmwatch.config.base import Duration
 from farmwatch.model import Labels, labels as make_labels
 from farmwatch.sources.base import SourceConfig
 from farmwatch.templates import expand
@@ -31,6 +32,10 @@ class HltZmqConfig(SourceConfig):
     rates: list[str] = ["*.received_events", "*.sent_events", "*.total_number_messages", "*.sent_ready"]
     """Counters (globs over ``section.key``) for which a ``<name>:rate`` series (per second) is derived.
     Not ``data_size*``: basf2 keeps those as the mean of the last 100 event sizes, not as byte counters."""
+    rate_lookback: Duration = Field(default=900.0, ge=0)
+    """How old a stored counter may be to give the first cycle after a start its ``:rate`` (each
+    ``collect --once`` of a cron job, a restarted service): the previous run's value is read from
+    the store. ``0``: rates only from counters this process read itself."""
     timezone: str = "local"
     """Time zone of the apps' ``ctime()`` strings (IANA name, or ``local``)."""
 

@@ -120,6 +120,8 @@ class _Target:
 
 
 KNOWN_SECTIONS = frozenset({"monitor", "input", "output", "roi"})
+_PEER_LABELS = frozenset({"host", "pid", "peer"})
+"""Labels a per-peer key adds to its endpoint's (``split_identity``)."""
 
 
 class HltZmqSource(Source):
@@ -141,6 +143,43 @@ class HltZmqSource(Source):
             self._open(t)
         self._sock_target: dict[zmq.Socket, _Target] = {}
         self._prev_ts: float | None = None
+        self._store: Any = None
+        self._primed = False
+
+    def bind_store(self, store: Any) -> None:
+        self._store = store if hasattr(store, "latest") else None
+
+    def _prime(self, ts: float) -> None:
+        """Counters and monitoring counters of the previous run, newest in the store and at most
+        ``rate_lookback`` old: the first cycle then derives ``:rate`` series (and sees an app
+        restart) as the running service would. Cron mode (``collect --once``) depends on it."""
+        self._primed = True
+        lookback = self.config.rate_lookback
+        if self._store is None or not lookback:
+            return
+        targets = {t.labels: t for t in self.targets}
+        globs = ["hlt." + g for g in self.config.rates] + ["hlt.monitor.monitoring_counter"]
+        try:
+            frames = [self._store.latest(g) for g in globs]
+        except Exception as exc:  # never a reason to skip a cycle: rates start one cycle later
+            log.warning("hlt source %s: cannot read the previous counters from the store: %s", self.name, exc)
+            return
+        for glob, frame in zip(globs, frames):
+            if frame.empty:
+                continue
+            stamps = frame["ts"].to_numpy(dtype="datetime64[ns]").astype("int64") / 1e9
+            for when, name, value, lbls in zip(stamps.tolist(), frame["name"], frame["value"].tolist(), frame["labels"]):
+                if not ts - lookback <= when < ts or not math.isfinite(value):
+                    continue
+                own = make_labels({k: v for k, v in lbls.items() if k not in _PEER_LABELS})
+                t = targets.get(own)
+                if t is None:
+                    continue
+                if glob == globs[-1]:
+                    if own == make_labels(lbls):
+                        t.monitoring_counter = value
+                else:
+                    t.counters[(name, make_labels(lbls))] = (when, value)
 
     # -- sockets -------------------------------------------------------------------------------
     def _open(self, t: _Target) -> None:
@@ -175,6 +214,8 @@ class HltZmqSource(Source):
     # -- one cycle -----------------------------------------------------------------------------
     def poll(self) -> list[Batch]:
         ts = self.clock.time()
+        if not self._primed:
+            self._prime(ts)
         start = time.monotonic()
         deadline = start + self.config.timeout
         poller = zmq.Poller()

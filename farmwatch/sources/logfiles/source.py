@@ -261,7 +261,7 @@ class LogFilesSource(Source):
         for pattern in self.config.paths:
             matched = matching_files(pattern, self.config.exclude)
             if not matched and self._first_scan:
-                log.warning("log source %s: %s; looking again every cycle", self.name, unmatched(pattern))
+                log.warning("log source %s: %s; %s", self.name, unmatched(pattern), self.later("looking again every cycle"))
             found += matched
         return found
 
@@ -279,7 +279,8 @@ class LogFilesSource(Source):
             self.stats.read_errors += 1
             if path not in self._warned:
                 self._warned.add(path)
-                log.warning("log source %s: cannot open %s: %s (retrying every cycle)", self.name, path, exc.strerror or exc)
+                log.warning("log source %s: cannot open %s: %s (%s)", self.name, path, exc.strerror or exc,
+                            self.later("retrying every cycle"))
             return None
         self._warned.discard(path)
         st = os.fstat(fd)

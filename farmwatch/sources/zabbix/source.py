@@ -245,6 +245,7 @@ class ZabbixSource(Source):
         self.stats = _Stats()
         self.up: bool | None = None
         self._reason = ""
+        self._problem: str | None = None
         self._failures = 0
         self._retry_at = -math.inf
         self._logged_once: set[str] = set()
@@ -287,6 +288,10 @@ class ZabbixSource(Source):
         if self.up is False:
             log.warning("zabbix source %s: %s answers again", self.name, self.config.url)
         self.up, self._reason, self._failures, self._retry_at = True, "", 0, -math.inf
+        self._problem = None
+
+    def failure(self) -> str | None:
+        return self._problem
 
     def _fail(self, exc: Exception) -> None:
         self.stats.failures += 1
@@ -304,9 +309,9 @@ class ZabbixSource(Source):
         else:
             what = "an API call failed"
         if self.up is not False or self._reason != reason:
-            log.error("zabbix source %s: %s: %s; retrying with backoff (next in %.0fs, at most %.0fs)",
-                      self.name, what, exc, delay, self.config.backoff_max)
-        self.up, self._reason = False, reason
+            log.error("zabbix source %s: %s: %s; %s", self.name, what, exc,
+                      self.later(f"retrying with backoff (next in {delay:.0f}s, at most {self.config.backoff_max:.0f}s)"))
+        self.up, self._reason, self._problem = False, reason, f"{what}: {exc}"
 
     # -- cursors ---------------------------------------------------------------------------------
     def _load_cursors(self) -> None:
