@@ -130,6 +130,9 @@ def test_demo_runs_the_scenario_and_every_fault_reaches_chat(demo_run):
     assert "never" not in text and ", 0 undelivered." in text
     assert "chat posted: ⚠️ FIRING [warning] HltLogErrorBurst — host hltwk10" in text
     assert "✅ RESOLVED HltLogErrorBurst — host hltwk10" in text
+    # the burst's traceback is a new kind of error too, but one incident is one message: inhibited by the burst
+    assert "New kind of error on hltwk10 (hlt03)" in text and "LogNewErrorPattern — unit hlt03" not in text
+    assert "chat posted: ⚠️ FIRING [warning] LogNewErrorPattern — unit hlt02" in text
     assert "chat posted: 🔥 FIRING [critical] FarmwatchSourceSilent — source logs" in text
     assert "✅ RESOLVED FarmwatchSourceSilent — source logs" in text
     # The detector: trained on the quiet start, it reports the slowly degrading node; the anomalies that
