@@ -114,6 +114,9 @@ def wait_for(check, timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
+OUTAGE_S = 30.0  # how long the receiver is away
+
+
 @pytest.mark.real
 @pytest.mark.slow
 def test_every_sample_arrives_once_across_an_outage_and_a_kill_9(tsdb, unit, tmp_path) -> None:
@@ -125,13 +128,17 @@ def test_every_sample_arrives_once_across_an_outage_and_a_kill_9(tsdb, unit, tmp
     started = time.time()
     collector = farmwatch("collect", "-c", str(config))
     wait_for(lambda: sum(in_tsdb(tsdb, started - 5, time.time() + 1).values()) > 100, 60)  # it sends
+    outage = time.monotonic()
     tsdb.stop()  # the receiver goes away (cleanly: what it acknowledged it keeps) ...
-    wait_for(lambda: queued(db) >= 10)  # ... for 10 s of cycles (queued in the store)
-    collector.send_signal(signal.SIGKILL)  # farmwatch dies with a queue
+    wait_for(lambda: queued(db) >= 10)  # ... cycles queue in the store
+    time.sleep(max(0.0, OUTAGE_S / 2 - (time.monotonic() - outage)))
+    collector.send_signal(signal.SIGKILL)  # farmwatch dies with a queue, in the middle of the outage
     collector.wait(30)
     assert queued(db) >= 10
+    collector = farmwatch("collect", "-c", str(config))  # back while the receiver is still away: it queues on
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - outage)))
+    assert collector.poll() is None
     tsdb.start()
-    collector = farmwatch("collect", "-c", str(config))
     wait_for(lambda: queued(db) == 0, 60)  # the backlog is sent after the restart
     collector.send_signal(signal.SIGHUP)  # a reload: the next generation's writer takes over the queue
     time.sleep(3)
