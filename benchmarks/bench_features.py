@@ -290,6 +290,7 @@ def main() -> None:
     parser.add_argument("--redundancy-sample", type=int, default=6_000)
     parser.add_argument("--no-parallel", action="store_true", help="skip tsfresh with its default n_jobs")
     parser.add_argument("--no-costs", action="store_true", help="skip per-feature costs and selection")
+    parser.add_argument("--out", type=Path, default=RESULTS / "features.json")
     args = parser.parse_args()
 
     windows = workload(args.series, args.length)
@@ -363,8 +364,8 @@ def main() -> None:
                                "nan_rate_of_default_non_constant": {n: nan_rate[n] for n in names}}
         result["peak_rss_mib"] = peak_rss_mib()
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "features.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
 
 

@@ -121,6 +121,7 @@ def cpu_of(argv: list[str], cwd: Path, pythonpath: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=RESULTS / "startup.json")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fw-startup-") as tmp:
@@ -139,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "startup", "baseline": BASELINE, "target_s": TARGET_S, "passes": args.passes,
            "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "machine": machine(),
            "cpu_s": results}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "startup.json").write_text(json.dumps(out, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
     ours, before = results["farmwatch"], results[f"before ({BASELINE})"]
     print(f"{'command':<18} {'farmwatch CPU s':>22} {'before ' + BASELINE:>22}  ratio")
     for cmd in COMMANDS:

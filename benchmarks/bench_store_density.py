@@ -300,6 +300,7 @@ def main() -> None:
     parser.add_argument("--month-series", type=int, default=200)
     parser.add_argument("--month-interval", type=float, default=30.0)
     parser.add_argument("--dir", type=Path, default=RESULTS, help="where the scratch files go")
+    parser.add_argument("--out", type=Path, default=RESULTS / "store_density.json")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     load = os.getloadavg()
@@ -333,7 +334,8 @@ def main() -> None:
         report["victoria_metrics"] = vm
         report["month"] = month(work, args.month_series, args.month_interval, args.runs)
     report["load_average_at_end"] = os.getloadavg()
-    (RESULTS / "store_density.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
     print(f"{n:,} samples of {len(keys):,} series ({report['data']['nan_samples']:,} NaN), "
           f"{report['data']['span_s'] / 60:.0f} min of a farmwatch demo; load {load[0]:.1f}")
@@ -351,7 +353,7 @@ def main() -> None:
     for name, r in m["reads"].items():
         print(f"  {name:<58}{r['cpu_ms']:>9.1f} ms CPU ({r['cpu_ms_range'][0]:.1f}-{r['cpu_ms_range'][1]:.1f}), "
               f"wall {r['wall_ms']:.1f}")
-    print(f"wrote {RESULTS / 'store_density.json'}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -252,6 +252,7 @@ def main() -> None:
     parser.add_argument("--read-cycles", type=int, default=3600, help="cycles of the read unit's batches")
     parser.add_argument("--baseline-samples", type=int, default=5_000)
     parser.add_argument("--dir", type=Path, default=RESULTS, help="where the store files are written")
+    parser.add_argument("--out", type=Path, default=RESULTS / "store_ingest.json")
     args = parser.parse_args()
     if args.prefill < 1 or args.read_cycles < args.prefill + 600:
         parser.error("need --prefill >= 1 and --read-cycles >= --prefill + 600")
@@ -367,7 +368,8 @@ def main() -> None:
         "target": TARGET,
         "meets_target": steady_rate >= TARGET,
     }
-    (RESULTS / "store_ingest.json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
 
     width = max(map(len, [*ingest, *reads])) + 2
     print(f"{per_cycle:,} samples in {len(targets)} batches per cycle, median of {args.runs} runs")
@@ -391,7 +393,7 @@ def main() -> None:
     verdict = "meets" if report["meets_target"] else "MISSES"
     print(f"steady-state ingest is {report['speedup_vs_baseline']:,.0f}x the baseline and {verdict} the "
           f"{TARGET:,} samples/s target; {report['workload']['benchmark_s']:.0f} s; "
-          f"wrote {RESULTS / 'store_ingest.json'}")
+          f"wrote {args.out}")
 
 
 if __name__ == "__main__":
