@@ -192,5 +192,30 @@ def fingerprint(rule: str, lbls: Labels) -> str:
     return h.hexdigest()
 
 
-__all__ = ["Alert", "AlertState", "Batch", "Labels", "LogRecord", "Notification", "Sample", "SeriesKey", "Value",
-           "fingerprint", "format_series", "labels", "with_labels"]
+
+LOG_LEVELS: dict[str, str] = {
+    "debug": "debug", "trace": "debug", "info": "info", "information": "info", "notice": "notice",
+    "result": "result", "warn": "warning", "warning": "warning", "error": "error", "err": "error",
+    "critical": "critical", "crit": "critical", "fatal": "fatal", "alert": "alert",
+    "emerg": "emergency", "emergency": "emergency", "panic": "emergency",
+}
+"""The spellings of log levels the parsers meet (basf2, syslog, JSON loggers) → one name each."""
+
+
+def level_name(text: str) -> str:
+    """Normalised level (``WARN`` → ``warning``); unknown words are kept, lower-cased. Records are
+    stored with it, and searches normalise the levels asked for with it, so ``--level err`` finds
+    what a log wrote as ``ERROR``."""
+    low = text.strip().lower()
+    return LOG_LEVELS.get(low, low)
+
+
+def level_names(level: str | Iterable[str] | None) -> list[str]:
+    """``"error,WARN"`` or ``["error", "warn"]`` → ``["error", "warning"]`` (empty items dropped)."""
+    if level is None:
+        return []
+    items = level.split(",") if isinstance(level, str) else list(level)
+    return [level_name(x) for x in items if x.strip()]
+
+__all__ = ["LOG_LEVELS", "Alert", "AlertState", "Batch", "Labels", "LogRecord", "Notification", "Sample", "SeriesKey",
+           "Value", "fingerprint", "format_series", "labels", "level_name", "level_names", "with_labels"]

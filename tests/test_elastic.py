@@ -481,6 +481,8 @@ def test_search_filters_globs_and_returns_newest_first(sim: ElasticSim, make_sto
 
     assert store.search("", host="hltwk0[12]") == want(lambda r: r.host in ("hltwk01", "hltwk02"))
     assert store.search("*", service="zmq-*", level="error") == want(lambda r: r.service == "zmq-proxy" and r.level == "ERROR")
+    assert store.search("*", service="zmq-*", level="err,WARN") == \
+        want(lambda r: r.service == "zmq-proxy" and r.level in ("ERROR", "WARNING"))
     assert store.search('"ring buffer"', since=T0 + 5, until=T0 + 12) == \
         want(lambda r: "ring buffer" in r.message and T0 + 5 <= r.ts <= T0 + 12)
     assert store.search("stall -ring") == []

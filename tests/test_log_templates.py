@@ -359,6 +359,8 @@ def test_logs_patterns_command_lists_templates_with_counts_hosts_and_examples(tm
         [("Segmentation violation in module <*>", 1, ["hltwk07"], ["error"])]
     assert rows[0]["example"] == "Segmentation violation in module HLTZMQ2Ds"
     assert run("--since", "2025-11-30T10:00:30", "--level", "info", "--new").startswith("no records")
+    assert run("--since", "2025-11-30T10:00:30", "--until", "2025-11-30T11:00", "--new", "--level", "ERR",
+               "--format", "json") == new  # ERR is how some logs spell error
     bad = subprocess.run([sys.executable, "-m", "farmwatch", "logs", "patterns", "-c", str(cfg), "--since", "yesterday-ish"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -104,6 +104,9 @@ def test_search_filters(sample):
     assert messages(sample.search(service="rc")) == ["worker restarted"]
     assert messages(sample.search(level="warning,ERROR", since=T0 + 2, until=T0 + 3)) == [
         "Ready queue below 4 slots", "worker process 4711 died"]
+    # levels as logs spell them: WARN and err are warning and error (the stored, normalised names)
+    assert messages(sample.search(level="WARN, err", since=T0 + 2, until=T0 + 3)) == [
+        "Ready queue below 4 slots", "worker process 4711 died"]
     assert len(sample.search(limit=2)) == 2
     frame = sample.search_frame("worker", host="hltwk02")
     assert list(frame["message"]) == ["worker restarted", "worker process 4711 died"]

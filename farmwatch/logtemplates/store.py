@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 import orjson
 
 from farmwatch.logtemplates.miner import Cluster, TemplateMiner
+from farmwatch.model import level_names
 
 __all__ = ["TemplateInfo", "TemplateStore"]
 
@@ -144,7 +145,7 @@ class TemplateStore:
         if host:
             clauses.append("l.host GLOB ?")
             params.append(host)
-        levels = [lvl.strip().lower() for lvl in level if lvl.strip()]
+        levels = level_names(level)
         if levels:
             clauses.append(f"l.level IN ({','.join('?' * len(levels))})")
             params += levels

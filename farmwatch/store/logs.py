@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
 
 import orjson
 
-from farmwatch.model import LogRecord
+from farmwatch.model import LogRecord, level_names
 from farmwatch.sources.base import LogBatch
 from farmwatch.store.sqlite import SQLiteStore, StoreError
 
@@ -66,13 +66,6 @@ def fts_query(text: str) -> tuple[str, str]:
         term = '"' + word.replace('"', '""') + '"' + ("*" if prefix else "")
         (negative if negate else positive).append(term)
     return " AND ".join(positive), " OR ".join(negative)
-
-
-def _levels(level: str | Iterable[str] | None) -> list[str]:
-    if level is None:
-        return []
-    items = level.split(",") if isinstance(level, str) else list(level)
-    return [x.strip().lower() for x in items if x.strip()]
 
 
 class LogStore:
@@ -183,7 +176,7 @@ class LogStore:
         if service:
             clauses.append("service GLOB ?")
             params.append(service)
-        levels = _levels(level)
+        levels = level_names(level)
         if levels:
             clauses.append(f"level IN ({','.join('?' * len(levels))})")
             params += levels

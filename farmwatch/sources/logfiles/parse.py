@@ -24,6 +24,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from farmwatch.model import LOG_LEVELS as _LEVELS
+from farmwatch.model import level_name
+
 FORMATS = ("auto", "basf2", "syslog", "json", "raw")
 
 
@@ -40,12 +43,6 @@ Result = tuple[float | None, str, str, "dict[str, Any] | None", "str | None"]
 
 _parsed = tuple.__new__  # Parsed(...) without the NamedTuple's Python-level __new__
 
-_LEVELS = {
-    "debug": "debug", "trace": "debug", "info": "info", "information": "info", "notice": "notice",
-    "result": "result", "warn": "warning", "warning": "warning", "error": "error", "err": "error",
-    "critical": "critical", "crit": "critical", "fatal": "fatal", "alert": "alert",
-    "emerg": "emergency", "emergency": "emergency", "panic": "emergency",
-}
 _SYSLOG_SEVERITY = ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug")
 _BASF2_LEVELS = {name: _LEVELS[name.lower()] for name in ("DEBUG", "INFO", "RESULT", "WARNING", "WARN", "ERROR", "FATAL")}
 _MONTHS = {m: i + 1 for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"))}
@@ -90,12 +87,6 @@ _ECS_PREFIXES = ("labels.", "log.", "process.", "event.", "error.", "trace.")
 _SD_ESCAPE = re.compile(r"\\([\"\\\]])")
 _FRACTIONS: dict[str, float] = {}  # "250" → 0.25: fractions of a second as written, shared by all parsers
 _LABEL_NAMES: dict[str, str] = {}  # JSON key → field name ("worker" → "labels.worker")
-
-
-def level_name(text: str) -> str:
-    """Normalised level (``warn`` → ``warning``); unknown words are kept, lower-cased."""
-    low = text.lower()
-    return _LEVELS.get(low, low)
 
 
 class LineParser:

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 
+from farmwatch.model import level_names
 from farmwatch.store.elastic.documents import iso
 
 log = logging.getLogger("farmwatch.store.elastic")
@@ -56,8 +57,9 @@ def search_body(query: str, *, host: str | None = None, service: str | None = No
         filters.append(_glob_query("host.name", host))
     if service:
         filters.append(_glob_query("service.name", service))
-    if level:
-        filters.append({"term": {"log.level": {"value": level, "case_insensitive": True}}})
+    if levels := level_names(level):
+        filters.append({"bool": {"should": [{"term": {"log.level": {"value": lvl, "case_insensitive": True}}}
+                                            for lvl in levels], "minimum_should_match": 1}})
     if since is not None or until is not None:
         rng: dict[str, Any] = {"format": "strict_date_optional_time"}
         if since is not None:
