@@ -13,7 +13,10 @@ score per test row (point-wise, no point-adjust) learned from ``train`` only, fo
 * IsolationForest on raw rows (200 trees),
 * rolling z-score (largest |z| over metrics against the previous 288 rows).
 Also the false-alarm rate of ``score >= 0.99`` and ``>= 0.999`` on normal test rows (farmwatch's
-promise: about 1 % and 0.1 %) and how many of the 1,000 highest scores are tied.
+promise: about 1 % and 0.1 %) and how many of the 1,000 highest scores are tied. Besides, as for
+the streams: each machine's labelled segments as events, ONE threshold shared by all machines,
+event-wise with NAB's weights (what an operator's alert sees: an onset found, each alarming normal
+row a cost), to show how comparable one entity's scores are with another's.
 
 **Each metric as a labelled stream (``detect.stream_scores``)**: every metric of every machine's
 test part that is not constant is a stream (labels: the segments whose interpretation names that
@@ -256,7 +259,14 @@ def run_frame(args: tuple[str, Machine, int]) -> dict:
     if name.startswith("farmwatch"):
         out["ties_top1000_score"] = ties(score_of(score))
         out.update(false_alarm_rates(score_of(score[~m.label])))
+    out["_events"] = stream_result(score, label_segments(m.label))
     return out
+
+
+def label_segments(label: np.ndarray) -> list[tuple[int, int]]:
+    """The runs of anomalous rows, (start, end inclusive)."""
+    edges = np.flatnonzero(np.diff(np.r_[0, label.astype(np.int8), 0]))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
 
 
 def run_streams(args: tuple[str, Machine, int, int]) -> dict:
@@ -301,18 +311,22 @@ def main() -> None:
     if args.part in ("frame", "all"):
         names = [d for d in FRAME_DETECTORS if not args.detectors or d in args.detectors]
         rows = list(mapper(run_frame, [(d, m, args.passes) for d in names for m in machines]))
+        events = {d: shared_threshold([r.pop("_events") for r in rows if r["detector"] == d]) for d in names}
         table = pd.DataFrame(rows)
         summary = table.groupby("detector").agg(mean_ap=("ap", "mean"), cpu_s_median=("cpu_s", "median"),
                                                  cpu_s_max=("cpu_s", "max"), ties=("ties_top1000", "max"))
         worst = {d: [float(np.min(r["cpu_s_passes"])), float(np.max(r["cpu_s_passes"]))]
                  for d in names for r in [max((r for r in rows if r["detector"] == d), key=lambda r: r["cpu_s"])]}
         report["frame"] = {"rows": rows, "mean_ap": summary["mean_ap"].round(4).to_dict(),
-                           "slowest_machine_cpu_s_range": worst}
+                           "slowest_machine_cpu_s_range": worst, "events_shared_threshold": events}
         if "ties_top1000_score" in table:
             report["frame"]["ties_top1000_score"] = int(table["ties_top1000_score"].max())
         print("\nscore_frame: average precision per machine")
         print(table.pivot(index="machine", columns="detector", values="ap").round(3).to_string())
         print(summary.round(4).to_string())
+        print("each machine's labelled segments as events, ONE threshold for all machines (as for the streams):")
+        for d, e in events.items():
+            print(f"  {d:20s} {json.dumps(e)}")
         for d in [d for d in names if d.startswith("farmwatch")]:
             fw = table[table.detector == d]
             got = report["frame"].setdefault(d, {})
