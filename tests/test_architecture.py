@@ -40,8 +40,8 @@ print(code, " ".join(sorted(m for m in {heavy} if m in sys.modules)))
 
 
 def test_read_commands_do_not_import_heavy_libraries(tmp_path):
-    """With a [detect] section and two sources in the config, alerts, silence list, logs search
-    and models list import none of the heavy libraries (benchmarks/bench_startup.py measures
+    """With a [detect] section and two sources in the config, alerts, silence list, logs search,
+    models list and query import none of the heavy libraries (benchmarks/bench_startup.py measures
     the time)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -50,7 +50,7 @@ def test_read_commands_do_not_import_heavy_libraries(tmp_path):
         sys.path.pop(0)
     make_store(tmp_path)
     for argv in (["alerts"], ["silence", "list"], ["logs", "search", "skipped"], ["models", "list"],
-                 ["alerts", "--history"]):
+                 ["alerts", "--history"], ["query", "hlt.output.ready_queue_size", "--since", "10m"]):
         done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv, "-c", "farmwatch.toml"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
         code, _, loaded = done.stdout.strip().splitlines()[-1].partition(" ")

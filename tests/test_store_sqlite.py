@@ -6,6 +6,7 @@ import math
 import multiprocessing
 import sqlite3
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -435,6 +436,32 @@ def test_states_in_long_form_and_latest(store: SQLiteStore) -> None:
     assert newest[QUEUE][::2] == (utc(T0 + 20), "stuck")  # a newer state beats an older number
     assert newest[EVENTS][:2] == (utc(T0 + 30), 5.0)
     assert newest[EVENTS][2] is None
+
+
+def test_rows_are_the_rows_of_query_and_rollup(store: SQLiteStore) -> None:
+    """``rows`` (what ``farmwatch query`` prints, made without pandas) holds the fixed columns of
+    ``query`` and ``rollup``: the same values, times and order, with states, NaN, a limit, and
+    points both in compacted chunks and in the head."""
+    store.write([farm_batch(T0 + i * 7.5, scale=i) for i in range(40)])
+    store.write(Batch(T0 + 15, [(QUEUE, labels(unit="hlt09"))], [math.nan]))
+    store.compact(everything=True)
+    store.write([farm_batch(T0 + 3600 + i * 10) for i in range(12)])
+
+    def plain(rows) -> list[tuple]:
+        return [tuple("NaN" if isinstance(v, float) and math.isnan(v) else v for v in row) for row in rows]
+
+    for name, since, limit in [(None, None, None), ("hlt.*", T0 + 60, 25), (QUEUE, T0 + 3000, None), ("nothing", None, 3)]:
+        frame = store.query(name, since=since, limit=limit)
+        rows = store.rows(name, since=since, limit=limit)
+        assert plain(rows) == plain(frame[list(rows[0]._fields if rows else ())].itertuples(index=False))
+        assert len(rows) == len(frame)
+        for resolution in ("1m", "10m"):
+            rolled = store.rollup(name, since=since, resolution=resolution).head(limit)
+            bins = store.rows(name, since=since, resolution=resolution, limit=limit)
+            assert len(bins) == len(rolled)
+            assert plain(bins) == plain(rolled[list(bins[0]._fields if bins else ())].itertuples(index=False))
+    first = store.rows(limit=1)[0]  # Python values, no pandas types
+    assert (type(first.ts), type(first.value), first.state, first.ts.tzinfo) == (datetime, float, None, timezone.utc)
 
 
 def test_resend_replaces_instead_of_duplicating(store: SQLiteStore) -> None:

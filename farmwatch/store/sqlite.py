@@ -33,9 +33,10 @@ import re
 import sqlite3
 import threading
 import time
+from collections import namedtuple
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
@@ -449,6 +450,39 @@ class SQLiteStore:
         """
         if form not in ("long", "wide"):
             raise ValueError(f"form must be 'long' or 'wide', not {form!r}")
+        catalog, samples, states = self._points(name, matchers, since, until, limit, with_states=form == "long")
+        if form == "wide":
+            if limit is not None:
+                order = np.lexsort((samples[2], catalog.positions(samples[0]), samples[1]))[:limit]
+                samples = tuple(column[order] for column in samples)  # type: ignore[assignment]
+            return catalog.wide(samples)
+        frame = _frame(catalog.long(samples, states))
+        return frame if limit is None else frame.head(limit)
+
+    def rows(
+        self,
+        name: str | None = None,
+        matchers: MatcherSpec = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        resolution: str = "raw",
+        limit: int | None = None,
+    ) -> list[tuple]:
+        """The first ``limit`` rows of ``query`` (``resolution="raw"``) or ``rollup`` as named
+        tuples of the fixed columns (ts a UTC ``datetime``; no column per label key).
+
+        What ``farmwatch query`` prints: made without pandas, whose import is most of a short
+        command's start-up.
+        """
+        if resolution == "raw":
+            catalog, samples, states = self._points(name, matchers, since, until, limit, with_states=True)
+            return _rows(_Point, catalog.long(samples, states, per_label=False), limit)
+        catalog, rolled = self._rolled(name, matchers, since, until, resolution)
+        return _rows(_Bin, catalog.rolled(rolled, per_label=False), limit)
+
+    def _points(self, name: str | None, matchers: MatcherSpec, since: float | None, until: float | None,
+                limit: int | None, with_states: bool) -> tuple[_Catalog, Points, list[StateRow]]:
         wanted = parse_matchers(matchers)
         lo = -(2**63) if since is None else _ms(since)
         hi = 2**63 - 1 if until is None else _ms(until)
@@ -456,16 +490,10 @@ class SQLiteStore:
             catalog = _Catalog.select(conn, name, wanted)
             if limit is None:
                 samples = _read_points(conn, catalog.ids, lo, hi)
-                states = _read_states(conn, catalog.ids, lo, hi) if form == "long" else []
+                states = _read_states(conn, catalog.ids, lo, hi) if with_states else []
             else:
-                samples, states = _read_earliest(conn, catalog.ids, lo, hi, limit, form == "long")
-        if form == "wide":
-            if limit is not None:
-                order = np.lexsort((samples[2], catalog.positions(samples[0]), samples[1]))[:limit]
-                samples = tuple(column[order] for column in samples)  # type: ignore[assignment]
-            return catalog.wide(samples)
-        frame = catalog.long(samples, states)
-        return frame if limit is None else frame.head(limit)
+                samples, states = _read_earliest(conn, catalog.ids, lo, hi, limit, with_states)
+        return catalog, samples, states
 
     def latest(self, name: str | None = None, matchers: MatcherSpec = None) -> pd.DataFrame:
         """The newest value or state of each matching series, in the long form of ``query``
@@ -504,7 +532,7 @@ class SQLiteStore:
                         dtype=bool)
         newer_sample = set(sids[keep].tolist())
         kept_states = [row for sid, row in newest_state.items() if sid not in newer_sample]
-        return catalog.long((sids[keep], ts[keep], seq[keep], values[keep]), kept_states)
+        return _frame(catalog.long((sids[keep], ts[keep], seq[keep], values[keep]), kept_states))
 
     def rollup(
         self,
@@ -519,6 +547,11 @@ class SQLiteStore:
         start <= until``, columns ts (bin start), name, value (the mean), min, max, last, count,
         labels and one column per label key, sorted by ts then series. ``resolution``: ``1m`` or
         ``10m``. Hours not compacted yet are rolled up from their samples on the fly."""
+        catalog, rolled = self._rolled(name, matchers, since, until, resolution)
+        return _frame(catalog.rolled(rolled))
+
+    def _rolled(self, name: str | None, matchers: MatcherSpec, since: float | None, until: float | None,
+                resolution: str) -> tuple[_Catalog, rollup.Rolled]:
         step = rollup.RESOLUTIONS.get(resolution)
         if step is None:
             raise ValueError(f"resolution must be one of {', '.join(rollup.RESOLUTIONS)}, not {resolution!r}")
@@ -531,7 +564,7 @@ class SQLiteStore:
             head = _read_points(conn, catalog.ids, lo - lo % step if lo > -(2**63) else lo, hi, chunked=False)
         rolled = rollup.merge([stored, rollup.aggregate(head, step)])
         keep = (rolled.ts >= lo) & (rolled.ts <= hi)
-        return catalog.rolled(rolled.take(np.flatnonzero(keep)))
+        return catalog, rolled.take(np.flatnonzero(keep))
 
     def compact(self, now: float | None = None, *, everything: bool = False) -> int:
         """Turn head tables into compressed chunks and rollups: every hour that ended
@@ -789,7 +822,7 @@ class SQLiteStore:
 
 @dataclass
 class _Catalog:
-    """The series a query selected, in display order, and how to turn rows into DataFrames."""
+    """The series a query selected, in display order, and how to turn rows into columns."""
 
     ids: list[int]
     names: list[str]
@@ -826,9 +859,8 @@ class _Catalog:
         columns.update(self._label_columns(np.arange(len(self.ids)), _SERIES_COLUMNS))
         return pd.DataFrame(columns)
 
-    def long(self, samples: Points, states: list[StateRow]) -> pd.DataFrame:
-        import pandas as pd
-
+    def long(self, samples: Points, states: list[StateRow], *, per_label: bool = True) -> dict[str, np.ndarray]:
+        """The long form's columns (ts in ms); ``per_label``: also one column per label key."""
         sid_s, ts_s, seq_s, value_s = samples
         sid_t, ts_t, seq_t, texts = _unzip(states)
         pos = self.positions(np.concatenate([sid_s, sid_t]))
@@ -839,15 +871,16 @@ class _Catalog:
         state[len(value_s) :] = texts
         order = np.lexsort((seq, pos, ts))
         pos = pos[order]
-        columns: dict[str, object] = {
-            "ts": _datetimes(ts[order]),
+        columns = {
+            "ts": ts[order],
             "name": _objects(self.names)[pos],
             "value": value[order],
-            "state": pd.Series(state[order], dtype=object),
+            "state": state[order],
             "labels": _objects(self.labels)[pos],
         }
-        columns.update(self._label_columns(pos, _LONG_COLUMNS))
-        return pd.DataFrame(columns)
+        if per_label:
+            columns.update(self._label_columns(pos, _LONG_COLUMNS))
+        return columns
 
     def wide(self, samples: Points) -> pd.DataFrame:
         """What ``pivot(index="ts", columns=series, values="value")`` gives, without its MultiIndex
@@ -865,16 +898,15 @@ class _Catalog:
         columns = pd.Index([self.display[p] for p in used.tolist()])
         return pd.DataFrame(matrix, index=_datetimes(times).rename("ts"), columns=columns)
 
-    def rolled(self, rows: rollup.Rolled) -> pd.DataFrame:
-        import pandas as pd
-
+    def rolled(self, rows: rollup.Rolled, *, per_label: bool = True) -> dict[str, np.ndarray]:
+        """The rollup rows' columns (ts in ms); ``per_label``: also one column per label key."""
         pos = self.positions(rows.sid)
         order = np.lexsort((pos, rows.ts))
         pos = pos[order]
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = rows.sum[order] / rows.count[order]
-        columns: dict[str, object] = {
-            "ts": _datetimes(rows.ts[order]),
+        columns = {
+            "ts": rows.ts[order],
             "name": _objects(self.names)[pos],
             "value": mean,
             "min": rows.min[order],
@@ -883,14 +915,15 @@ class _Catalog:
             "count": rows.count[order].astype(np.int64),
             "labels": _objects(self.labels)[pos],
         }
-        columns.update(self._label_columns(pos, _ROLLUP_COLUMNS))
-        return pd.DataFrame(columns)
+        if per_label:
+            columns.update(self._label_columns(pos, _ROLLUP_COLUMNS))
+        return columns
 
     def positions(self, sids: np.ndarray) -> np.ndarray:
-        """Display positions of series ids."""
-        import pandas as pd
-
-        return pd.Index(self.ids).get_indexer(sids)
+        """Display positions of series ids (each one of the catalog's)."""
+        ids = np.array(self.ids, dtype=np.int64)
+        by_id = np.argsort(ids)
+        return by_id[np.searchsorted(ids, sids, sorter=by_id)] if len(sids) else np.empty(0, dtype=np.intp)
 
     def _label_columns(self, pos: np.ndarray, reserved: tuple[str, ...]) -> dict[str, np.ndarray]:
         """One column per label key; a key clashing with a fixed column stays only in ``labels``."""
@@ -1361,6 +1394,27 @@ def _datetimes(ms: np.ndarray) -> pd.DatetimeIndex:
     import pandas as pd
 
     return pd.DatetimeIndex((ms * 1_000_000).astype("datetime64[ns]")).tz_localize("UTC")
+
+
+def _frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A DataFrame of ``_Catalog.long``/``rolled`` columns: ts as UTC times, states as objects."""
+    import pandas as pd
+
+    frame: dict[str, object] = {**columns, "ts": _datetimes(columns["ts"])}
+    if "state" in columns:
+        frame["state"] = pd.Series(columns["state"], dtype=object)
+    return pd.DataFrame(frame)
+
+
+_Point = namedtuple("_Point", _LONG_COLUMNS)
+_Bin = namedtuple("_Bin", _ROLLUP_COLUMNS)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _rows(row: type, columns: dict[str, np.ndarray], limit: int | None) -> list[tuple]:
+    """The first ``limit`` rows of the columns as ``row`` tuples of Python values."""
+    ts = [_EPOCH + timedelta(milliseconds=ms) for ms in columns["ts"][:limit].tolist()]
+    return list(map(row._make, zip(ts, *(columns[f][:limit].tolist() for f in row._fields[1:]))))
 
 
 def _objects(items: list) -> np.ndarray:
