@@ -5,13 +5,25 @@ index (``logs``) and, when configured, Elasticsearch (``elastic``). Parts are ty
     from farmwatch.store import SQLiteStore
     with SQLiteStore("farmwatch.db", readonly=True) as store:
         df = store.query("hlt.output.*", {"unit": "hlt01"}, since=time.time() - 600)
+
+The names from submodules are imported when first used (PEP 562): a config's sections under
+``store`` (``elastic.config``, ``remote.settings``) are read without loading the store (numpy).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from farmwatch.config.base import ConfigError
 from farmwatch.config.sections import StoreSettings
+from farmwatch.lazy import exports
 from farmwatch.matchers import Matcher, parse_matchers
-from farmwatch.store.protocol import SampleStore
-from farmwatch.store.sqlite import SQLiteStore, StoreError
+
+if TYPE_CHECKING:
+    from farmwatch.store.protocol import SampleStore
+    from farmwatch.store.sqlite import SQLiteStore, StoreError
+
+_WHERE = {"SQLiteStore": "sqlite", "StoreError": "sqlite", "SampleStore": "protocol"}
 
 
 def folder_problem(settings: StoreSettings) -> str | None:
@@ -29,6 +41,12 @@ def open_store(settings: StoreSettings, readonly: bool = False) -> SQLiteStore:
     problem = None if readonly else folder_problem(settings)
     if problem:
         raise ConfigError([problem])
+    from farmwatch.store.sqlite import SQLiteStore
+
     return SQLiteStore(settings.path, retention=settings.retention, readonly=readonly,
                        rollup_retention={"1m": settings.retention_1m, "10m": settings.retention_10m})
+
+
 __all__ = ["Matcher", "SQLiteStore", "SampleStore", "StoreError", "folder_problem", "open_store", "parse_matchers"]
+
+__getattr__, __dir__ = exports(__name__, _WHERE)
