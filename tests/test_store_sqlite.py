@@ -18,6 +18,7 @@ from farmwatch.clock import SimClock
 from farmwatch.model import Batch, Sample, format_series, labels, with_labels
 from farmwatch.store import Matcher, SQLiteStore, StoreError, parse_matchers
 from farmwatch.store import sqlite as store_sqlite
+from farmwatch.store import storefile
 
 T0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z
 DAY = 86_400.0
@@ -602,10 +603,10 @@ def test_appended_migration_upgrades_existing_files(tmp_path: Path, monkeypatch:
             INSERT INTO mute_log VALUES (new.id);
         END;
     """
-    monkeypatch.setattr(store_sqlite, "MIGRATIONS", [*store_sqlite.MIGRATIONS, step])
+    monkeypatch.setattr(storefile, "MIGRATIONS", [*storefile.MIGRATIONS, step])
 
     with SQLiteStore(path) as store:
-        assert store.schema_version() == len(store_sqlite.MIGRATIONS)
+        assert store.schema_version() == len(storefile.MIGRATIONS)
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO mutes(matchers) VALUES ('unit=hlt01')")
         assert conn.execute("SELECT note FROM mutes").fetchone() == ("a; b",)

@@ -21,7 +21,7 @@ from farmwatch.model import Alert, AlertState, Labels, Notification
 from farmwatch.matchers import Matcher, parse_matchers
 
 if TYPE_CHECKING:
-    from farmwatch.store.sqlite import SQLiteStore
+    from farmwatch.store.storefile import StoreFile
 
 ACTIVE = (AlertState.PENDING.value, AlertState.FIRING.value)
 
@@ -129,7 +129,7 @@ def _labels_json(lbls: Labels) -> str:
 class AlertDB:
     """The alerting tables of one store; every method is one transaction."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: StoreFile) -> None:
         self.store = store
 
     # -- alerts and their history -------------------------------------------------------------
