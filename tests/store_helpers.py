@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 
 from farmwatch.model import SeriesKey
-from farmwatch.store import sqlite as store_sqlite
+from farmwatch.store import storefile
 
 SCHEMA_7AEC121 = 4
 """The schema of farmwatch 7aec121 (before the compact store and the log templates): samples in day
@@ -27,8 +27,8 @@ def write_schema4_store(path: Path, keys: list[SeriesKey], t0: float, *, frames:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        for statement in store_sqlite.MIGRATIONS[:SCHEMA_7AEC121]:
-            for part in store_sqlite._statements(statement):
+        for statement in storefile.MIGRATIONS[:SCHEMA_7AEC121]:
+            for part in storefile._statements(statement):
                 conn.execute(part)
         conn.execute(f"PRAGMA user_version = {SCHEMA_7AEC121}")
         conn.executemany("INSERT INTO series(id, name, labels, created) VALUES (?, ?, ?, 0)",

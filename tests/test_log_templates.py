@@ -27,6 +27,7 @@ from farmwatch.sources.logfiles.config import LogFilesConfig
 from farmwatch.sources.logfiles.source import LogFilesSource
 from farmwatch.store import SQLiteStore
 from farmwatch.store import sqlite as store_sqlite
+from farmwatch.store import storefile
 from farmwatch.store.elastic import ElasticConfig, ElasticStore
 from farmwatch.store.logs import LogStore
 from store_helpers import write_schema4_store
@@ -276,7 +277,7 @@ def _older_store(path: Path, schema: int, monkeypatch: pytest.MonkeyPatch) -> No
     if schema == 4:
         write_schema4_store(path, keys, T0 - 4 * 3600, logs=OLD_RECORDS)
         return
-    monkeypatch.setattr(store_sqlite, "MIGRATIONS", store_sqlite.MIGRATIONS[:schema])
+    monkeypatch.setattr(storefile, "MIGRATIONS", store_sqlite.MIGRATIONS[:schema])
     with SQLiteStore(path) as store:
         assert store.schema_version() == schema
         store.write([Batch(T0 - 4 * 3600 + 60 * i, keys, [i / 10, float(i)]) for i in range(200)])

@@ -6,6 +6,7 @@ import math
 import multiprocessing
 import sqlite3
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +18,7 @@ from farmwatch.clock import SimClock
 from farmwatch.model import Batch, Sample, format_series, labels, with_labels
 from farmwatch.store import Matcher, SQLiteStore, StoreError, parse_matchers
 from farmwatch.store import sqlite as store_sqlite
+from farmwatch.store import storefile
 
 T0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z
 DAY = 86_400.0
@@ -437,6 +439,32 @@ def test_states_in_long_form_and_latest(store: SQLiteStore) -> None:
     assert newest[EVENTS][2] is None
 
 
+def test_rows_are_the_rows_of_query_and_rollup(store: SQLiteStore) -> None:
+    """``rows`` (what ``farmwatch query`` prints, made without pandas) holds the fixed columns of
+    ``query`` and ``rollup``: the same values, times and order, with states, NaN, a limit, and
+    points both in compacted chunks and in the head."""
+    store.write([farm_batch(T0 + i * 7.5, scale=i) for i in range(40)])
+    store.write(Batch(T0 + 15, [(QUEUE, labels(unit="hlt09"))], [math.nan]))
+    store.compact(everything=True)
+    store.write([farm_batch(T0 + 3600 + i * 10) for i in range(12)])
+
+    def plain(rows) -> list[tuple]:
+        return [tuple("NaN" if isinstance(v, float) and math.isnan(v) else v for v in row) for row in rows]
+
+    for name, since, limit in [(None, None, None), ("hlt.*", T0 + 60, 25), (QUEUE, T0 + 3000, None), ("nothing", None, 3)]:
+        frame = store.query(name, since=since, limit=limit)
+        rows = store.rows(name, since=since, limit=limit)
+        assert plain(rows) == plain(frame[list(rows[0]._fields if rows else ())].itertuples(index=False))
+        assert len(rows) == len(frame)
+        for resolution in ("1m", "10m"):
+            rolled = store.rollup(name, since=since, resolution=resolution).head(limit)
+            bins = store.rows(name, since=since, resolution=resolution, limit=limit)
+            assert len(bins) == len(rolled)
+            assert plain(bins) == plain(rolled[list(bins[0]._fields if bins else ())].itertuples(index=False))
+    first = store.rows(limit=1)[0]  # Python values, no pandas types
+    assert (type(first.ts), type(first.value), first.state, first.ts.tzinfo) == (datetime, float, None, timezone.utc)
+
+
 def test_resend_replaces_instead_of_duplicating(store: SQLiteStore) -> None:
     store.write(farm_batch(T0))
     store.write(farm_batch(T0))
@@ -575,10 +603,10 @@ def test_appended_migration_upgrades_existing_files(tmp_path: Path, monkeypatch:
             INSERT INTO mute_log VALUES (new.id);
         END;
     """
-    monkeypatch.setattr(store_sqlite, "MIGRATIONS", [*store_sqlite.MIGRATIONS, step])
+    monkeypatch.setattr(storefile, "MIGRATIONS", [*storefile.MIGRATIONS, step])
 
     with SQLiteStore(path) as store:
-        assert store.schema_version() == len(store_sqlite.MIGRATIONS)
+        assert store.schema_version() == len(storefile.MIGRATIONS)
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO mutes(matchers) VALUES ('unit=hlt01')")
         assert conn.execute("SELECT note FROM mutes").fetchone() == ("a; b",)

@@ -18,15 +18,18 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Optional
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from farmwatch.store.window import Window
 from farmwatch.config.base import Duration, Regex
 from farmwatch.model import Labels
 from farmwatch.matchers import Matcher, parse_matchers
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from farmwatch.store.window import Window
 
 OPS: dict[str, Callable[[Any, Any], Any]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
@@ -133,6 +136,8 @@ def aggregate_index(window: Window, ids: np.ndarray, values: np.ndarray, by: tup
                     how: str) -> tuple[list[Labels], np.ndarray, np.ndarray]:
     """Like ``aggregate`` but the groups as indices into ``found`` (cached by the window for
     the selection, so callers may cache what they derive from it by its identity)."""
+    import numpy as np
+
     group, found = window.groups(ids, by)
     valid = ~np.isnan(values)
     g, v = group[valid], values[valid]
@@ -202,6 +207,8 @@ class Threshold(Selector):
         return self
 
     def find(self, window: Window, now: float, counts: Counter) -> list[Active]:
+        import numpy as np
+
         compare = OPS[self.op]
         if isinstance(self.value, str):
             return self._states(window, now, compare)
@@ -219,6 +226,8 @@ class Threshold(Selector):
         return [Active(labels(i), float(values[i]), starts=bool(starts[i])) for i in hit]
 
     def _states(self, window: Window, now: float, compare: Callable[[Any, Any], Any]) -> list[Active]:
+        import numpy as np
+
         out = []
         glob = _is_glob(self.series)
         for sid in window.select_ids(self.series, self.match).tolist():
@@ -279,6 +288,8 @@ class Absent(Spec):
     _validate_match = field_validator("match", mode="before")(lambda cls, v: _matchers(v))
 
     def find(self, window: Window, now: float, counts: Counter) -> list[Active]:
+        import numpy as np
+
         ids = window.select_ids(self.series, self.match)
         seen = window.last_seen(ids, now)
         age = now - seen
@@ -317,6 +328,8 @@ class Down(Spec):
     _validate_match = field_validator("match", mode="before")(lambda cls, v: _matchers(v))
 
     def find(self, window: Window, now: float, counts: Counter) -> list[Active]:
+        import numpy as np
+
         ids = window.select_ids("up", self.match)
         seen = window.last_seen(ids, now)
         _, up = window.latest(ids, now, self.after)
@@ -364,6 +377,8 @@ class Change(Spec):
         return self
 
     def find(self, window: Window, now: float, counts: Counter) -> list[Active]:
+        import numpy as np
+
         start = now - self.window
         ids, current = window.reduce_selection(self.series, self.match, "avg", start, now)
         # The baseline ends just before the recent window starts: the two never share a sample.
@@ -466,6 +481,8 @@ class Peers(Selector):
     _peer_cache: tuple[object, np.ndarray, np.ndarray] | None = PrivateAttr(default=None)
 
     def find(self, window: Window, now: float, counts: Counter) -> list[Active]:
+        import numpy as np
+
         ids, values = self.read(window, now)
         found, index, value = aggregate_index(window, ids, values, (*self.peers_by, self.entity), self.aggregate)
         peer_of, has_entity = self._peer_groups(found)
@@ -504,6 +521,8 @@ class Peers(Selector):
     def _peer_groups(self, found: list[Labels]) -> tuple[np.ndarray, np.ndarray]:
         """For each (peers_by…, entity) group: its peer group's number, and whether it has the
         entity label at all; derived once per selection (``found`` is the window's cached list)."""
+        import numpy as np
+
         cached = self._peer_cache
         if cached is not None and cached[0] is found:
             return cached[1], cached[2]

@@ -20,16 +20,17 @@ import math
 import re
 import time
 from collections import Counter
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-import numpy as np
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from farmwatch.alerting.kinds import _RECORD_FIELDS, Active, Spec, _matchers, record_fields
 from farmwatch.config.base import Duration
 from farmwatch.logtemplates import COUNT, ID_FIELD, TEXT_FIELD, TemplateInfo, TemplateStore
 from farmwatch.matchers import Matcher
-from farmwatch.store.window import Window
+
+if TYPE_CHECKING:
+    from farmwatch.store.window import Window
 
 __all__ = ["LogNewTemplate", "LogTemplateRate", "bind_store"]
 
@@ -178,6 +179,8 @@ class LogTemplateRate(Spec):
         return self
 
     def find(self, window: Window, now: float, counts: Counter) -> list[Active]:
+        import numpy as np
+
         from farmwatch.detect import stream_scores
 
         ids = window.select_ids(COUNT, self.match)

@@ -21,17 +21,19 @@ import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from farmwatch.alerting import kinds
 from farmwatch.alerting.kinds import Active, Python, Spec
 from farmwatch.alerting.logkinds import LogNewTemplate, LogTemplateRate
-from farmwatch.store.window import Window
 from farmwatch.durations import format_duration
 from farmwatch.config.base import ConfigError, Duration, describe_error, key_path
 from farmwatch.model import Labels
+
+if TYPE_CHECKING:
+    from farmwatch.store.window import Window
 
 __all__ = ["Active", "KINDS", "Rule", "load_rules", "parse_rules", "render_template", "SHIPPED"]
 

@@ -3,6 +3,8 @@ timers, and the window sized for what the rules read.
 
 ``farmwatch run``/``watch`` (``farmwatch.service.pipeline``), ``farmwatch rules check|test|unittest``
 and the scenario harness all load rules through here, so they agree on what a config means.
+The window and the dispatcher's timers (numpy, the store) are imported where they are made:
+checking rules needs neither.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import sys
 import tomllib
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from farmwatch.alerting.dispatch import Timers
 from farmwatch.alerting.muting import InhibitRule
 from farmwatch.alerting.rules import Rule, load_rules
-from farmwatch.store.window import Window
 from farmwatch.config.base import ConfigError
 from farmwatch.config.sections import AlertingSettings
 from farmwatch.durations import parse_duration
+
+if TYPE_CHECKING:
+    from farmwatch.alerting.dispatch import Timers
+    from farmwatch.store.window import Window
 
 HORIZON_MARGIN = 60.0
 
@@ -74,6 +79,8 @@ def make_window(rules: list[Rule], alerting: AlertingSettings, *, extra: set[str
                 min_horizon: float = 0.0) -> Window:
     """The window of what ``rules`` read; ``extra`` names (globs) and ``min_horizon`` for other
     readers of the window (the anomaly scorer's family series and windows)."""
+    from farmwatch.store.window import Window
+
     names = set().union(*(r.names() for r in rules)) if rules else set()
     names |= {"daq.run_state", "daq.run_state_since"} | set(extra)
     horizon = max([r.lookback() for r in rules] + [0.0, min_horizon]) + HORIZON_MARGIN
@@ -89,6 +96,8 @@ def make_window(rules: list[Rule], alerting: AlertingSettings, *, extra: set[str
 
 def timers(alerting: AlertingSettings) -> Timers:
     """Grouping and repeat timers of an ``[alerting]`` section."""
+    from farmwatch.alerting.dispatch import Timers
+
     return Timers(tuple(alerting.group_by), alerting.group_wait, alerting.group_interval, alerting.repeat_interval,
                   alerting.new_alert_wait)
 

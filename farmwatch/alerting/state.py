@@ -13,13 +13,15 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import orjson
 
 from farmwatch.model import Alert, AlertState, Labels, Notification
 from farmwatch.matchers import Matcher, parse_matchers
-from farmwatch.store.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from farmwatch.store.storefile import StoreFile
 
 ACTIVE = (AlertState.PENDING.value, AlertState.FIRING.value)
 
@@ -127,7 +129,7 @@ def _labels_json(lbls: Labels) -> str:
 class AlertDB:
     """The alerting tables of one store; every method is one transaction."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: StoreFile) -> None:
         self.store = store
 
     # -- alerts and their history -------------------------------------------------------------

@@ -25,13 +25,13 @@ if TYPE_CHECKING:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     from farmwatch.alerting.state import AlertDB
-    from farmwatch.store import open_store
+    from farmwatch.store import open_file
 
     if args.since is not None and not args.history:
         raise UsageError("--since goes with --history (the list shows the alerts active now; --all adds the "
                          "recently resolved ones)")
     settings = load_settings(args.config)
-    store = open_store(settings.store, readonly=True)
+    store = open_file(settings.store, readonly=True)
     try:
         db = AlertDB(store)
         if args.history:
@@ -91,11 +91,11 @@ def _print_history(rows: list[dict[str, Any]], fmt: str) -> int:
 
 def cmd_silence(args: argparse.Namespace) -> int:
     from farmwatch.alerting.state import AlertDB
-    from farmwatch.store import open_store
+    from farmwatch.store import open_file
 
     settings = load_settings(args.config)
     now = time.time()
-    store = open_store(settings.store, readonly=args.action == "list")
+    store = open_file(settings.store, readonly=args.action == "list")
     try:
         db = AlertDB(store)
         if args.action == "add":
@@ -124,10 +124,10 @@ def cmd_ack(args: argparse.Namespace) -> int:
     """Acknowledge alerts by fingerprint (prefix) or by matchers: no more reminders, the message says who."""
     from farmwatch.alerting.state import AlertDB, label_map
     from farmwatch.matchers import parse_matchers
-    from farmwatch.store import open_store
+    from farmwatch.store import open_file
 
     settings = load_settings(args.config)
-    store = open_store(settings.store)
+    store = open_file(settings.store)
     try:
         db = AlertDB(store)
         active = db.alerts(states=["pending", "firing"])

@@ -62,11 +62,11 @@ def cmd_logs_search(args: argparse.Namespace) -> int:
 
 def _search_sqlite(settings: Settings, args: argparse.Namespace, since: float | None, until: float | None,
                    filters: dict[str, Any]) -> int:
-    from farmwatch.store import open_store
+    from farmwatch.store import open_file
     from farmwatch.service.signals import stop_on_signals
     from farmwatch.store.logs import LogStore
 
-    store = open_store(settings.store, readonly=True)
+    store = open_file(settings.store, readonly=True)
     try:
         logs = LogStore(store)
         try:

@@ -50,11 +50,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     resolution = choose(args.since, None, time.time()) if args.resolution == "auto" else args.resolution
     store = _open(settings, args.store)
     try:
-        if resolution == "raw":
-            df = store.query(args.name, matchers, since=args.since, limit=args.limit)
-        else:
-            df = store.rollup(args.name, matchers, since=args.since, resolution=resolution)
-            df = df if args.limit is None else df.head(args.limit)
+        if args.store == "local":  # rows without pandas: its import would be most of the command's time
+            rows = store.rows(args.name, matchers, since=args.since, resolution=resolution, limit=args.limit)
+        else:  # the TSDB's reader gives frames
+            df = (store.query(args.name, matchers, since=args.since, limit=args.limit) if resolution == "raw"
+                  else store.rollup(args.name, matchers, since=args.since, resolution=resolution))
+            rows = list(df.itertuples(index=False))[:args.limit]
     finally:
         store.close()
     rolled = resolution != "raw"
@@ -65,14 +66,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     out = sys.stdout
     if args.format == "json":
-        for row in df.itertuples(index=False):
+        for row in rows:
             doc = {"ts": _format_ts(row.ts), "name": row.name, "labels": row.labels, "value": value(row)}
             doc.update((k, int(row.count) if k == "count" else float(getattr(row, k))) for k in stats)
             out.write(dump_json(doc) + "\n")
     elif args.format == "csv":
         w = csv.writer(out)
         w.writerow(["ts", "name", "labels", "value", *stats])
-        for row in df.itertuples(index=False):
+        for row in rows:
             w.writerow([_format_ts(row.ts), row.name, ",".join(f"{k}={v}" for k, v in row.labels.items()), value(row),
                         *(getattr(row, k) for k in stats)])
     else:
@@ -81,10 +82,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         def text(v) -> str:
             return v if isinstance(v, str) else f"{v:g}"
 
-        title = f"{args.name} ({len(df)} rows{f', {resolution} rollups' if rolled else ''})"
+        title = f"{args.name} ({len(rows)} rows{f', {resolution} rollups' if rolled else ''})"
         print_table(title, ("ts", "series", "mean" if rolled else "value", *stats),
                     ((_format_ts(row.ts), format_series(row.name, tuple(sorted(row.labels.items()))), text(value(row)),
-                      *(text(getattr(row, k)) for k in stats)) for row in df.itertuples(index=False)),
+                      *(text(getattr(row, k)) for k in stats)) for row in rows),
                     wide=("series",))
     return EXIT_OK
 

@@ -46,46 +46,12 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from farmwatch.detect.settings import DEFAULT_FEATURES
+
 __all__ = ["DEFAULT_FEATURES", "Windows", "compute", "feature", "supported", "to_tsfresh_settings",
            "windows_of"]
 
 KIND = "value"
-
-# Chosen by measurement (benchmarks/bench_features.py, docs/features.md): cheap on 20,000 windows,
-# sensitive to at least one kind of fault, rarely NaN on non-constant windows, and not redundant
-# (|Spearman rho| <= 0.9) with a feature earlier in this list.
-DEFAULT_FEATURES: tuple[str, ...] = (
-    "value__mean",
-    "value__standard_deviation",
-    "value__minimum",
-    "value__maximum",
-    "value__median",
-    'value__linear_trend__attr_"slope"',
-    'value__linear_trend__attr_"stderr"',
-    "value__mean_abs_change",
-    "value__mean_change",
-    "value__mean_second_derivative_central",
-    "value__autocorrelation__lag_1",
-    "value__autocorrelation__lag_5",
-    "value__skewness",
-    "value__kurtosis",
-    "value__quantile__q_0.1",
-    "value__quantile__q_0.9",
-    "value__count_above_mean",
-    "value__longest_strike_above_mean",
-    "value__longest_strike_below_mean",
-    "value__first_location_of_maximum",
-    "value__last_location_of_maximum",
-    "value__first_location_of_minimum",
-    "value__ratio_beyond_r_sigma__r_1",
-    "value__ratio_beyond_r_sigma__r_2",
-    "value__ratio_beyond_r_sigma__r_3",
-    "value__percentage_of_reoccurring_values_to_all_values",
-    'value__change_quantiles__f_agg_"var"__isabs_False__qh_0.8__ql_0.2',
-    "value__number_peaks__n_3",
-    'value__fft_coefficient__attr_"abs"__coeff_1',
-    'value__fft_coefficient__attr_"abs"__coeff_2',
-)
 
 # Windows are computed in blocks of about this many values (1 MiB of float64): the temporaries
 # of a block stay in the CPU cache and are reused by the allocator, which made the default set

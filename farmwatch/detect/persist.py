@@ -20,14 +20,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
 import farmwatch
 
 if TYPE_CHECKING:  # imported where a model is saved or loaded: reading sidecars (`models list`) stays cheap
     from farmwatch.detect.models import FamilyModel
 
 SKLEARN_VERSION = version("scikit-learn")
+NUMPY_VERSION = version("numpy")  # the metadata, as for scikit-learn: `models list` imports neither
 
 FORMAT = 2  # 2: bounded surprises, cross-metric part (format 1 models must be retrained)
 
@@ -38,7 +37,7 @@ class IncompatibleModel(Exception):
 
 def versions() -> dict[str, str]:
     """Library versions that decide whether a saved model can be loaded."""
-    return {"numpy": np.__version__, "sklearn": SKLEARN_VERSION,
+    return {"numpy": NUMPY_VERSION, "sklearn": SKLEARN_VERSION,
             "farmwatch": getattr(farmwatch, "__version__", "0"), "python": platform.python_version()}
 
 
@@ -117,8 +116,8 @@ def check(meta: dict[str, Any], where: str, *, features: Sequence[str] | None = 
             f"{where}: trained with scikit-learn {saved}, but {SKLEARN_VERSION} is installed "
             f"(models only load with the same major.minor): retrain it with 'farmwatch train'")
     saved_np = str(meta.get("versions", {}).get("numpy", "?"))
-    if saved_np.split(".")[0] != np.__version__.split(".")[0]:
-        raise IncompatibleModel(f"{where}: trained with numpy {saved_np}, but {np.__version__} is installed: retrain it")
+    if saved_np.split(".")[0] != NUMPY_VERSION.split(".")[0]:
+        raise IncompatibleModel(f"{where}: trained with numpy {saved_np}, but {NUMPY_VERSION} is installed: retrain it")
     wanted = {"features": None if features is None else list(features), "window": window, "step": step,
               "metrics": None if metrics is None else list(metrics)}
     for key, value in wanted.items():
@@ -140,6 +139,7 @@ def load(path: str | Path, *, features: Sequence[str] | None = None, window: int
         raise IncompatibleModel(f"{model_path}: does not match its sidecar {meta_path.name} (checksum differs): "
                                 f"copy both files together or retrain")
     import joblib
+    import numpy as np
 
     from farmwatch.detect.models import FamilyModel
     from farmwatch.detect.scoring import Calibrator
@@ -175,6 +175,8 @@ def _sha256(path: Path) -> str:
 
 
 def _jsonable(x: Any) -> Any:
+    import numpy as np
+
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, np.ndarray):

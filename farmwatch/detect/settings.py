@@ -13,8 +13,9 @@ A family is declared in the config::
     step = 5
     freq = "10s"                          # entities are resampled onto this grid (peers need one clock)
 
-Validating these must stay cheap (every command reads the config): the feature catalogue needs
-numpy only, and the model kind is checked against ``BUILTIN_KINDS`` before the model registry
+Validating these must stay cheap (every command reads the config): the default feature set is
+defined here, so that only a family naming its own features imports the feature catalogue
+(numpy), and the model kind is checked against ``BUILTIN_KINDS`` before the model registry
 (which imports pandas) is consulted for kinds added with ``register_model``.
 """
 
@@ -25,10 +26,45 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from farmwatch.config.base import Section
-from farmwatch.detect import features as feats
 
 BUILTIN_KINDS = ("isolation_forest", "lof", "ocsvm", "elliptic_envelope")
 """The kinds ``farmwatch.detect.models`` registers itself (a test keeps the two equal)."""
+
+# Chosen by measurement (benchmarks/bench_features.py, docs/features.md): cheap on 20,000 windows,
+# sensitive to at least one kind of fault, rarely NaN on non-constant windows, and not redundant
+# (|Spearman rho| <= 0.9) with a feature earlier in this list.
+DEFAULT_FEATURES: tuple[str, ...] = (
+    "value__mean",
+    "value__standard_deviation",
+    "value__minimum",
+    "value__maximum",
+    "value__median",
+    'value__linear_trend__attr_"slope"',
+    'value__linear_trend__attr_"stderr"',
+    "value__mean_abs_change",
+    "value__mean_change",
+    "value__mean_second_derivative_central",
+    "value__autocorrelation__lag_1",
+    "value__autocorrelation__lag_5",
+    "value__skewness",
+    "value__kurtosis",
+    "value__quantile__q_0.1",
+    "value__quantile__q_0.9",
+    "value__count_above_mean",
+    "value__longest_strike_above_mean",
+    "value__longest_strike_below_mean",
+    "value__first_location_of_maximum",
+    "value__last_location_of_maximum",
+    "value__first_location_of_minimum",
+    "value__ratio_beyond_r_sigma__r_1",
+    "value__ratio_beyond_r_sigma__r_2",
+    "value__ratio_beyond_r_sigma__r_3",
+    "value__percentage_of_reoccurring_values_to_all_values",
+    'value__change_quantiles__f_agg_"var"__isabs_False__qh_0.8__ql_0.2',
+    "value__number_peaks__n_3",
+    'value__fft_coefficient__attr_"abs"__coeff_1',
+    'value__fft_coefficient__attr_"abs"__coeff_2',
+)
 
 
 class FamilySettings(Section):
@@ -46,7 +82,7 @@ class FamilySettings(Section):
     """The grid the series are resampled to (pandas offset)."""
     kind: str = "isolation_forest"
     """Model kind: `isolation_forest`, `lof`, `ocsvm`, `elliptic_envelope` (or one registered with `register_model`)."""
-    features: list[str] = Field(default_factory=lambda: list(feats.DEFAULT_FEATURES))
+    features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
     """tsfresh feature names computed per metric window; default `farmwatch.detect.features.DEFAULT_FEATURES` (docs/features.md)."""
     target_false_alarm: float = Field(default=0.01, gt=0, lt=1)
     """False-alarm rate on normal history that sets the alert threshold (score >= 1 - rate)."""
@@ -65,7 +101,9 @@ class FamilySettings(Section):
     @field_validator("features")
     @classmethod
     def _supported(cls, features: list[str]) -> list[str]:
-        unknown = sorted(set(features) - set(feats.supported()))
+        from farmwatch.detect.features import supported
+
+        unknown = sorted(set(features) - set(supported()))
         if unknown:
             raise ValueError(f"unsupported features: {', '.join(unknown)} (see farmwatch.detect.features.supported())")
         return features
@@ -78,4 +116,4 @@ class DetectSettings(Section):
     """The model families by name."""
 
 
-__all__ = ["BUILTIN_KINDS", "DetectSettings", "FamilySettings"]
+__all__ = ["BUILTIN_KINDS", "DEFAULT_FEATURES", "DetectSettings", "FamilySettings"]

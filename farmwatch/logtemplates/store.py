@@ -43,7 +43,7 @@ class TemplateInfo:
 
 
 class TemplateStore:
-    """The template tables of one store file (schema step 5 of ``farmwatch.store.sqlite``)."""
+    """The template tables of one store file (schema step 5 of ``farmwatch.store.storefile``)."""
 
     def __init__(self, store: Any) -> None:
         self.store = store

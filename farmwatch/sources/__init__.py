@@ -25,12 +25,18 @@ _NOT_KINDS = {"base"}
 
 
 @functools.cache
+def builtin_kinds() -> tuple[str, ...]:
+    """The kinds of the folders here."""
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
+                        if not m.name.startswith("_") and m.name not in _NOT_KINDS))
+
+
+@functools.cache
 def known_kinds() -> tuple[str, ...]:
-    """The built-in kinds (the folders here) and those of installed plugins; looked up once per
-    process (scanning the installed packages' entry points costs more than reading a config)."""
-    builtin = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name not in _NOT_KINDS]
+    """The built-in kinds and those of installed plugins; looked up once per process (scanning the
+    installed packages' entry points costs more than reading a config)."""
     plugins = [ep.name for ep in entry_points(group="farmwatch.sources")]
-    return tuple(sorted(set(builtin) | set(plugins)))
+    return tuple(sorted(set(builtin_kinds()) | set(plugins)))
 
 
 def source_class(kind: object) -> type["Source"]:
@@ -51,14 +57,11 @@ def source_class(kind: object) -> type["Source"]:
 
 def config_class(kind: object) -> type["SourceConfig"]:
     """The Config model of ``kind`` without importing the source's code (``<kind>/config.py``
-    exposes ``CONFIG``), so that reading a config stays cheap; LookupError as ``source_class``."""
-    kinds = known_kinds()
-    if not isinstance(kind, str) or kind not in kinds or kind in _NOT_KINDS or kind.startswith("_"):
-        source_class(kind)  # raises the LookupError naming the known kinds
-    try:
+    exposes ``CONFIG``), so that reading a config stays cheap (a built-in kind: without scanning
+    the installed packages for plugins); LookupError as ``source_class``."""
+    if kind in builtin_kinds():
         return importlib.import_module(f"{__name__}.{kind}.config").CONFIG
-    except ModuleNotFoundError:
-        return source_class(kind).Config
+    return source_class(kind).Config  # a plugin's kind, or the LookupError naming the known kinds
 
 
 def source_file(kind: str, name: str) -> str:
@@ -66,4 +69,4 @@ def source_file(kind: str, name: str) -> str:
     return importlib.resources.files(f"{__name__}.{kind}").joinpath(name).read_text(encoding="utf-8")
 
 
-__all__ = ["config_class", "known_kinds", "source_class", "source_file"]
+__all__ = ["builtin_kinds", "config_class", "known_kinds", "source_class", "source_file"]

@@ -2,7 +2,7 @@
 
 Without Elasticsearch this is where log records rest, and it is always one of the sinks (the
 runner writes every log record here, and to Elasticsearch when configured). The tables are the
-store file's (schema step 4 in ``farmwatch.store.sqlite``): ``logs`` with a unique ``doc_id``
+store file's (schema step 4 in ``farmwatch.store.storefile``): ``logs`` with a unique ``doc_id``
 (``LogRecord.doc_id``), so a record sent twice after a crash or a retry is stored once, and an
 external-content FTS5 index ``logs_fts`` over message, level, host and service kept in step by
 triggers. A log source's file offsets are saved in the same transaction as its records
@@ -22,7 +22,7 @@ import orjson
 
 from farmwatch.model import LogRecord, level_names
 from farmwatch.sources.base import LogBatch
-from farmwatch.store.sqlite import SQLiteStore, StoreError
+from farmwatch.store.storefile import StoreError, StoreFile
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,9 +69,9 @@ def fts_query(text: str) -> tuple[str, str]:
 
 
 class LogStore:
-    """The log records of one ``SQLiteStore`` file (the store's lock and transactions are reused)."""
+    """The log records of one store file (the store's lock and transactions are reused)."""
 
-    def __init__(self, store: SQLiteStore, *, retention: float | None = None) -> None:
+    def __init__(self, store: StoreFile, *, retention: float | None = None) -> None:
         self.store = store
         self.retention = store.retention if retention is None else retention
 
@@ -204,7 +204,7 @@ class LogFeed:
     what was stored since the previous call, whatever its timestamps (late records included).
     """
 
-    def __init__(self, store: SQLiteStore, horizon: float, *, batch: int = 50_000) -> None:
+    def __init__(self, store: StoreFile, horizon: float, *, batch: int = 50_000) -> None:
         self.logs = LogStore(store)
         self.horizon = horizon
         self.batch = batch

@@ -2,7 +2,9 @@
 
 Several services write to the same file at once (one collector per source, plus detection and
 alerting), so the file runs in WAL mode, every write is one ``BEGIN IMMEDIATE`` transaction that
-waits up to ``busy_timeout`` for the write lock, and readers never block writers.
+waits up to ``busy_timeout`` for the write lock, and readers never block writers. Opening the
+file (WAL, schema steps) and transactions are ``farmwatch.store.storefile``'s; this module adds
+the time series.
 
 Numbers pass through two forms:
 - the *head*: a poll source produces, per target and cycle, one ``Batch``, the same series every
@@ -26,264 +28,33 @@ duplicates points. String state values (``socket_state = connected``) live in ``
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
 import sqlite3
 import threading
-import time
-from contextlib import AbstractContextManager, contextmanager
+from collections import namedtuple
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import repeat
 from operator import itemgetter
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import orjson
 
-from farmwatch.clock import Clock, RealClock
+from farmwatch.clock import Clock
 from farmwatch.model import Batch, Labels, Sample, SeriesKey, Value, format_series
 from farmwatch.matchers import Matcher, MatcherSpec, parse_matchers
 from farmwatch.store import chunks, compact, rollup
 from farmwatch.store.chunks import BLOCK_MS, Points
+from farmwatch.store.storefile import APPLICATION, CACHE_KIB, MIGRATIONS, StoreError, StoreFile
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are made: commands that make none start without it
 
-APPLICATION = "farmwatch"
-CACHE_KIB = 64 * 1024
 COMPACT_AFTER = 600.0
 """An hour's head table is compacted this many seconds after the hour ended (late samples)."""
-
-MIGRATIONS: list[str] = [
-    # 1: metadata, series catalogue, the list of day chunks (frames_YYYYMMDD tables, created on
-    # demand), the layouts of frames and where each series sits in them, state values.
-    """
-    CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-    INSERT INTO meta(key, value) VALUES ('application', 'farmwatch');
-    CREATE TABLE series(
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        created REAL NOT NULL,
-        UNIQUE(name, labels));
-    CREATE TABLE chunks(
-        name TEXT PRIMARY KEY,
-        start_ms INTEGER NOT NULL,
-        end_ms INTEGER NOT NULL) WITHOUT ROWID;
-    CREATE TABLE states(
-        series_id INTEGER NOT NULL,
-        ts INTEGER NOT NULL,
-        value TEXT NOT NULL,
-        PRIMARY KEY(series_id, ts)) WITHOUT ROWID;
-    CREATE TABLE layouts(
-        id INTEGER PRIMARY KEY,
-        digest BLOB NOT NULL UNIQUE,
-        n INTEGER NOT NULL,
-        series BLOB NOT NULL);
-    CREATE TABLE layout_series(
-        series_id INTEGER NOT NULL,
-        layout_id INTEGER NOT NULL,
-        pos INTEGER NOT NULL,
-        PRIMARY KEY(series_id, layout_id)) WITHOUT ROWID;
-    """,
-    # 2: alerting state (farmwatch.alerting.state): current and recent alerts, their history,
-    # silences, acknowledgements, notification groups, the outbox and the chat messages of groups.
-    """
-    CREATE TABLE alerts(
-        fingerprint TEXT PRIMARY KEY,
-        rule TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        state TEXT NOT NULL,
-        doc TEXT NOT NULL,
-        updated REAL NOT NULL) WITHOUT ROWID;
-    CREATE TABLE alert_history(
-        id INTEGER PRIMARY KEY,
-        ts REAL NOT NULL,
-        fingerprint TEXT NOT NULL,
-        rule TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        event TEXT NOT NULL,
-        severity TEXT NOT NULL,
-        value REAL,
-        summary TEXT NOT NULL);
-    CREATE INDEX alert_history_ts ON alert_history(ts);
-    CREATE INDEX alert_history_fp ON alert_history(fingerprint, ts);
-    CREATE TABLE silences(
-        id TEXT PRIMARY KEY,
-        matchers TEXT NOT NULL,
-        starts_at REAL NOT NULL,
-        ends_at REAL NOT NULL,
-        created_by TEXT NOT NULL,
-        comment TEXT NOT NULL) WITHOUT ROWID;
-    CREATE TABLE acks(
-        fingerprint TEXT PRIMARY KEY,
-        by TEXT NOT NULL,
-        at REAL NOT NULL,
-        comment TEXT NOT NULL) WITHOUT ROWID;
-    CREATE TABLE alert_groups(
-        group_key TEXT PRIMARY KEY,
-        doc TEXT NOT NULL) WITHOUT ROWID;
-    CREATE TABLE outbox(
-        id INTEGER PRIMARY KEY,
-        notifier TEXT NOT NULL,
-        incident TEXT NOT NULL,
-        created REAL NOT NULL,
-        payload TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt REAL NOT NULL,
-        done REAL,
-        outcome TEXT);
-    CREATE INDEX outbox_pending ON outbox(notifier, done, id);
-    CREATE TABLE chat_refs(
-        notifier TEXT NOT NULL,
-        incident TEXT NOT NULL,
-        ref TEXT NOT NULL,
-        posted REAL NOT NULL,
-        PRIMARY KEY(notifier, incident)) WITHOUT ROWID;
-    """,
-    # 3: where sources resume after a restart (Zabbix: last clock per item; log files: offsets),
-    # keyed by source name and a key of the source's choosing, value JSON.
-    """
-    CREATE TABLE source_cursors(
-        source TEXT NOT NULL,
-        key TEXT NOT NULL,
-        value TEXT NOT NULL,
-        updated REAL NOT NULL,
-        PRIMARY KEY(source, key)) WITHOUT ROWID;
-    """,
-    # 4: log records (farmwatch.store.logs) with a full-text index of message, level, host and
-    # service; doc_id (LogRecord.doc_id) is unique, so a re-sent record is stored once.
-    """
-    CREATE TABLE logs(
-        id INTEGER PRIMARY KEY,
-        doc_id TEXT NOT NULL UNIQUE,
-        ts REAL NOT NULL,
-        host TEXT NOT NULL,
-        service TEXT NOT NULL,
-        level TEXT NOT NULL,
-        message TEXT NOT NULL,
-        fields TEXT NOT NULL);
-    CREATE INDEX logs_ts ON logs(ts);
-    CREATE VIRTUAL TABLE logs_fts USING fts5(
-        message, level, host, service, content='logs', content_rowid='id');
-    CREATE TRIGGER logs_fts_insert AFTER INSERT ON logs BEGIN
-        INSERT INTO logs_fts(rowid, message, level, host, service)
-        VALUES (new.id, new.message, new.level, new.host, new.service);
-    END;
-    CREATE TRIGGER logs_fts_delete AFTER DELETE ON logs BEGIN
-        INSERT INTO logs_fts(logs_fts, rowid, message, level, host, service)
-        VALUES ('delete', old.id, old.message, old.level, old.host, old.service);
-    END;
-    """,
-    # 5: compressed chunks and rollups; the frame tables' catalogue becomes ``heads``; several
-    # values of one series at one ms (``extras``, value as int64 bits so NaN stays exact; states
-    # get a sequence number too).
-    """
-    ALTER TABLE chunks RENAME TO heads;
-    CREATE TABLE extras(
-        series_id INTEGER NOT NULL,
-        ts INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        bits INTEGER NOT NULL,
-        PRIMARY KEY(series_id, ts, seq)) WITHOUT ROWID;
-    CREATE TABLE series_chunks(
-        id INTEGER PRIMARY KEY,
-        series_id INTEGER NOT NULL,
-        start_ms INTEGER NOT NULL,
-        end_ms INTEGER NOT NULL,
-        ref INTEGER NOT NULL,
-        last INTEGER NOT NULL,
-        data BLOB NOT NULL);
-    CREATE UNIQUE INDEX series_chunks_key ON series_chunks(series_id, start_ms);
-    CREATE INDEX series_chunks_end ON series_chunks(end_ms);
-    CREATE TABLE rollups(
-        id INTEGER PRIMARY KEY,
-        res INTEGER NOT NULL,
-        series_id INTEGER NOT NULL,
-        start_ms INTEGER NOT NULL,
-        end_ms INTEGER NOT NULL,
-        data BLOB NOT NULL);
-    CREATE UNIQUE INDEX rollups_key ON rollups(res, series_id, start_ms);
-    CREATE INDEX rollups_end ON rollups(res, end_ms);
-    CREATE TABLE states_v5(
-        series_id INTEGER NOT NULL,
-        ts INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        value TEXT NOT NULL,
-        PRIMARY KEY(series_id, ts, seq)) WITHOUT ROWID;
-    INSERT INTO states_v5 SELECT series_id, ts, 0, value FROM states;
-    DROP TABLE states;
-    ALTER TABLE states_v5 RENAME TO states;
-    """,
-    # 6: the remote-write queue (farmwatch.store.remote): requests queued in the transaction that
-    # stores their samples, per service (owner), deleted once the receiver accepted them.
-    """
-    CREATE TABLE remote_queue(
-        id INTEGER PRIMARY KEY,
-        owner TEXT NOT NULL,
-        samples INTEGER NOT NULL,
-        created REAL NOT NULL,
-        body BLOB NOT NULL);
-    CREATE INDEX remote_queue_owner ON remote_queue(owner, id);
-    """,
-    # 7: a smaller catalogue. Where a series sits in layouts is known from the layouts' own
-    # series lists (kept in memory, ``_LayoutIndex``); the series' text is stored once (an index on
-    # the name only: a new series is looked up and inserted under the write lock, so two
-    # processes cannot both add it); a random id tells one store file from another.
-    """
-    DROP TABLE layout_series;
-    CREATE TABLE series_v7(
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        created REAL NOT NULL);
-    INSERT INTO series_v7 SELECT id, name, labels, created FROM series;
-    DROP TABLE series;
-    ALTER TABLE series_v7 RENAME TO series;
-    CREATE INDEX series_name ON series(name);
-    INSERT OR REPLACE INTO meta(key, value) VALUES ('store_id', lower(hex(randomblob(16))));
-    """,
-    # 8: log templates (farmwatch.logtemplates): the miners' clusters, shared by every collector
-    # of the file (version: a change counter for syncing), the templates with when they were first
-    # and last seen (kept up to date by a trigger on logs; resumed/idle: the last return after an
-    # hour or more without the template), and the record's template id as an indexed column.
-    """
-    CREATE TABLE log_template_clusters(
-        id TEXT PRIMARY KEY,
-        bucket TEXT NOT NULL,
-        words TEXT NOT NULL,
-        version INTEGER NOT NULL) WITHOUT ROWID;
-    CREATE INDEX log_template_clusters_version ON log_template_clusters(version);
-    CREATE TABLE log_templates(
-        id TEXT PRIMARY KEY,
-        template TEXT NOT NULL,
-        cluster TEXT NOT NULL,
-        first_seen REAL NOT NULL,
-        last_seen REAL NOT NULL,
-        resumed REAL NOT NULL,
-        idle REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
-    CREATE INDEX log_templates_cluster ON log_templates(cluster);
-    ALTER TABLE logs ADD COLUMN template_id TEXT
-        GENERATED ALWAYS AS (json_extract(fields, '$."log.template.id"')) VIRTUAL;
-    CREATE INDEX logs_template ON logs(template_id, ts);
-    CREATE TRIGGER logs_template_seen AFTER INSERT ON logs WHEN new.template_id IS NOT NULL BEGIN
-        UPDATE log_templates SET
-            resumed = CASE WHEN new.ts - last_seen >= 3600 THEN new.ts ELSE resumed END,
-            idle = CASE WHEN new.ts - last_seen >= 3600 THEN new.ts - last_seen ELSE idle END,
-            first_seen = min(first_seen, new.ts),
-            last_seen = max(last_seen, new.ts)
-        WHERE id = new.template_id;
-    END;
-    """,
-]
-"""Schema steps: ``MIGRATIONS[i]`` is an SQL script taking a file from ``user_version`` i to i + 1.
-
-Append a step to change the schema; never edit one that has shipped.
-"""
 
 StateRow = tuple[int, int, int, str]
 """(series id, ts in ms, sequence within the ms, state) as stored."""
@@ -304,15 +75,12 @@ _STATES_RETENTION = """
 """
 
 
-class StoreError(Exception):
-    """Something about the store file that the user has to fix; the message is one line naming the file."""
-
-
-class SQLiteStore:
+class SQLiteStore(StoreFile):
     """Time series (numbers and string states) in one SQLite file; safe for several processes.
 
     One object may be shared by threads (a collector's writer thread and a CLI reader): every
-    call holds an internal lock for its duration.
+    call holds an internal lock for its duration. Opening the file, transactions and cursors are
+    ``StoreFile``'s.
     """
 
     def __init__(
@@ -325,46 +93,16 @@ class SQLiteStore:
         readonly: bool = False,
         rollup_retention: Mapping[str, float] | None = None,
     ) -> None:
-        if retention is not None and not retention > 0:
-            raise ValueError(f"retention must be a positive number of seconds, not {retention!r}")
         for res, keep in (rollup_retention or {}).items():
             if res not in rollup.RESOLUTIONS or not keep > 0:
                 raise ValueError(f"rollup_retention: {res!r} = {keep!r}: expected "
                                  f"{' or '.join(rollup.RESOLUTIONS)} = a positive number of seconds")
-        self.path = Path(path)
-        self.retention = retention
         self.rollup_retention = dict(rollup_retention or {})
         """Resolution (``1m``, ``10m``) → seconds its rollups are kept; a missing one: for ever."""
-        self.readonly = readonly
-        self._clock: Clock = clock or RealClock()
-        self._lock = threading.RLock()
         self._ids: dict[SeriesKey, int] = {}
         # Layout ids by the bytes of their int64 series-id array (hashed once, compared by memcmp).
         self._layouts: dict[bytes, int] = {}
-        self._conn = self._connect(busy_timeout)
-        try:
-            self._configure(busy_timeout)
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            raise self._error(exc) from None
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def schema_version(self) -> int:
-        with self._lock:
-            return _user_version(self._conn)
+        super().__init__(path, retention=retention, clock=clock, busy_timeout=busy_timeout, readonly=readonly)
 
     def write(self, items: Batch | Sample | Iterable[Batch] | Iterable[Sample], *,
               also: Sequence[Callable[[sqlite3.Connection], None]] = ()) -> int:
@@ -449,6 +187,39 @@ class SQLiteStore:
         """
         if form not in ("long", "wide"):
             raise ValueError(f"form must be 'long' or 'wide', not {form!r}")
+        catalog, samples, states = self._points(name, matchers, since, until, limit, with_states=form == "long")
+        if form == "wide":
+            if limit is not None:
+                order = np.lexsort((samples[2], catalog.positions(samples[0]), samples[1]))[:limit]
+                samples = tuple(column[order] for column in samples)  # type: ignore[assignment]
+            return catalog.wide(samples)
+        frame = _frame(catalog.long(samples, states))
+        return frame if limit is None else frame.head(limit)
+
+    def rows(
+        self,
+        name: str | None = None,
+        matchers: MatcherSpec = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        resolution: str = "raw",
+        limit: int | None = None,
+    ) -> list[tuple]:
+        """The first ``limit`` rows of ``query`` (``resolution="raw"``) or ``rollup`` as named
+        tuples of the fixed columns (ts a UTC ``datetime``; no column per label key).
+
+        What ``farmwatch query`` prints: made without pandas, whose import is most of a short
+        command's start-up.
+        """
+        if resolution == "raw":
+            catalog, samples, states = self._points(name, matchers, since, until, limit, with_states=True)
+            return _rows(_Point, catalog.long(samples, states, per_label=False), limit)
+        catalog, rolled = self._rolled(name, matchers, since, until, resolution)
+        return _rows(_Bin, catalog.rolled(rolled, per_label=False), limit)
+
+    def _points(self, name: str | None, matchers: MatcherSpec, since: float | None, until: float | None,
+                limit: int | None, with_states: bool) -> tuple[_Catalog, Points, list[StateRow]]:
         wanted = parse_matchers(matchers)
         lo = -(2**63) if since is None else _ms(since)
         hi = 2**63 - 1 if until is None else _ms(until)
@@ -456,16 +227,10 @@ class SQLiteStore:
             catalog = _Catalog.select(conn, name, wanted)
             if limit is None:
                 samples = _read_points(conn, catalog.ids, lo, hi)
-                states = _read_states(conn, catalog.ids, lo, hi) if form == "long" else []
+                states = _read_states(conn, catalog.ids, lo, hi) if with_states else []
             else:
-                samples, states = _read_earliest(conn, catalog.ids, lo, hi, limit, form == "long")
-        if form == "wide":
-            if limit is not None:
-                order = np.lexsort((samples[2], catalog.positions(samples[0]), samples[1]))[:limit]
-                samples = tuple(column[order] for column in samples)  # type: ignore[assignment]
-            return catalog.wide(samples)
-        frame = catalog.long(samples, states)
-        return frame if limit is None else frame.head(limit)
+                samples, states = _read_earliest(conn, catalog.ids, lo, hi, limit, with_states)
+        return catalog, samples, states
 
     def latest(self, name: str | None = None, matchers: MatcherSpec = None) -> pd.DataFrame:
         """The newest value or state of each matching series, in the long form of ``query``
@@ -504,7 +269,7 @@ class SQLiteStore:
                         dtype=bool)
         newer_sample = set(sids[keep].tolist())
         kept_states = [row for sid, row in newest_state.items() if sid not in newer_sample]
-        return catalog.long((sids[keep], ts[keep], seq[keep], values[keep]), kept_states)
+        return _frame(catalog.long((sids[keep], ts[keep], seq[keep], values[keep]), kept_states))
 
     def rollup(
         self,
@@ -519,6 +284,11 @@ class SQLiteStore:
         start <= until``, columns ts (bin start), name, value (the mean), min, max, last, count,
         labels and one column per label key, sorted by ts then series. ``resolution``: ``1m`` or
         ``10m``. Hours not compacted yet are rolled up from their samples on the fly."""
+        catalog, rolled = self._rolled(name, matchers, since, until, resolution)
+        return _frame(catalog.rolled(rolled))
+
+    def _rolled(self, name: str | None, matchers: MatcherSpec, since: float | None, until: float | None,
+                resolution: str) -> tuple[_Catalog, rollup.Rolled]:
         step = rollup.RESOLUTIONS.get(resolution)
         if step is None:
             raise ValueError(f"resolution must be one of {', '.join(rollup.RESOLUTIONS)}, not {resolution!r}")
@@ -531,7 +301,7 @@ class SQLiteStore:
             head = _read_points(conn, catalog.ids, lo - lo % step if lo > -(2**63) else lo, hi, chunked=False)
         rolled = rollup.merge([stored, rollup.aggregate(head, step)])
         keep = (rolled.ts >= lo) & (rolled.ts <= hi)
-        return catalog.rolled(rolled.take(np.flatnonzero(keep)))
+        return catalog, rolled.take(np.flatnonzero(keep))
 
     def compact(self, now: float | None = None, *, everything: bool = False) -> int:
         """Turn head tables into compressed chunks and rollups: every hour that ended
@@ -609,77 +379,6 @@ class SQLiteStore:
         removed += conn.execute(_STATES_RETENTION, {"cutoff": cutoff}).rowcount
         return removed
 
-    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
-        try:
-            if self.readonly:
-                if not self.path.is_file():
-                    raise StoreError(f"{self.path}: no such store file")
-                target, uri = self.path.resolve().as_uri() + "?mode=ro", True
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                target, uri = os.fspath(self.path), False
-            # isolation_level=None: this class issues BEGIN/COMMIT itself.
-            conn = sqlite3.connect(
-                target, uri=uri, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-        except OSError as exc:
-            problem = exc.strerror or exc
-            raise StoreError(f"{self.path}: cannot create the store's folder: {problem}") from None
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
-        return conn
-
-    def _configure(self, busy_timeout: float) -> None:
-        conn = self._conn
-        if not self.readonly:
-            _enable_wal(conn, busy_timeout)
-        conn.execute("PRAGMA synchronous=NORMAL")
-        # A farm cycle adds ~1,400 pages; checkpoint (with its fsync) every few cycles, not every one.
-        conn.execute("PRAGMA wal_autocheckpoint = 8000")
-        # Every poll cycle appends to each target's last page of today's chunk and looks up the
-        # series catalogue; the default 2 MB cache would evict those pages between cycles.
-        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-
-    def _migrate(self) -> None:
-        """Bring the file to the current schema; the write lock makes concurrent first opens safe."""
-        conn = self._conn
-        version = _user_version(conn)
-        if version < len(MIGRATIONS) and not self.readonly:
-            with self._transaction("BEGIN IMMEDIATE", "schema upgrade"):
-                version = _user_version(conn)
-                self._check_identity(version)
-                for script in MIGRATIONS[version:]:
-                    for statement in _statements(script):
-                        conn.execute(statement)
-                version = max(version, len(MIGRATIONS))
-                conn.execute(f"PRAGMA user_version = {version}")
-        self._check_identity(version)
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"{self.path}: written by a newer farmwatch (schema version {version}, this farmwatch "
-                f"knows up to {len(MIGRATIONS)}); upgrade farmwatch to use it"
-            )
-        if version < len(MIGRATIONS):
-            raise StoreError(
-                f"{self.path}: schema version {version} needs an upgrade to {len(MIGRATIONS)}, "
-                "which a read-only store cannot do; open it once without readonly"
-            )
-
-    def _check_identity(self, version: int) -> None:
-        conn = self._conn
-        if version == 0:
-            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                raise StoreError(f"{self.path}: not a farmwatch store (an SQLite database of something else)")
-            if self.readonly:
-                raise StoreError(f"{self.path}: not a farmwatch store yet (an empty SQLite database)")
-            return
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'application'").fetchone()
-        except sqlite3.OperationalError:
-            row = None
-        if row is None or row[0] != APPLICATION:
-            raise StoreError(f"{self.path}: not a farmwatch store (an SQLite database of something else)")
-
     def _register(self, conn: sqlite3.Connection, keys: list[SeriesKey]) -> dict[SeriesKey, int]:
         """Ids of series, new ones created; inside the write transaction (``BEGIN IMMEDIATE``), so
         the look-up and the insert cannot interleave with another process's.
@@ -722,74 +421,9 @@ class SQLiteStore:
             found[layout] = lid
         return found
 
-    def transaction(self, action: str, *, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
-        """A transaction on the store file for the parts that keep their own tables (alerting).
-
-        ``action`` names what is being done in the one-line ``StoreError`` a failure becomes.
-        Writers take the write lock at once (``BEGIN IMMEDIATE``), so a read-modify-write by two
-        processes cannot interleave.
-        """
-        if write:
-            self._require_writable(action)
-        return self._transaction("BEGIN IMMEDIATE" if write else "BEGIN", action)
-
-    @contextmanager
-    def _transaction(self, begin: str, action: str) -> Iterator[sqlite3.Connection]:
-        """One transaction under the thread lock; SQLite failures become a one-line StoreError."""
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute(begin)
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                finally:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-            except sqlite3.DatabaseError as exc:
-                raise self._error(exc, action) from exc
-
-    def cursors(self, source: str) -> dict[str, Any]:
-        """Every cursor a source saved (key → the JSON value), e.g. the last clock per Zabbix item."""
-        with self._transaction("BEGIN", f"read the cursors of source {source!r}") as conn:
-            rows = conn.execute("SELECT key, value FROM source_cursors WHERE source = ?", (source,)).fetchall()
-        return {k: json.loads(v) for k, v in rows}
-
-    def save_cursors(self, source: str, cursors: Mapping[str, Any], *, drop: Iterable[str] = (),
-                     conn: sqlite3.Connection | None = None) -> None:
-        """Upsert ``cursors`` (JSON-serialisable values) and delete the keys in ``drop``.
-
-        Pass ``conn`` (from ``transaction(..., write=True)``) to save them in the same transaction
-        as the data they describe, so a crash cannot leave a cursor ahead of what was stored.
-        """
-        now = time.time()
-        rows = [(source, k, json.dumps(v), now) for k, v in cursors.items()]
-        gone = [(source, k) for k in drop]
-
-        def apply(c: sqlite3.Connection) -> None:
-            c.executemany("INSERT INTO source_cursors(source, key, value, updated) VALUES (?, ?, ?, ?) "
-                          "ON CONFLICT(source, key) DO UPDATE SET value = excluded.value, updated = excluded.updated", rows)
-            c.executemany("DELETE FROM source_cursors WHERE source = ? AND key = ?", gone)
-
-        if conn is not None:
-            apply(conn)
-            return
-        with self.transaction(f"save the cursors of source {source!r}", write=True) as c:
-            apply(c)
-
-    def _require_writable(self, action: str) -> None:
-        if self.readonly:
-            raise StoreError(f"{self.path}: cannot {action}, the store was opened read-only")
-
-    def _error(self, exc: sqlite3.Error, action: str = "open") -> StoreError:
-        if "not a database" in str(exc):
-            return StoreError(f"{self.path}: not a farmwatch store (not an SQLite database)")
-        return StoreError(f"{self.path}: {action} failed: {exc}")
-
-
 @dataclass
 class _Catalog:
-    """The series a query selected, in display order, and how to turn rows into DataFrames."""
+    """The series a query selected, in display order, and how to turn rows into columns."""
 
     ids: list[int]
     names: list[str]
@@ -826,9 +460,8 @@ class _Catalog:
         columns.update(self._label_columns(np.arange(len(self.ids)), _SERIES_COLUMNS))
         return pd.DataFrame(columns)
 
-    def long(self, samples: Points, states: list[StateRow]) -> pd.DataFrame:
-        import pandas as pd
-
+    def long(self, samples: Points, states: list[StateRow], *, per_label: bool = True) -> dict[str, np.ndarray]:
+        """The long form's columns (ts in ms); ``per_label``: also one column per label key."""
         sid_s, ts_s, seq_s, value_s = samples
         sid_t, ts_t, seq_t, texts = _unzip(states)
         pos = self.positions(np.concatenate([sid_s, sid_t]))
@@ -839,15 +472,16 @@ class _Catalog:
         state[len(value_s) :] = texts
         order = np.lexsort((seq, pos, ts))
         pos = pos[order]
-        columns: dict[str, object] = {
-            "ts": _datetimes(ts[order]),
+        columns = {
+            "ts": ts[order],
             "name": _objects(self.names)[pos],
             "value": value[order],
-            "state": pd.Series(state[order], dtype=object),
+            "state": state[order],
             "labels": _objects(self.labels)[pos],
         }
-        columns.update(self._label_columns(pos, _LONG_COLUMNS))
-        return pd.DataFrame(columns)
+        if per_label:
+            columns.update(self._label_columns(pos, _LONG_COLUMNS))
+        return columns
 
     def wide(self, samples: Points) -> pd.DataFrame:
         """What ``pivot(index="ts", columns=series, values="value")`` gives, without its MultiIndex
@@ -865,16 +499,15 @@ class _Catalog:
         columns = pd.Index([self.display[p] for p in used.tolist()])
         return pd.DataFrame(matrix, index=_datetimes(times).rename("ts"), columns=columns)
 
-    def rolled(self, rows: rollup.Rolled) -> pd.DataFrame:
-        import pandas as pd
-
+    def rolled(self, rows: rollup.Rolled, *, per_label: bool = True) -> dict[str, np.ndarray]:
+        """The rollup rows' columns (ts in ms); ``per_label``: also one column per label key."""
         pos = self.positions(rows.sid)
         order = np.lexsort((pos, rows.ts))
         pos = pos[order]
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = rows.sum[order] / rows.count[order]
-        columns: dict[str, object] = {
-            "ts": _datetimes(rows.ts[order]),
+        columns = {
+            "ts": rows.ts[order],
             "name": _objects(self.names)[pos],
             "value": mean,
             "min": rows.min[order],
@@ -883,14 +516,15 @@ class _Catalog:
             "count": rows.count[order].astype(np.int64),
             "labels": _objects(self.labels)[pos],
         }
-        columns.update(self._label_columns(pos, _ROLLUP_COLUMNS))
-        return pd.DataFrame(columns)
+        if per_label:
+            columns.update(self._label_columns(pos, _ROLLUP_COLUMNS))
+        return columns
 
     def positions(self, sids: np.ndarray) -> np.ndarray:
-        """Display positions of series ids."""
-        import pandas as pd
-
-        return pd.Index(self.ids).get_indexer(sids)
+        """Display positions of series ids (each one of the catalog's)."""
+        ids = np.array(self.ids, dtype=np.int64)
+        by_id = np.argsort(ids)
+        return by_id[np.searchsorted(ids, sids, sorter=by_id)] if len(sids) else np.empty(0, dtype=np.intp)
 
     def _label_columns(self, pos: np.ndarray, reserved: tuple[str, ...]) -> dict[str, np.ndarray]:
         """One column per label key; a key clashing with a fixed column stays only in ``labels``."""
@@ -1299,41 +933,6 @@ def _newest_sql(table: str, column: str) -> str:
     )
 
 
-def _statements(script: str) -> Iterator[str]:
-    """Split a migration script; ``executescript`` would commit in the middle of the migration."""
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \t\r\n;"):
-                yield pending
-            pending = ""
-
-
-def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
-    """Switch the file to WAL mode, retrying for up to ``timeout`` seconds.
-
-    When several processes open a new file at once, SQLite answers "database is locked" to all
-    but one of them at once, without waiting for the busy timeout.
-    """
-    deadline = time.monotonic() + timeout
-    # Only takes effect on a new, empty file: 8 KB pages keep a typical frame (~150 values,
-    # 1.2 KB) inside its page instead of spilling into an overflow page (half the file size).
-    conn.execute("PRAGMA page_size = 8192")
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
-
-
-def _user_version(conn: sqlite3.Connection) -> int:
-    return conn.execute("PRAGMA user_version").fetchone()[0]
-
-
 def _labels_json(lbls: Labels) -> str:
     """Canonical text of labels, so that the UNIQUE(name, labels) constraint identifies a series."""
     return orjson.dumps(dict(lbls), option=orjson.OPT_SORT_KEYS).decode()
@@ -1361,6 +960,27 @@ def _datetimes(ms: np.ndarray) -> pd.DatetimeIndex:
     import pandas as pd
 
     return pd.DatetimeIndex((ms * 1_000_000).astype("datetime64[ns]")).tz_localize("UTC")
+
+
+def _frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A DataFrame of ``_Catalog.long``/``rolled`` columns: ts as UTC times, states as objects."""
+    import pandas as pd
+
+    frame: dict[str, object] = {**columns, "ts": _datetimes(columns["ts"])}
+    if "state" in columns:
+        frame["state"] = pd.Series(columns["state"], dtype=object)
+    return pd.DataFrame(frame)
+
+
+_Point = namedtuple("_Point", _LONG_COLUMNS)
+_Bin = namedtuple("_Bin", _ROLLUP_COLUMNS)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _rows(row: type, columns: dict[str, np.ndarray], limit: int | None) -> list[tuple]:
+    """The first ``limit`` rows of the columns as ``row`` tuples of Python values."""
+    ts = [_EPOCH + timedelta(milliseconds=ms) for ms in columns["ts"][:limit].tolist()]
+    return list(map(row._make, zip(ts, *(columns[f][:limit].tolist() for f in row._fields[1:]))))
 
 
 def _objects(items: list) -> np.ndarray:

@@ -10,7 +10,7 @@ from elastic_transport import HttpHeaders, Urllib3HttpNode
 from elasticsearch import Elasticsearch
 
 from farmwatch.credentials import SecretError, section_secret
-from farmwatch.store.sqlite import StoreError
+from farmwatch.store.storefile import StoreError
 from farmwatch.store.elastic.config import CLIENT_MAJOR, ElasticConfig
 
 

@@ -18,7 +18,7 @@ from elasticsearch import ApiError, Elasticsearch, UnsupportedProductError
 
 from farmwatch.clock import Clock, RealClock
 from farmwatch.model import Alert, Batch, LogRecord
-from farmwatch.store.sqlite import StoreError
+from farmwatch.store.storefile import StoreError
 from farmwatch.store.elastic.client import make_client
 from farmwatch.store.elastic.config import ElasticConfig
 from farmwatch.store.elastic.documents import Pair, _dumps, alert_pairs, iso, log_pairs, record_from_source, sample_pairs

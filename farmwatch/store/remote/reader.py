@@ -26,7 +26,7 @@ import requests
 from farmwatch.matchers import MatcherSpec, parse_matchers
 from farmwatch.store.remote.naming import _METRIC_BAD, label_name, metric_name
 from farmwatch.store.rollup import RESOLUTIONS
-from farmwatch.store.sqlite import StoreError
+from farmwatch.store.storefile import StoreError
 
 if TYPE_CHECKING:
     from farmwatch.store.remote.settings import RemoteWriteSettings
