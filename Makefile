@@ -42,7 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_detect_quality.py --quick   # -> detect_quality_quick.json; the table is a full run (4-9 min); deterministic
 	$(PASSES) detect_scoring -- benchmarks/bench_detect_scoring.py   # anomaly scoring step for the farm, RSS with 50,000 series, stream_scores
 	$(PASSES) zabbix -- benchmarks/bench_zabbix.py --runs 1   # a real Zabbix (scripts/zabbix_testenv.py, as root) or FARMWATCH_TEST_ZABBIX_URL
-	$(PASSES) logs -- benchmarks/bench_logs.py --size 1GB --runs 1
+	$(PASSES) logs -- benchmarks/bench_logs.py --size 64MB 128MB 256MB --runs 1   # every figure: the median over the sizes
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'   # drain3, the baseline of:
 	$(PY) benchmarks/bench_log_templates.py   # log templates: accuracy on Loghub-dev vs drain3, pipeline speed with/without (interleaved passes)
 	$(PY) benchmarks/bench_alert_scenario.py   # every fault 3 times of its own
