@@ -1,7 +1,7 @@
 """Log templates: grouping and parsing accuracy on labelled real logs, against drain3's default, and
 the speed of the log pipeline with templates against the same pipeline without them.
 
-Accuracy (``--data``, default ``../shared/data/loghub-dev``: Loghub-2k, eight systems, every line
+Accuracy (``--data``, default ``tests/data/loghub-dev``: Loghub-2k, eight systems, every line
 labelled with its true template): for each system, farmwatch's miner (``TemplateMiner().templates``:
 every message learnt, then each given its settled template, what ``farmwatch.analysis.log_templates``
 returns) and drain3 in its default configuration (no masking: ``drain3.TemplateMiner()``, the
@@ -113,7 +113,7 @@ def speed(size: int, runs: int, folder: Path) -> dict[str, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "loghub-dev")
+    ap.add_argument("--data", type=Path, default=ROOT / "tests" / "data" / "loghub-dev")
     ap.add_argument("--systems", nargs="*", default=list(SYSTEMS))
     ap.add_argument("--size", type=size_arg, default=size_arg("64MB"))
     ap.add_argument("--runs", type=int, default=3)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 from collections import defaultdict
 from pathlib import Path
 from typing import Hashable, Sequence
@@ -39,8 +40,12 @@ def parsing_accuracy(predicted: Sequence[str], truth: Sequence[str]) -> float:
 
 def load_labelled(folder: Path, system: str) -> tuple[list[str], list[str], list[str]]:
     """(messages, true group ids, true templates) of ``<folder>/<system>/<system>_2k.log_structured.csv``
-    (Loghub's layout: columns ``Content``, ``EventId``, ``EventTemplate``)."""
+    (Loghub's layout: columns ``Content``, ``EventId``, ``EventTemplate``), or of the same file
+    gzipped (``….csv.gz``, as the tests keep their copy)."""
     path = Path(folder) / system / f"{system}_2k.log_structured.csv"
-    with open(path, newline="", encoding="utf-8") as f:
+    if not path.exists() and path.with_name(path.name + ".gz").exists():
+        path = path.with_name(path.name + ".gz")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return [r["Content"] for r in rows], [r["EventId"] for r in rows], [r["EventTemplate"] for r in rows]
