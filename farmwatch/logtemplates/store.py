@@ -27,7 +27,7 @@ import orjson
 from farmwatch.logtemplates.miner import Cluster, TemplateMiner
 from farmwatch.model import level_names
 
-__all__ = ["TemplateInfo", "TemplateStore"]
+__all__ = ["TemplateInfo", "TemplateStore", "record_filter"]
 
 
 @dataclass(frozen=True)
@@ -135,20 +135,8 @@ class TemplateStore:
                  level: Iterable[str] = (), new: bool = False, limit: int = 100) -> list[dict[str, Any]]:
         """Templates of the stored records in a time range, most frequent first: count, first and
         last seen in the range, hosts, one example; ``new``: only templates first seen in the range."""
-        clauses, params = ["l.template_id IS NOT NULL"], []
-        if since is not None:
-            clauses.append("l.ts >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append("l.ts <= ?")
-            params.append(until)
-        if host:
-            clauses.append("l.host GLOB ?")
-            params.append(host)
-        levels = level_names(level)
-        if levels:
-            clauses.append(f"l.level IN ({','.join('?' * len(levels))})")
-            params += levels
+        clauses, params = record_filter(host=host, level=level, since=since, until=until, table="l")
+        clauses.insert(0, "l.template_id IS NOT NULL")
         having = ""
         if new:
             having = " HAVING t.first_seen >= ?" + (" AND t.first_seen <= ?" if until is not None else "")
@@ -164,6 +152,31 @@ class TemplateStore:
                  "hosts": sorted((hosts or "").split(",")), "levels": sorted((lv or "").split(",")),
                  "first_seen": first_seen, "example": example}
                 for tid, text, n, first, last, hosts, lv, first_seen, example in rows]
+
+
+def record_filter(*, host: str | None = None, service: str | None = None, level: Iterable[str] | str | None = None,
+                  since: float | None = None, until: float | None = None, table: str = "") -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their parameters) on the ``logs`` table that every log query shares:
+    ``host``/``service`` globs, levels by their canonical names (``err`` = ``error``), a time range.
+    ``table``: the alias the query gives ``logs``."""
+    col = f"{table}." if table else ""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, pattern in (("host", host), ("service", service)):
+        if pattern:
+            clauses.append(f"{col}{column} GLOB ?")
+            params.append(pattern)
+    levels = level_names(level)
+    if levels:
+        clauses.append(f"{col}level IN ({','.join('?' * len(levels))})")
+        params += levels
+    if since is not None:
+        clauses.append(f"{col}ts >= ?")
+        params.append(float(since))
+    if until is not None:
+        clauses.append(f"{col}ts <= ?")
+        params.append(float(until))
+    return clauses, params
 
 
 def _json(value: object) -> str:

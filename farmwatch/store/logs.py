@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
 
 import orjson
 
-from farmwatch.model import LogRecord, level_names
+from farmwatch.logtemplates.store import record_filter
+from farmwatch.model import LogRecord
 from farmwatch.sources.base import LogBatch
 from farmwatch.store.storefile import StoreError, StoreFile
 
@@ -170,22 +171,9 @@ class LogStore:
         if negative:
             clauses.append("id NOT IN (SELECT rowid FROM logs_fts WHERE logs_fts MATCH ?)")
             params.append(negative)
-        if host:
-            clauses.append("host GLOB ?")
-            params.append(host)
-        if service:
-            clauses.append("service GLOB ?")
-            params.append(service)
-        levels = level_names(level)
-        if levels:
-            clauses.append(f"level IN ({','.join('?' * len(levels))})")
-            params += levels
-        if since is not None:
-            clauses.append("ts >= ?")
-            params.append(float(since))
-        if until is not None:
-            clauses.append("ts <= ?")
-            params.append(float(until))
+        more, more_params = record_filter(host=host, service=service, level=level, since=since, until=until)
+        clauses += more
+        params += more_params
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def _run(self, conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[tuple]:
