@@ -26,7 +26,7 @@ quicktest: $(STAMP)   # a quick round while working (< 2 min): without the tests
 # process go through benchmarks/passes.py: 3 passes -> results/passes/NAME.I.json, medians and ranges
 # -> results/NAME.json. Single calls: the ones that repeat or interleave their own passes
 # (store_ingest, store_density, log_templates, alert_scenario's repetitions, startup) and the
-# deterministic detect_quality. bench_detect_public.py needs the SMD data set (--data; docs/detection.md).
+# deterministic detect_quality. bench_detect_public.py needs the SMD data set and bench_nab.py a NAB checkout (--data; docs/detection.md).
 PASSES := $(PY) benchmarks/passes.py
 
 bench: $(STAMP)
