@@ -191,6 +191,8 @@ def test_constant_series_scores_zero_until_it_changes():
     x[300] = 3.5
     s = stream_scores(ts, x)
     assert s[300] > 0.99 and np.all(s[:300] == 0.0)
+    # a plain 0.0, not -0.0 (which prints as "-0." in a notebook)
+    assert not np.signbit(s).any() and not np.signbit(stream_scores(ts, x, surprise=True)).any()
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 20])

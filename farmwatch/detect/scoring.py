@@ -59,7 +59,7 @@ def capped(surprise: np.ndarray) -> np.ndarray:
 def score_of(surprise: np.ndarray) -> np.ndarray:
     """The [0, 1) score of a surprise: ``1 - 10^-surprise`` up to the knee (p = 10^-6), then
     squeezed (``capped``) so that it never reaches 1.0 in floating point."""
-    return -np.expm1(-capped(surprise) * LN10)
+    return 0.0 - np.expm1(-capped(surprise) * LN10)  # 0.0 - : never -0.0
 
 
 def negligible(center: np.ndarray | float) -> np.ndarray:
@@ -128,7 +128,7 @@ class Calibrator:
                 logp[over] = self.tail_logp - (raw[over] - self.tail_start) / self.tail_scale
         logp = np.minimum(logp, 0.0)
         logp[np.isnan(raw)] = np.nan
-        return tempered(-logp / LN10)
+        return tempered(0.0 - logp / LN10)
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         """Scores ``1 - p`` in [0, 1); NaN stays NaN."""
