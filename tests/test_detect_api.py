@@ -346,6 +346,9 @@ def test_score_frame_edge_cases(frames):
     assert len(early) == 200 and np.all(np.isfinite(early))
     with pytest.raises(ValueError, match="no numeric columns"):
         score_frame(pd.DataFrame({"host": ["a", "b"]}), test)
+    # Numbers that arrive as objects (JSON, Elasticsearch, a mixed CSV) are metrics all the same.
+    as_objects = score_frame(train.astype(object), test.astype(object))
+    assert np.allclose(as_objects, score_frame(train, test))
 
 
 def rolling_z_found(kind: str, bg: str, seed: int = 0) -> bool:
