@@ -210,6 +210,9 @@ def test_all_missing_and_bad_lengths():
     assert np.all(stream_scores(ts, np.full(50, np.nan)) == 0.0)
     with pytest.raises(ValueError, match="timestamps has 49 entries but values has 50"):
         stream_scores(ts[:49], np.zeros(50))
+    with pytest.raises(ValueError, match=r"one series .* shape \(50, 2\)"):
+        stream_scores(ts, np.zeros((50, 2)))
+    assert len(stream_scores(ts, np.zeros((50, 1)))) == 50  # a one-column array is one series
 
 
 def test_default_warmup_is_a_capped_fraction():

@@ -64,7 +64,11 @@ def stream_scores(timestamps: Any, values: Any, warmup: int | None = None, *, su
     scores 0 until it changes, and its first change scores close to 1; the first points score 0
     until a spread is known.
     """
-    x = np.asarray(values, dtype=np.float64).ravel()
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim > 1 and max(x.shape) != x.size:
+        raise ValueError(f"values must be one series (one dimension), not an array of shape {x.shape}: "
+                         "score each column on its own, or the columns together with score_frame")
+    x = x.ravel()
     n = x.size
     if n == 0:
         return np.empty(0)
