@@ -283,6 +283,15 @@ def test_run_state_unreadable_fires_run_state_unknown(ioc) -> None:
             assert fired[0].fired_at - at <= fired[0].for_ + 2 * INTERVAL + 2.0
             assert fired[0].label_dict["node"] == "RUNCONTROL" and "RUNCONTROL" in fired[0].summary
             assert re.search(r"alerts that depend on it are paused", fired[0].summary)
+            # The IOC restarts and the bridge publishes the run state again: the source reconnects
+            # (real time: Channel Access searches again) and the alert ends at the next polls.
+            back = s.now
+            ioc.start()
+            ioc.set(s.rc.rc_pvs[0], s.rc.state)
+            s.run(4 * INTERVAL)
+            episode = fired[0]
+            assert episode.end is not None and episode.end - back <= 2 * INTERVAL, describe(s.episodes)
+            assert s.window.run_state()[0] == "RUNNING"
     finally:
         ioc.start()
 

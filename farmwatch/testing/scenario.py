@@ -149,10 +149,12 @@ class ControllerRunState:
 class IocRunState:
     """The run state as deployed: the controller writes the nsm2cad bridge PV of a real IOC, the
     real ``nsm`` source reads it over Channel Access. ``sync`` waits (real time, bounded) until
-    the source has seen the controller's newest state, so the simulated clock never runs ahead of
-    a CA monitor update and every state carries the simulated time it happened at."""
+    the source has seen the controller's newest state *over a live connection*, so the simulated
+    clock never runs ahead of a CA monitor update or of a reconnect after the IOC restarted (the
+    source keeps the last state it read while the PV is away), and every state carries the
+    simulated time it happened at."""
 
-    def __init__(self, rc: RunController, ioc, clock: SimClock, timeout: float = 10.0) -> None:
+    def __init__(self, rc: RunController, ioc, clock: SimClock, timeout: float = 30.0) -> None:
         from farmwatch.sources.nsm.source import NsmSource
 
         body = {"kind": "nsm", "interval": "1s", "timeout": "500ms", "missing_after": "2s", **ioc.ca_config,
@@ -161,23 +163,32 @@ class IocRunState:
         self.timeout = timeout
         self.source = NsmSource("runstate", parse({"sources": {"runstate": body}}).sources["runstate"], clock=clock)
         self._pending: list[Batch] = []
+        self._up: float | None = None  # the rcstate PV's newest "up" sample
 
     def sync(self) -> list[Batch]:
         want = self.rc.state
         deadline = time.monotonic() + self.timeout
-        while self.source.run_state != want:
+        while self.source.run_state != want or self._up == 0.0:
             if not (self.rc.ioc is not None and self.rc.ioc.running):
                 return []  # a killed IOC cannot deliver it: that is what the test wants to see
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the nsm source did not see run state {want} within {self.timeout:g}s "
-                                   f"(it has {self.source.run_state})")
-            self._pending += self.source.poll()
+                                   f"(it has {self.source.run_state}, up={self._up})")
+            self._pending += self._read()
             time.sleep(0.005)
         return []
 
     def poll(self) -> list[Batch]:
-        out, self._pending = self._pending + self.source.poll(), []
+        out, self._pending = self._pending + self._read(), []
         return out
+
+    def _read(self) -> list[Batch]:
+        batches = self.source.poll()
+        for b in batches:
+            for (name, lbls), value in zip(b.keys, b.values):
+                if name == "up" and dict(lbls).get("var") == "rcstate":
+                    self._up = float(value)
+        return batches
 
     def close(self) -> None:
         self.source.close()
