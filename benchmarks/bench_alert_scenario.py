@@ -109,13 +109,6 @@ def _dqm_run_restart(s: Scenario) -> float:
     return s.rc.since
 
 
-def _ioc_back(s: Scenario) -> None:
-    """The IOC restarts and the bridge publishes the current run state again (nsm2cad does on reconnect)."""
-    ioc = s.rc.ioc
-    ioc.start()
-    ioc.set(s.rc.rc_pvs[0], s.rc.state)
-
-
 FAULTS = [
     Fault("HltInputStalled", "event builder stops sending", lambda s: s.unit.stall_input(True),
           lambda s: s.unit.stall_input(False)),
@@ -146,7 +139,7 @@ FAULTS = [
           lambda s: (s.unit.stop_dqm(node="hltwk02"), s.rc.stop()), lambda s: s.unit.stop_dqm(False, node="hltwk02"),
           then=_dqm_run_restart),
     # The nsm source notices a dead IOC after its missing_after (2 s).
-    Fault("RunStateUnknown", "run-state IOC killed", lambda s: s.rc.ioc.kill(), _ioc_back, slack=2.0, needs_ioc=True),
+    Fault("RunStateUnknown", "run-state IOC killed", lambda s: s.rc.ioc.kill(), lambda s: s.rc.restart_ioc(), slack=2.0, needs_ioc=True),
     # 100 ERROR records at 20/s take 5 s to exist.
     Fault("HltLogErrorBurst", "a worker loops on an exception: 20 tracebacks/s in hltwk02's log",
           lambda s: s.error_burst("hltwk02", 20.0), lambda s: s.error_burst("hltwk02", 0), slack=5.0, needs_logs=True),

@@ -97,12 +97,6 @@ class _Decline:
         self.fault.end = s.now  # full speed from the next traffic step
 
 
-def _ioc_back(s: Scenario) -> None:
-    """The IOC restarts and the bridge publishes the current run state again (nsm2cad does on reconnect)."""
-    s.rc.ioc.start()
-    s.rc.ioc.set(s.rc.rc_pvs[0], s.rc.state)
-
-
 def _plan() -> tuple[list[Fault], list[tuple[float, str, Callable[[Scenario], object]]]]:
     """The script, in simulated seconds after the start (faults from ``TRAIN_AT`` on)."""
     decline = _Decline()
@@ -141,7 +135,7 @@ def _plan() -> tuple[list[Fault], list[tuple[float, str, Callable[[Scenario], ob
         Fault(905, "hltwk07 (hlt02): an exception no rule names (a KeyError in the DQM module), a FATAL every 20 s",
               "LogNewErrorPattern", {"host": "hltwk07"}, lambda s: s.new_exception("hltwk07", 20.0)),
         Fault(930, "the run-state IOC dies (nsm2cad bridge)", "RunStateUnknown", {"node": RUN_CONTROL},
-              lambda s: s.rc.ioc.kill(), 990, _ioc_back),
+              lambda s: s.rc.ioc.kill(), 990, lambda s: s.rc.restart_ioc()),
         Fault(1010, "hlt03: the DQM module stops sending histograms on every node", "HltHistogramsNotMerged",
               {"unit": "hlt03"}, lambda s: s.unit_named("hlt03").stop_dqm()),
         Fault(1010, "hlt02: the DQM module stops sending histograms on hltwk07", "HltProxyHistogramsNotMerged",

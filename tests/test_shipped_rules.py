@@ -286,8 +286,7 @@ def test_run_state_unreadable_fires_run_state_unknown(ioc) -> None:
             # The IOC restarts and the bridge publishes the run state again: the source reconnects
             # (real time: Channel Access searches again) and the alert ends at the next polls.
             back = s.now
-            ioc.start()
-            ioc.set(s.rc.rc_pvs[0], s.rc.state)
+            s.rc.restart_ioc()
             s.run(4 * INTERVAL)
             episode = fired[0]
             assert episode.end is not None and episode.end - back <= 2 * INTERVAL, describe(s.episodes)

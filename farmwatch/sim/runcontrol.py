@@ -133,9 +133,18 @@ class RunController:
             self._enter(transitional, now)
         self.step()  # transition_time 0: straight on to the target
 
+    def restart_ioc(self) -> None:
+        """The killed IOC starts again and the bridge publishes the current state (nsm2cad does on
+        reconnect): what a client reads again is today's state, not the one at the kill."""
+        self.ioc.start()
+        self._publish(self.state)
+
     def _enter(self, state: str, ts: float) -> None:
         self._state, self.since = state, ts
         self.history.append((ts, state))
+        self._publish(state)
+
+    def _publish(self, state: str) -> None:
         if self.ioc is not None and self.ioc.running:  # a killed IOC misses the change, as a real one would
             for pv in self.rc_pvs:
                 if pv in self.ioc.records:
